@@ -10,6 +10,7 @@ never raw SQL or URLs.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -56,6 +57,8 @@ class Operation:
     result: Literal["rows", "row", "object", "value"] = "rows"
     cache_ttl: float = 0.0
     cache_keys: tuple[str, ...] = ()
+    #: Caller claims (``{user.x}``) the operation reads; part of the cache key.
+    claims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,7 @@ class Connector(Protocol):
 
     async def __aexit__(
         self,
-        exc_type: type[BaseException] | None,
+        exc_type: builtins.type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...

@@ -13,6 +13,7 @@ import grpc
 __all__ = [
     "BackendError",
     "CircuitOpenError",
+    "ConnectorConfigError",
     "ConnectorError",
     "ConnectorNotFoundError",
     "ConnectorTimeoutError",
@@ -82,3 +83,16 @@ class BackendError(ConnectorError):
     """The backend answered with a permanent error (4xx, SQL error, GraphQL errors)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ConnectorConfigError(ValueError):
+    """A connector's configuration section is invalid (raised at load, never per call).
+
+    ``key`` is the dotted path of the offending setting, e.g.
+    ``connectors.crm.operations.order_status.sql``.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message

@@ -1,0 +1,775 @@
+"""Async client for ``talkwire.v1.ChatService.Converse`` with resume, dedup, ack and reconnect.
+
+Usage::
+
+    async with ChatClient("127.0.0.1:50051", token="...") as client:
+        async with await client.open(channel="web", locale="en") as session:
+            await session.send("where is my order 1001?")
+            async for frame in session:
+                print(frame)
+
+Semantics (what this library guarantees and what it chose):
+
+* **Durable frames exactly once, in order.** Every server frame with ``seq > 0``
+  is yielded once: frames with ``seq <=`` the highest seq already received are
+  dropped (they are replays after a resume). A frame that skips a seq ends the
+  session with :class:`~talkwire.clients.errors.ProtocolError` -- a gap is
+  never silent. Transient frames (``seq == 0``: pong, stream-level errors) are
+  yielded as they come; ``opened`` frames are consumed by the library.
+* **Automatic reconnect.** When the stream ends with a retriable status
+  (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``, ``DEADLINE_EXCEEDED``, ``INTERNAL``,
+  and ``CANCELLED`` not caused by us -- a dropped connection or a restarted
+  server shows up as one of these), the session re-attaches with ``open{session_id,
+  resume_token, last_seq=<highest seq received>}`` after an exponential backoff
+  with full jitter (:class:`ReconnectPolicy`). The server replays what is
+  missing; dedup makes the replay invisible. Other statuses end iteration with
+  a typed :class:`~talkwire.clients.errors.SessionEnded`. Observe reconnects
+  with ``session.reconnects`` and the ``on_connection_event`` hook.
+  The very first ``open()``/``resume()`` is not retried: it fails fast.
+* **Automatic ack.** The library acks the highest seq *delivered to you* (yielded
+  by the iterator), not merely received: frames still buffered in the client
+  are not acked, so a process that dies with a full buffer can resume from
+  ``session.last_seq`` and lose nothing. Acks are batched: after
+  ``ack_every`` delivered frames, or ``ack_interval`` seconds after the first
+  unacked delivery, and once more on ``aclose()``.
+* **Frames you send.** ``send``/``action``/``subscribe``/``unsubscribe``/``ping``
+  put the frame in an outbound queue and return its client frame ``id`` (echoed
+  as ``in_reply_to`` on the answers). While connected the frame is written at
+  once; while disconnected it waits and is written right after the resume, in
+  order. A frame whose write the transport accepted is never written again: if
+  the stream breaks just after, the server may or may not have processed it
+  (at-most-once for frames sent while connected; look for ``in_reply_to`` in the
+  replayed frames to tell). Frames still queued when the session ends or is
+  closed are dropped.
+* **Back-pressure.** At most ``max_buffered`` received frames wait for you; past
+  that the reader stops reading, the server eventually ends the stream with
+  ``RESOURCE_EXHAUSTED`` and the session resumes once you catch up.
+* **Tasks.** Each session owns one background task (reader + reconnect loop),
+  which runs one writer task per attachment; ``aclose()`` cancels them and
+  waits for them. ``CancelledError`` is never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import enum
+import inspect
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+
+from talkwire.clients.convert import to_struct
+from talkwire.clients.errors import (
+    ProtocolError,
+    ReconnectExhausted,
+    SessionClosed,
+    TalkwireError,
+    session_ended_from,
+)
+from talkwire.v1 import chat_pb2, chat_pb2_grpc
+
+__all__ = [
+    "DEFAULT_CHANNEL_OPTIONS",
+    "RETRIABLE_CODES",
+    "ChatClient",
+    "ChatSession",
+    "ConnectionEvent",
+    "ConnectionEventKind",
+    "ReconnectPolicy",
+    "SessionState",
+]
+
+logger = logging.getLogger("talkwire.clients.chat")
+
+#: Stream-ending statuses after which the session resumes automatically.
+RETRIABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+#: Channel options used unless overridden by ``options=``. Keepalive pings every
+#: 5 minutes (the gRPC server default minimum, so servers do not answer GOAWAY
+#: "too many pings"), and a short channel reconnect backoff so a restarted
+#: server is found again quickly.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """When and how fast a dropped session stream is resumed.
+
+    The n-th consecutive attempt (n = 0, 1, ...) waits a random time in
+    ``[0, min(max_backoff, initial_backoff * multiplier**n)]`` ("full jitter").
+    The counters restart after each successful resume. The session gives up
+    with :class:`~talkwire.clients.errors.ReconnectExhausted` after
+    ``max_attempts`` attempts or ``max_elapsed`` seconds since the drop
+    (``None`` = no limit).
+    """
+
+    enabled: bool = True
+    initial_backoff: float = 0.2
+    max_backoff: float = 10.0
+    multiplier: float = 2.0
+    max_attempts: int | None = 20
+    max_elapsed: float | None = 300.0
+    retriable_codes: frozenset[grpc.StatusCode] = RETRIABLE_CODES
+
+    def __post_init__(self) -> None:
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and multiplier >= 1")
+
+    def backoff_cap(self, attempt: int) -> float:
+        """The upper bound of the delay before attempt number ``attempt`` (from 0)."""
+        try:
+            grown = self.initial_backoff * self.multiplier**attempt
+        except OverflowError:
+            grown = self.max_backoff
+        return min(self.max_backoff, grown)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """A full-jitter delay before attempt number ``attempt`` (from 0)."""
+        return (rng or _RNG).uniform(0.0, self.backoff_cap(attempt))
+
+
+_RNG = random.Random()  # noqa: S311 - jitter only, not security relevant
+
+
+class ConnectionEventKind(enum.StrEnum):
+    DISCONNECTED = "disconnected"  # the stream ended with a retriable status
+    RETRYING = "retrying"  # about to wait ``delay`` and attempt a resume
+    RESUMED = "resumed"  # re-attached; ``replayed`` frames follow
+    GAVE_UP = "gave_up"  # the reconnect policy is exhausted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """Passed to the ``on_connection_event`` hook."""
+
+    kind: ConnectionEventKind
+    session_id: str
+    code: grpc.StatusCode | None = None
+    details: str = ""
+    attempt: int = 0
+    delay: float = 0.0
+    replayed: int = 0
+    last_seq: int = 0
+    reconnects: int = 0
+
+
+ConnectionHook = Callable[[ConnectionEvent], Awaitable[None] | None]
+
+
+class SessionState(enum.StrEnum):
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _End:
+    error: TalkwireError
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _status(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+    code = exc.code()
+    return (code if code is not None else grpc.StatusCode.UNKNOWN), exc.details() or ""
+
+
+class ChatClient:
+    """A connection to a talkwire server for ``Converse`` sessions.
+
+    ``token`` is sent as ``authorization: Bearer <token>`` metadata on every call.
+    With ``credentials`` the channel uses TLS (or mTLS), otherwise plaintext.
+    ``options`` are gRPC channel options merged over
+    :data:`DEFAULT_CHANNEL_OPTIONS`. The remaining keyword arguments are the
+    defaults of the sessions it opens (see :class:`ChatSession`).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        reconnect: ReconnectPolicy | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        ack_every: int = 16,
+        ack_interval: float = 0.5,
+        auto_ack: bool = True,
+        max_buffered: int = 1024,
+        close_timeout: float = 1.0,
+        on_connection_event: ConnectionHook | None = None,
+    ) -> None:
+        self.target = target
+        self._credentials = credentials
+        merged = dict(DEFAULT_CHANNEL_OPTIONS)
+        merged.update(dict(options))
+        self._options = list(merged.items())
+        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata) + (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        if ack_every < 1 or ack_interval < 0 or max_buffered < 1:
+            raise ValueError("ack_every and max_buffered must be >= 1, ack_interval >= 0")
+        self.ack_every = ack_every
+        self.ack_interval = ack_interval
+        self.auto_ack = auto_ack
+        self.max_buffered = max_buffered
+        self.close_timeout = close_timeout
+        self.on_connection_event = on_connection_event
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: chat_pb2_grpc.ChatServiceAsyncStub | None = None
+        self._sessions: set[ChatSession] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        self._get_stub()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _get_stub(self) -> chat_pb2_grpc.ChatServiceAsyncStub:
+        if self._closed:
+            raise SessionClosed("the ChatClient is closed")
+        if self._stub is None:
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=self._options
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._stub = chat_pb2_grpc.ChatServiceStub(self._channel)
+        assert self._stub is not None  # noqa: S101 - for the type checker
+        return self._stub
+
+    async def open(
+        self,
+        *,
+        channel: str = "",
+        locale: str = "",
+        attributes: Mapping[str, str] | None = None,
+    ) -> ChatSession:
+        """Open a new session; returns once the server answered ``opened``."""
+        request = chat_pb2.Open(channel=channel, locale=locale, attributes=dict(attributes or {}))
+        session = ChatSession(self, last_seq=0)
+        await session._start(request)
+        return session
+
+    async def resume(self, session_id: str, resume_token: str, last_seq: int = 0) -> ChatSession:
+        """Resume an existing session; frames with ``seq > last_seq`` are replayed."""
+        request = chat_pb2.Open(session_id=session_id, resume_token=resume_token, last_seq=last_seq)
+        session = ChatSession(self, last_seq=last_seq)
+        await session._start(request)
+        return session
+
+    async def aclose(self) -> None:
+        """Close every open session (acking what was delivered), then the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for session in list(self._sessions):
+                await session.aclose()
+        finally:
+            if self._channel is not None:
+                await self._channel.close()
+
+
+class ChatSession:
+    """One ``Converse`` session; create with :meth:`ChatClient.open` / :meth:`ChatClient.resume`.
+
+    Attributes: ``session_id``, ``resume_token`` (persist both, plus
+    ``last_seq``, to resume after a restart of your process), ``reconnects``
+    (successful automatic resumes), ``duplicates`` (replayed frames dropped).
+    """
+
+    def __init__(self, client: ChatClient, *, last_seq: int) -> None:
+        self._client = client
+        self._stub = client._get_stub()
+        self.session_id = ""
+        self.resume_token = ""
+        self.reconnects = 0
+        self.duplicates = 0
+        self.replayed = 0
+        self._received_seq = last_seq
+        self._delivered_seq = last_seq
+        self._ack_enqueued = last_seq
+        self._ack_deadline: float | None = None
+        self._inbox: asyncio.Queue[chat_pb2.ConverseResponse | _End] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._outbound: collections.deque[chat_pb2.ConverseRequest] = collections.deque()
+        self._outbound_ready = asyncio.Event()
+        self._call: (
+            grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse] | None
+        ) = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._error: TalkwireError | None = None
+        self._state = SessionState.CONNECTED
+
+    # -- public properties -------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The highest durable seq delivered to you (what to resume from later)."""
+        return self._delivered_seq
+
+    @property
+    def received_seq(self) -> int:
+        """The highest durable seq received (delivered or still buffered)."""
+        return self._received_seq
+
+    @property
+    def acked_seq(self) -> int:
+        """The highest seq an ack was queued for."""
+        return self._ack_enqueued
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def error(self) -> TalkwireError | None:
+        """Why the session ended (``None`` while it is alive)."""
+        return self._error
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _start(self, request: chat_pb2.Open) -> None:
+        try:
+            call, opened = await self._connect(request)
+        except grpc.aio.AioRpcError as exc:
+            code, details = _status(exc)
+            raise session_ended_from(code, details) from None
+        self._on_opened(opened)
+        self._client._sessions.add(self)
+        self._task = asyncio.create_task(
+            self._run(call), name=f"talkwire-session-{self.session_id}"
+        )
+
+    async def aclose(self) -> None:
+        """Close the session: flush the ack of what was delivered, half-close, stop tasks.
+
+        Idempotent. Waits up to ``close_timeout`` for the server to end the stream.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._client._sessions.discard(self)
+        task = self._task
+        try:
+            if task is not None and not task.done() and self._call is not None:
+                self._enqueue_ack()
+                self._outbound_ready.set()  # the writer drains, then half-closes
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._client.close_timeout):
+                        await asyncio.wait({task})
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled() and task.exception() is not None:
+                    logger.debug("session task failed", exc_info=task.exception())
+            if self._call is not None:
+                self._call.cancel()
+            self._finish(SessionClosed("session closed"))
+
+    # -- sending -------------------------------------------------------------
+
+    def _enqueue(self, request: chat_pb2.ConverseRequest) -> str:
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise SessionClosed("session closed")
+        if not request.id:
+            request.id = _new_id()
+        self._outbound.append(request)
+        self._outbound_ready.set()
+        return request.id
+
+    async def send(self, text: str) -> str:
+        """Send a user message; returns its frame id (the answers' ``in_reply_to``)."""
+        return self._enqueue(chat_pb2.ConverseRequest(message=chat_pb2.UserMessage(text=text)))
+
+    async def action(
+        self, intent: str, parameters: Mapping[str, Any] | None = None, label: str = ""
+    ) -> str:
+        """Send a structured action (button / quick reply); returns its frame id."""
+        frame = chat_pb2.UserAction(intent=intent, parameters=to_struct(parameters), label=label)
+        return self._enqueue(chat_pb2.ConverseRequest(action=frame))
+
+    async def subscribe(self, key: str) -> str:
+        """Subscribe the session to a key such as ``order:1001``; returns the frame id."""
+        return self._enqueue(chat_pb2.ConverseRequest(subscribe=chat_pb2.Subscribe(key=key)))
+
+    async def unsubscribe(self, key: str) -> str:
+        """Drop a subscription; returns the frame id."""
+        return self._enqueue(chat_pb2.ConverseRequest(unsubscribe=chat_pb2.Unsubscribe(key=key)))
+
+    async def ping(self, data: str = "") -> str:
+        """Send a ping (answered by a transient ``pong``); returns the frame id."""
+        return self._enqueue(chat_pb2.ConverseRequest(ping=chat_pb2.Ping(data=data)))
+
+    async def ack(self, seq: int | None = None) -> None:
+        """Ack now, up to ``seq`` (default: everything delivered). Needed only with auto_ack off."""
+        target = self._delivered_seq if seq is None else min(seq, self._delivered_seq)
+        if target > self._ack_enqueued:
+            self._ack_enqueued = target
+            self._ack_deadline = None
+            self._enqueue(chat_pb2.ConverseRequest(ack=chat_pb2.Ack(seq=target)))
+
+    def _enqueue_ack(self) -> None:
+        self._ack_deadline = None
+        if self._delivered_seq > self._ack_enqueued and self._error is None:
+            self._ack_enqueued = self._delivered_seq
+            self._outbound.append(
+                chat_pb2.ConverseRequest(ack=chat_pb2.Ack(seq=self._ack_enqueued))
+            )
+            self._outbound_ready.set()
+
+    # -- receiving -----------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> chat_pb2.ConverseResponse:
+        if self._closing:
+            raise StopAsyncIteration
+        item = await self._inbox.get()
+        self._space.set()
+        if isinstance(item, _End):
+            self._inbox.put_nowait(item)  # every later call ends the same way
+            if isinstance(item.error, SessionClosed):
+                raise StopAsyncIteration
+            raise item.error
+        if item.seq:
+            self._delivered(item.seq)
+        return item
+
+    def _delivered(self, seq: int) -> None:
+        self._delivered_seq = seq
+        if not self._client.auto_ack or self._closing:
+            return
+        if seq - self._ack_enqueued >= self._client.ack_every:
+            self._enqueue_ack()
+        elif self._ack_deadline is None:
+            self._ack_deadline = asyncio.get_running_loop().time() + self._client.ack_interval
+            self._outbound_ready.set()  # let the writer arm its timer
+
+    async def next_frame(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - the documented API
+    ) -> chat_pb2.ConverseResponse:
+        """The next frame. Raises ``TimeoutError``, the session's error, or ``SessionClosed``."""
+        async with asyncio.timeout(timeout):
+            try:
+                return await self.__anext__()
+            except StopAsyncIteration:
+                raise SessionClosed("session closed") from None
+
+    async def wait_for(
+        self,
+        predicate: Callable[[chat_pb2.ConverseResponse], bool],
+        timeout: float | None = None,  # noqa: ASYNC109 - the documented API
+    ) -> chat_pb2.ConverseResponse:
+        """Consume frames until one satisfies ``predicate`` and return it.
+
+        Frames that do not match are consumed (and acked) and dropped.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.next_frame()
+                if predicate(frame):
+                    return frame
+
+    # -- the connection machinery ----------------------------------------------
+
+    async def _connect(
+        self, request: chat_pb2.Open
+    ) -> tuple[
+        grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+        chat_pb2.Opened,
+    ]:
+        call = self._stub.Converse(metadata=self._client._metadata)
+        try:
+            await call.write(chat_pb2.ConverseRequest(id=_new_id(), open=request))
+            first = await call.read()
+        except asyncio.InvalidStateError:
+            # the call ended before our open went out: read the status
+            call.cancel()
+            code = await call.code()
+            raise grpc.aio.AioRpcError(
+                code, grpc.aio.Metadata(), grpc.aio.Metadata(), await call.details()
+            ) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if (
+            not isinstance(first, chat_pb2.ConverseResponse)
+            or first.WhichOneof("frame") != "opened"
+        ):
+            call.cancel()
+            raise ProtocolError("the server did not answer open with opened")
+        return call, first.opened
+
+    def _on_opened(self, opened: chat_pb2.Opened) -> None:
+        if opened.session_id:
+            self.session_id = opened.session_id
+        if opened.resume_token:
+            self.resume_token = opened.resume_token
+        self.replayed = opened.replayed
+        self._state = SessionState.CONNECTED
+
+    def _resume_request(self) -> chat_pb2.Open:
+        return chat_pb2.Open(
+            session_id=self.session_id,
+            resume_token=self.resume_token,
+            last_seq=self._received_seq,
+        )
+
+    def _finish(self, error: TalkwireError) -> None:
+        if self._error is None:
+            self._error = error
+            self._state = SessionState.CLOSED
+            self._inbox.put_nowait(_End(error))
+
+    async def _emit(self, event: ConnectionEvent) -> None:
+        hook = self._client.on_connection_event
+        if hook is None:
+            return
+        try:
+            result = hook(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # a broken hook must not kill the session
+            logger.exception("on_connection_event hook failed")
+
+    async def _run(
+        self,
+        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+    ) -> None:
+        """The session's background task: pump the attachment, resume when it drops."""
+        policy = self._client.reconnect
+        loop = asyncio.get_running_loop()
+        current: (
+            grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse] | None
+        ) = call
+        while True:
+            assert current is not None  # noqa: S101 - for the type checker
+            try:
+                await self._pump(current)
+            except grpc.aio.AioRpcError as exc:
+                code, details = _status(exc)
+            except ProtocolError as exc:
+                self._finish(exc)
+                return
+            else:
+                self._finish(SessionClosed("the server ended the session stream"))
+                return
+            finally:
+                self._call = None
+                current.cancel()
+            if self._closing:
+                self._finish(SessionClosed("session closed"))
+                return
+            if not policy.enabled or code not in policy.retriable_codes:
+                self._finish(session_ended_from(code, details))
+                return
+            # -- reconnect loop --
+            self._state = SessionState.RECONNECTING
+            logger.info(
+                "session %s dropped (%s: %s); resuming", self.session_id, code.name, details
+            )
+            await self._emit(
+                ConnectionEvent(
+                    ConnectionEventKind.DISCONNECTED,
+                    self.session_id,
+                    code=code,
+                    details=details,
+                    last_seq=self._received_seq,
+                    reconnects=self.reconnects,
+                )
+            )
+            started = loop.time()
+            attempt = 0
+            current = None
+            while current is None:
+                delay = policy.delay(attempt)
+                out_of_time = (
+                    policy.max_elapsed is not None
+                    and loop.time() + delay - started > policy.max_elapsed
+                )
+                if (policy.max_attempts is not None and attempt >= policy.max_attempts) or (
+                    out_of_time
+                ):
+                    await self._emit(
+                        ConnectionEvent(
+                            ConnectionEventKind.GAVE_UP,
+                            self.session_id,
+                            code=code,
+                            details=details,
+                            attempt=attempt,
+                            last_seq=self._received_seq,
+                            reconnects=self.reconnects,
+                        )
+                    )
+                    self._finish(ReconnectExhausted(code, details, attempts=attempt))
+                    return
+                attempt += 1
+                await self._emit(
+                    ConnectionEvent(
+                        ConnectionEventKind.RETRYING,
+                        self.session_id,
+                        code=code,
+                        details=details,
+                        attempt=attempt,
+                        delay=delay,
+                        last_seq=self._received_seq,
+                        reconnects=self.reconnects,
+                    )
+                )
+                await asyncio.sleep(delay)
+                try:
+                    current, opened = await self._connect(self._resume_request())
+                except grpc.aio.AioRpcError as exc:
+                    code, details = _status(exc)
+                    if code not in policy.retriable_codes:
+                        self._finish(session_ended_from(code, details))
+                        return
+                except ProtocolError as exc:
+                    self._finish(exc)
+                    return
+            self.reconnects += 1
+            self._on_opened(opened)
+            logger.info(
+                "session %s resumed after seq %d (%d replayed)",
+                self.session_id,
+                self._received_seq,
+                opened.replayed,
+            )
+            await self._emit(
+                ConnectionEvent(
+                    ConnectionEventKind.RESUMED,
+                    self.session_id,
+                    attempt=attempt,
+                    replayed=opened.replayed,
+                    last_seq=self._received_seq,
+                    reconnects=self.reconnects,
+                )
+            )
+
+    async def _pump(
+        self,
+        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+    ) -> None:
+        """Run one attachment: a writer task, and the reader here. Returns on a clean end."""
+        self._call = call
+        writer = asyncio.create_task(self._writer(call), name=f"talkwire-writer-{self.session_id}")
+        try:
+            while True:
+                frame = await call.read()
+                if not isinstance(frame, chat_pb2.ConverseResponse):
+                    return  # EOF: the server ended the stream with OK
+                await self._on_frame(frame)
+        finally:
+            writer.cancel()
+            await asyncio.wait({writer})
+            if not writer.cancelled() and (error := writer.exception()) is not None:
+                raise error
+
+    async def _on_frame(self, frame: chat_pb2.ConverseResponse) -> None:
+        seq = frame.seq
+        if seq == 0:
+            if frame.WhichOneof("frame") == "opened":
+                logger.debug("ignoring an unexpected opened frame mid-stream")
+                return
+        elif seq <= self._received_seq:
+            self.duplicates += 1
+            return
+        elif seq != self._received_seq + 1:
+            raise ProtocolError(
+                f"gap in session {self.session_id}: expected seq {self._received_seq + 1}, "
+                f"got {seq}"
+            )
+        while self._inbox.qsize() >= self._client.max_buffered:
+            self._space.clear()
+            await self._space.wait()
+        if seq:
+            self._received_seq = seq
+        self._inbox.put_nowait(frame)
+
+    async def _writer(
+        self,
+        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+    ) -> None:
+        """Write queued frames in order; fire the batched ack timer; half-close on aclose()."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self._ack_deadline
+            if deadline is not None and not self._closing:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._outbound_ready.wait()
+                except TimeoutError:
+                    self._enqueue_ack()
+            else:
+                await self._outbound_ready.wait()
+            if self._ack_deadline is not None and loop.time() >= self._ack_deadline:
+                self._enqueue_ack()
+            while self._outbound:
+                request = self._outbound[0]
+                try:
+                    await call.write(request)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                    return  # the stream is gone; the frame stays queued for the next attachment
+                if self._outbound and self._outbound[0] is request:
+                    self._outbound.popleft()
+            self._outbound_ready.clear()
+            if self._closing:
+                with contextlib.suppress(
+                    grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError
+                ):
+                    await call.done_writing()
+                return

@@ -1,0 +1,139 @@
+"""Connector sections of the demo: the ``crm`` (sql) and ``erp`` (rest) connectors.
+
+Operations (names used by the demo bot):
+
+crm (sql, SQLite demo database):
+- ``order_status(order_id: integer, customer_id: string) -> row``
+  ``{order_id, item, status, eta, total}`` or ``None`` (scoped to the customer);
+  cached 30 s, invalidated by ``order:{order_id}``
+- ``list_orders(customer_id: string) -> rows`` ``[{order_id, item, status, eta, total}]``
+- ``open_ticket(customer_id: string, subject: string) -> row`` (write)
+  ``{ticket_id, status}``
+- ``ticket_status(ticket_id: integer, customer_id: string) -> row``
+  ``{ticket_id, subject, status, created_at}`` or ``None``; invalidated by ``ticket:{ticket_id}``
+- ``order_owner(order_id: integer) -> row`` ``{customer_id}`` or ``None``
+
+erp (rest, the demo ERP app):
+- ``get_balance(customer_id: string) -> object`` ``{balance, currency}``;
+  cached 10 s, invalidated by ``balance:{customer_id}``
+- ``make_payment(customer_id: string, amount: number) -> object`` (write)
+  ``{payment_id, amount, currency, balance}``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from talkwire.connectors.demo.crm import sqlite_url
+
+__all__ = ["demo_connector_sections"]
+
+
+def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
+    """The ``connectors:`` config of the demo (``crm`` may be a file path or a URL)."""
+    cust = {"type": "string", "description": "Customer id, e.g. c-100"}
+    return {
+        "crm": {
+            "type": "sql",
+            "url": sqlite_url(crm_url),
+            "row_limit": 100,
+            "statement_timeout": 5,
+            "operations": {
+                "order_status": {
+                    "description": "Status and ETA of one of the customer's orders",
+                    "sql": (
+                        "SELECT id AS order_id, item, status, eta, total FROM orders "
+                        "WHERE id = :order_id AND customer_id = :customer_id"
+                    ),
+                    "params": {
+                        "order_id": {"type": "integer", "description": "Order number"},
+                        "customer_id": cust,
+                    },
+                    "result": "row",
+                    "cache_ttl": 30,
+                    "cache_keys": ["order:{order_id}"],
+                },
+                "list_orders": {
+                    "description": "The customer's orders",
+                    "sql": (
+                        "SELECT id AS order_id, item, status, eta, total FROM orders "
+                        "WHERE customer_id = :customer_id ORDER BY id"
+                    ),
+                    "params": {"customer_id": cust},
+                    "result": "rows",
+                },
+                "open_ticket": {
+                    "description": "Open a support ticket for the customer",
+                    "sql": (
+                        "INSERT INTO tickets (customer_id, subject, status, created_at) "
+                        "VALUES (:customer_id, :subject, 'open', CURRENT_TIMESTAMP) "
+                        "RETURNING id AS ticket_id, status"
+                    ),
+                    "params": {
+                        "customer_id": cust,
+                        "subject": {"type": "string", "description": "What the ticket is about"},
+                    },
+                    "write": True,
+                    "result": "row",
+                },
+                "ticket_status": {
+                    "description": "Status of one of the customer's tickets",
+                    "sql": (
+                        "SELECT id AS ticket_id, subject, status, created_at FROM tickets "
+                        "WHERE id = :ticket_id AND customer_id = :customer_id"
+                    ),
+                    "params": {
+                        "ticket_id": {"type": "integer", "description": "Ticket number"},
+                        "customer_id": cust,
+                    },
+                    "result": "row",
+                    "cache_ttl": 30,
+                    "cache_keys": ["ticket:{ticket_id}"],
+                },
+                "order_owner": {
+                    "description": "Which customer an order belongs to (for authorisation)",
+                    "sql": "SELECT customer_id FROM orders WHERE id = :order_id",
+                    "params": {"order_id": {"type": "integer"}},
+                    "result": "row",
+                },
+            },
+        },
+        "erp": {
+            "type": "rest",
+            "base_url": erp_base_url,
+            "allow_private": True,
+            "timeout": 5,
+            "retries": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.5},
+            "breaker": {"failures": 5, "reset_after": 10},
+            "operations": {
+                "get_balance": {
+                    "description": "The customer's account balance",
+                    "method": "GET",
+                    "path": "/customers/{customer_id}/balance",
+                    "params": {"customer_id": cust},
+                    "result": "object",
+                    "fields": {"balance": "balance", "currency": "currency"},
+                    "cache_ttl": 10,
+                    "cache_keys": ["balance:{customer_id}"],
+                },
+                "make_payment": {
+                    "description": "Pay an amount towards the customer's balance",
+                    "method": "POST",
+                    "path": "/payments",
+                    "params": {
+                        "customer_id": cust,
+                        "amount": {"type": "number", "description": "Amount to pay"},
+                    },
+                    "body": {"customer_id": "{customer_id}", "amount": "{amount}"},
+                    "write": True,
+                    "result": "object",
+                    "fields": {
+                        "payment_id": "payment_id",
+                        "amount": "amount",
+                        "currency": "currency",
+                        "balance": "balance",
+                    },
+                },
+            },
+        },
+    }

@@ -1,0 +1,203 @@
+"""The ``graphql`` connector: named GraphQL documents with variables.
+
+Example::
+
+    connectors:
+      shop:
+        type: graphql
+        url: https://shop.example.com/graphql
+        auth: {type: bearer, token_env: SHOP_TOKEN}
+        operations:
+          order:
+            document: "query Order($id: ID!) { order(id: $id) { id status eta } }"
+            variables: {id: "{order_id}"}
+            params: {order_id: {type: string}}
+            select: order          # relative to the response's "data"
+            result: row
+          cancel:
+            document: "mutation Cancel($id: ID!) { cancelOrder(id: $id) { ok } }"
+            variables: {id: "{order_id}"}
+            params: {order_id: string}
+            write: true
+
+Connection settings are those of the ``rest`` connector (auth, timeout,
+retries, breaker, SSRF guard; see :mod:`talkwire.connectors.httpbase`).
+Queries are retried like idempotent requests; mutations (``write: true``) send
+an ``Idempotency-Key`` header and are retried with it. A response carrying
+``errors`` raises :class:`BackendError` with the messages, or
+:class:`ResultNotFoundError` when an error has ``extensions.code`` NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from talkwire.connectors.base import CallContext, Operation
+from talkwire.connectors.errors import (
+    BackendError,
+    ConnectorConfigError,
+    RejectedInputError,
+    ResultNotFoundError,
+)
+from talkwire.connectors.httpbase import HTTP_CONNECTION_KEYS, HttpConnectorBase
+from talkwire.connectors.paths import map_fields, select, shape
+from talkwire.connectors.rest import check_select
+from talkwire.connectors.spec import (
+    COMMON_OPERATION_KEYS,
+    check_keys,
+    check_template_fields,
+    get_number,
+    parse_operation,
+    validate_params,
+)
+from talkwire.connectors.templates import TemplateError, render_value
+
+__all__ = ["GraphQLConnector"]
+
+_GQL_OP_KEYS = COMMON_OPERATION_KEYS | {
+    "document",
+    "variables",
+    "operation_name",
+    "select",
+    "fields",
+    "timeout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _GqlOp:
+    op: Operation
+    document: str
+    variables: Mapping[str, Any]
+    operation_name: str | None
+    select: str | None
+    fields: Mapping[str, str]
+    timeout: float | None
+    uses_user: bool
+
+
+class GraphQLConnector(HttpConnectorBase):
+    """Named GraphQL documents over HTTP POST."""
+
+    type = "graphql"
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        where = f"connectors.{name}"
+        check_keys(config, HTTP_CONNECTION_KEYS | {"url"}, where)
+        super().__init__(name, config, url_key="url")
+        self._ops: dict[str, _GqlOp] = {}
+        ops = config.get("operations") or {}
+        if not isinstance(ops, Mapping) or not ops:
+            raise ConnectorConfigError(f"{where}.operations", "at least one operation is required")
+        for op_name, section in ops.items():
+            self._add(str(op_name), section, f"{where}.operations.{op_name}")
+
+    def _add(self, name: str, section: Mapping[str, Any], where: str) -> None:
+        check_keys(section, _GQL_OP_KEYS, where)
+        document = section.get("document")
+        if not isinstance(document, str) or not document.strip():
+            raise ConnectorConfigError(f"{where}.document", "a GraphQL document is required")
+        is_mutation = document.lstrip().startswith("mutation")
+        base = parse_operation(name, section, where, write_default=is_mutation)
+        declared = [p.name for p in base.parameters]
+        variables = section.get("variables") or {}
+        if not isinstance(variables, Mapping):
+            raise ConnectorConfigError(f"{where}.variables", "must be a mapping")
+        claims = check_template_fields(dict(variables), declared, f"{where}.variables")
+        for k in base.cache_keys:
+            claims |= check_template_fields(k, declared, f"{where}.cache_keys")
+        select_path, fields = check_select(section, where)
+        op_name = section.get("operation_name")
+        op = Operation(
+            name=base.name,
+            parameters=base.parameters,
+            description=base.description,
+            write=base.write,
+            result=base.result,
+            cache_ttl=base.cache_ttl,
+            cache_keys=base.cache_keys,
+            claims=tuple(sorted(claims)),
+        )
+        self._operations[name] = op
+        self._ops[name] = _GqlOp(
+            op=op,
+            document=document,
+            variables=dict(variables),
+            operation_name=str(op_name) if op_name else None,
+            select=select_path,
+            fields=fields,
+            timeout=get_number(section, "timeout", 0.0, where) or None,
+            uses_user=bool(claims),
+        )
+
+    async def invoke(
+        self, operation: str, params: Mapping[str, Any], ctx: CallContext | None = None
+    ) -> Any:
+        self._operation(operation)
+        spec = self._ops[operation]
+        values = validate_params(spec.op, params)
+        if spec.uses_user:
+            values = self.template_values(values, ctx)
+        try:
+            variables = render_value(spec.variables, values)
+        except TemplateError as exc:
+            raise RejectedInputError(
+                f"cannot build the variables: {exc}", connector=self.name, operation=operation
+            ) from None
+        payload: dict[str, Any] = {"query": spec.document, "variables": variables}
+        if spec.operation_name:
+            payload["operationName"] = spec.operation_name
+        headers: dict[str, str] | None = None
+        if spec.op.write:
+            headers = {self.idempotency_header: self.idempotency_key(ctx)}
+        resp = await self.request(
+            operation,
+            "POST",
+            self.url,
+            headers=headers,
+            body=payload,
+            has_body=True,
+            idempotent=True,
+            ctx=ctx,
+            budget=spec.timeout,
+        )
+        data = resp.decode()
+        if isinstance(data, Mapping) and data.get("errors"):
+            self._raise_errors(data["errors"], operation)
+        self.map_status(resp, operation)
+        if not isinstance(data, Mapping) or "data" not in data:
+            raise BackendError(
+                "GraphQL response without data", connector=self.name, operation=operation
+            )
+        result = data["data"]
+        if spec.select:
+            result = select(result, spec.select)
+        if spec.fields:
+            result = map_fields(result, spec.fields)
+        try:
+            return shape(result, spec.op.result)
+        except LookupError:
+            raise ResultNotFoundError(
+                "the backend returned no result", connector=self.name, operation=operation
+            ) from None
+        except ValueError as exc:
+            raise BackendError(
+                f"unexpected response shape: {exc}", connector=self.name, operation=operation
+            ) from None
+
+    def _raise_errors(self, errors: Any, operation: str) -> None:
+        messages: list[str] = []
+        not_found = False
+        for err in errors if isinstance(errors, list) else [errors]:
+            if isinstance(err, Mapping):
+                messages.append(str(err.get("message", "error"))[:200])
+                ext = err.get("extensions")
+                if isinstance(ext, Mapping) and ext.get("code") in ("NOT_FOUND", "NOTFOUND"):
+                    not_found = True
+            else:
+                messages.append(str(err)[:200])
+        text = "; ".join(messages[:5]) or "GraphQL error"
+        cls = ResultNotFoundError if not_found else BackendError
+        raise cls(text, connector=self.name, operation=operation)

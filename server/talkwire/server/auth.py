@@ -1,0 +1,197 @@
+"""Authenticators: who is calling, from the call metadata.
+
+``none`` (development: every caller is the configured demo identity),
+``static`` (bearer tokens from config, env or files) and ``jwt`` (PyJWT:
+HS256/RS256/ES256, a key, key file, JWKS file or JWKS URL; ``iss``/``aud``/``exp``
+checked; ``alg=none`` refused).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+
+from talkwire.server.config import AuthConfig
+from talkwire.server.errors import ConfigError, UnauthenticatedError
+from talkwire.server.identity import Identity
+
+__all__ = [
+    "Authenticator",
+    "JwtAuthenticator",
+    "NoneAuthenticator",
+    "StaticTokenAuthenticator",
+    "bearer_token",
+    "build_authenticator",
+    "resolve_secret",
+]
+
+log = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class Authenticator(Protocol):
+    """Turns call metadata into an :class:`Identity` or raises ``UnauthenticatedError``."""
+
+    def authenticate(self, metadata: Metadata) -> Identity: ...
+
+
+def bearer_token(metadata: Metadata) -> str | None:
+    """The token of an ``authorization: Bearer ...`` header, if any."""
+    for key, value in metadata:
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise UnauthenticatedError("authorization header must be 'Bearer <token>'")
+    return None
+
+
+def resolve_secret(value: str) -> str:
+    """Resolve ``env:NAME`` and ``file:PATH`` references; other values are literal."""
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ConfigError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        try:
+            return Path(value[5:]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {value[5:]}: {exc.strerror}") from exc
+    return value
+
+
+class NoneAuthenticator:
+    """Development only: every caller is the configured demo identity."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    def authenticate(self, metadata: Metadata) -> Identity:
+        return self.identity
+
+
+class StaticTokenAuthenticator:
+    """Bearer tokens listed in the config, each mapped to a subject, claims and roles."""
+
+    def __init__(self, tokens: Mapping[str, Identity]) -> None:
+        self._tokens = dict(tokens)
+
+    def authenticate(self, metadata: Metadata) -> Identity:
+        token = bearer_token(metadata)
+        if token is None:
+            raise UnauthenticatedError("missing bearer token")
+        for known, identity in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return identity
+        raise UnauthenticatedError("invalid token")
+
+
+class JwtAuthenticator:
+    """Verifies JWTs with PyJWT; ``alg=none`` is never accepted."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        algorithms = [a for a in config.algorithms if a.lower() != "none"]
+        if not algorithms:
+            raise ConfigError("auth.algorithms: at least one algorithm other than none is needed")
+        self._algorithms = algorithms
+        self._config = config
+        self._key: Any = None
+        self._jwks: jwt.PyJWKSet | None = None
+        self._jwks_client: jwt.PyJWKClient | None = None
+        if config.key:
+            self._key = resolve_secret(config.key)
+        elif config.key_file:
+            self._key = resolve_secret("file:" + config.key_file)
+        elif config.jwks_file:
+            try:
+                self._jwks = jwt.PyJWKSet.from_dict(json.loads(Path(config.jwks_file).read_text()))
+            except (OSError, ValueError, jwt.PyJWTError) as exc:
+                raise ConfigError(f"auth.jwks_file: cannot load {config.jwks_file}: {exc}") from exc
+        elif config.jwks_url:
+            self._jwks_client = jwt.PyJWKClient(config.jwks_url, cache_keys=True)
+        else:
+            raise ConfigError("auth: jwt needs one of key, key_file, jwks_file or jwks_url")
+
+    def _signing_key(self, token: str) -> Any:
+        if self._key is not None:
+            return self._key
+        if self._jwks_client is not None:
+            return self._jwks_client.get_signing_key_from_jwt(token).key
+        assert self._jwks is not None
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self._jwks.keys:
+            if kid is None or key.key_id == kid:
+                return key.key
+        raise UnauthenticatedError("token signed with an unknown key")
+
+    def authenticate(self, metadata: Metadata) -> Identity:
+        token = bearer_token(metadata)
+        if token is None:
+            raise UnauthenticatedError("missing bearer token")
+        cfg = self._config
+        try:
+            header = jwt.get_unverified_header(token)
+            if str(header.get("alg", "")).lower() == "none":
+                raise UnauthenticatedError("unsigned tokens (alg=none) are refused")
+            options: dict[str, Any] = {"require": ["exp", cfg.subject_claim]}
+            claims = jwt.decode(
+                token,
+                self._signing_key(token),
+                algorithms=self._algorithms,
+                audience=cfg.audience or None,
+                issuer=cfg.issuer or None,
+                leeway=cfg.leeway,
+                options=options,  # type: ignore[arg-type]
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise UnauthenticatedError("token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise UnauthenticatedError(f"invalid token: {exc}") from exc
+        roles = claims.get(cfg.roles_claim) or []
+        if isinstance(roles, str):
+            roles = roles.split()
+        return Identity(
+            subject=str(claims[cfg.subject_claim]),
+            claims=claims,
+            roles=frozenset(str(r) for r in roles),
+        )
+
+
+def build_authenticator(config: AuthConfig) -> Authenticator:
+    """Build the authenticator named by ``auth.kind``."""
+    if config.kind == "none":
+        log.warning(
+            "AUTHENTICATION IS OFF (auth.kind=none): every caller acts as %r with admin rights. "
+            "Development only.",
+            config.demo_subject,
+        )
+        claims = {"sub": config.demo_subject, **dict(config.demo_claims)}
+        return NoneAuthenticator(
+            Identity(config.demo_subject, claims, frozenset(config.demo_roles))
+        )
+    if config.kind == "static":
+        if not config.tokens:
+            raise ConfigError("auth.tokens: static auth needs at least one token")
+        tokens: dict[str, Identity] = {}
+        for raw_token, spec in config.tokens.items():
+            if not isinstance(spec, Mapping) or "subject" not in spec:
+                raise ConfigError(f"auth.tokens.{raw_token[:4]}...: needs a subject")
+            subject = str(spec["subject"])
+            claims = {"sub": subject, **dict(spec.get("claims") or {})}
+            tokens[resolve_secret(raw_token)] = Identity(
+                subject, claims, frozenset(spec.get("roles") or ())
+            )
+        return StaticTokenAuthenticator(tokens)
+    if config.kind == "jwt":
+        return JwtAuthenticator(config)
+    raise ConfigError(f"auth.kind: unknown kind {config.kind!r} (known: none, static, jwt)")

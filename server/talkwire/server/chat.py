@@ -1,0 +1,524 @@
+"""``talkwire.v1.ChatService``: the ``Converse`` session stream.
+
+One stream runs three tasks in a TaskGroup: the reader (client frames), the
+turn worker (one turn at a time; what arrives mid-turn is queued) and the
+writer (the attachment's feed -> the wire, with a write timeout). The first of
+them to end the attachment decides the final status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from talkwire.server.auth import Authenticator
+from talkwire.server.config import ServerConfig
+from talkwire.server.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    Status,
+    TalkwireError,
+    UnavailableError,
+    status_for,
+)
+from talkwire.server.frames import encode_template
+from talkwire.server.hub import Attachment, SessionHub
+from talkwire.server.identity import Identity
+from talkwire.server.metrics import Metrics
+from talkwire.server.store import SessionRecord, SessionStore
+from talkwire.server.turns import QuickReply, SubscriptionPolicy, Turn, TurnHandler
+from talkwire.v1 import chat_pb2
+
+__all__ = ["ChatService", "TurnContextImpl"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "talkwire.v1.ChatService"
+
+
+class _Ended(Exception):
+    """Raised inside the stream's TaskGroup to stop its tasks."""
+
+
+def _quick_replies(target: Any, items: Sequence[QuickReply]) -> None:
+    for qr in items:
+        msg = target.add(label=qr.label, intent=qr.intent)
+        if qr.parameters:
+            msg.parameters.update(dict(qr.parameters))
+
+
+@dataclass(slots=True)
+class TurnContextImpl:
+    """The :class:`~talkwire.server.turns.TurnContext` of one turn; frames commit at its end."""
+
+    record_id: str
+    _identity: Identity
+    _locale: str
+    _state: MutableMapping[str, Any]
+    frame_id: str
+    policy: SubscriptionPolicy
+    store: SessionStore
+    frames: list[chat_pb2.ConverseResponse] = field(default_factory=list)
+
+    @property
+    def session_id(self) -> str:
+        return self.record_id
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def locale(self) -> str:
+        return self._locale
+
+    @property
+    def state(self) -> MutableMapping[str, Any]:
+        return self._state
+
+    def _frame(self) -> chat_pb2.ConverseResponse:
+        frame = chat_pb2.ConverseResponse(in_reply_to=self.frame_id)
+        self.frames.append(frame)
+        return frame
+
+    def reply(
+        self,
+        text: str,
+        *,
+        quick_replies: Sequence[QuickReply] = (),
+        data: Mapping[str, Any] | None = None,
+        intent: str = "",
+    ) -> None:
+        frame = self._frame()
+        frame.reply.text = text
+        frame.reply.intent = intent
+        _quick_replies(frame.reply.quick_replies, quick_replies)
+        if data:
+            frame.reply.data.update(_jsonable(data))
+
+    def prompt(
+        self,
+        slot: str,
+        text: str,
+        *,
+        quick_replies: Sequence[QuickReply] = (),
+        intent: str = "",
+    ) -> None:
+        frame = self._frame()
+        frame.prompt.slot = slot
+        frame.prompt.text = text
+        frame.prompt.intent = intent
+        _quick_replies(frame.prompt.quick_replies, quick_replies)
+
+    def error(self, code: grpc.StatusCode, message: str, *, retriable: bool = False) -> None:
+        frame = self._frame()
+        frame.error.code = code.name
+        frame.error.message = message
+        frame.error.retriable = retriable
+
+    async def subscribe(self, key: str) -> None:
+        _check_key(key)
+        if not await self.policy.allowed(self._identity, key):
+            raise PermissionDeniedError(f"not allowed to subscribe to {key}")
+        await self.store.subscribe(self.record_id, key)
+        frame = self._frame()
+        frame.subscription.key = key
+        frame.subscription.active = True
+
+    async def unsubscribe(self, key: str) -> None:
+        _check_key(key)
+        await self.store.unsubscribe(self.record_id, key)
+        frame = self._frame()
+        frame.subscription.key = key
+        frame.subscription.active = False
+
+
+def _jsonable(data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out[str(key)] = _jsonable(value)
+        elif isinstance(value, list | tuple):
+            out[str(key)] = [_jsonable(v) if isinstance(v, Mapping) else _scalar(v) for v in value]
+        else:
+            out[str(key)] = _scalar(value)
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _check_key(key: str) -> None:
+    if not key or len(key) > 255:
+        raise InvalidArgumentError("a subscription key must have 1 to 255 characters")
+
+
+class _RateLimiter:
+    """A token bucket for client frames."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.refused = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    request: chat_pb2.ConverseRequest
+
+
+class ChatService:
+    """The Converse handler; registered with :meth:`handler`."""
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        hub: SessionHub,
+        authenticator: Authenticator,
+        handler: TurnHandler,
+        policy: SubscriptionPolicy,
+        config: ServerConfig,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._auth = authenticator
+        self._handler = handler
+        self._policy = policy
+        self._config = config
+        self._metrics = metrics
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """A generic handler; responses are written as pre-serialised bytes."""
+        method = grpc.stream_stream_rpc_method_handler(
+            self.converse,  # type: ignore[arg-type]
+            request_deserializer=chat_pb2.ConverseRequest.FromString,
+            response_serializer=_identity_bytes,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Converse": method})
+
+    async def converse(
+        self,
+        requests: AsyncIterator[chat_pb2.ConverseRequest],
+        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+    ) -> None:
+        try:
+            if self._hub.draining:
+                raise UnavailableError("server is shutting down; connect to another server")
+            identity = self._auth.authenticate(context.invocation_metadata() or ())
+            first = await self._first_frame(requests)
+            record, opened, replay = await self._open(identity, first)
+        except TalkwireError as exc:
+            self._finish(context, status_for(exc))
+            return
+        att = self._hub.attach(record.id, identity, after_seq=first.open.last_seq)
+        self._metrics.sessions_attached.inc()
+        try:
+            await self._run(att, record, opened, replay, requests, context)
+        finally:
+            self._metrics.sessions_attached.dec()
+            self._hub.detach(att)
+            if not self._hub.is_attached(record.id):
+                try:
+                    await self._store.touch(record.id, replica=None)
+                except TalkwireError:
+                    log.warning("session %s: could not record detach", record.id)
+        self._finish(context, att.status)
+
+    @staticmethod
+    def _finish(
+        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+        status: Status | None,
+    ) -> None:
+        if status is None or status.code == grpc.StatusCode.OK:
+            return
+        context.set_code(status.code)
+        context.set_details(status.message)
+        context.set_trailing_metadata((("talkwire-retriable", "1" if status.retriable else "0"),))
+
+    async def _first_frame(
+        self, requests: AsyncIterator[chat_pb2.ConverseRequest]
+    ) -> chat_pb2.ConverseRequest:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise InvalidArgumentError("the stream ended before an open frame") from None
+        if first.WhichOneof("frame") != "open":
+            raise InvalidArgumentError("the first frame must be open")
+        return first
+
+    async def _open(
+        self, identity: Identity, request: chat_pb2.ConverseRequest
+    ) -> tuple[SessionRecord, chat_pb2.ConverseResponse, list[Any]]:
+        op = request.open
+        _validate_open(op)
+        opened = chat_pb2.ConverseResponse(in_reply_to=request.id)
+        if not op.session_id:
+            record, token = await self._store.create_session(
+                identity,
+                channel=op.channel,
+                locale=op.locale,
+                attributes=dict(op.attributes),
+                replica=self._config.replica,
+            )
+            self._metrics.sessions_opened.inc()
+            opened.opened.CopyFrom(
+                chat_pb2.Opened(session_id=record.id, resume_token=token, head_seq=0)
+            )
+            return record, opened, []
+        found = await self._store.get_session(op.session_id)
+        if found is None:
+            raise NotFoundError(f"session {op.session_id} not found")
+        if not found.active:
+            raise NotFoundError(f"session {op.session_id} is closed or expired")
+        if found.subject != identity.subject or not found.token_matches(op.resume_token):
+            raise PermissionDeniedError("resume token or subject does not match this session")
+        await self._store.touch(found.id, replica=self._config.replica)
+        replay = await self._store.replay(found, op.last_seq)
+        self._metrics.sessions_resumed.inc()
+        opened.opened.CopyFrom(
+            chat_pb2.Opened(
+                session_id=found.id,
+                resume_token=op.resume_token,
+                resumed=True,
+                replayed=len(replay),
+                head_seq=found.head_seq,
+            )
+        )
+        return found, opened, replay
+
+    async def _run(
+        self,
+        att: Attachment,
+        record: SessionRecord,
+        opened: chat_pb2.ConverseResponse,
+        replay: list[Any],
+        requests: AsyncIterator[chat_pb2.ConverseRequest],
+        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+    ) -> None:
+        turns: asyncio.Queue[_Work | None] = asyncio.Queue(self._config.turn_queue_size)
+        state: dict[str, Any] = dict(record.dialogue)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._write_loop(att, encode_template(opened), replay, context))
+                tg.create_task(self._read_loop(att, requests, turns))
+                tg.create_task(self._turn_loop(att, record, state, turns))
+                tg.create_task(_until_ended(att))
+        except* _Ended:
+            pass
+
+    async def _write_loop(
+        self,
+        att: Attachment,
+        opened: bytes,
+        replay: list[Any],
+        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+    ) -> None:
+        timeout = self._config.write_timeout
+        try:
+            await context.write(opened)
+            async for payload in att.payloads(replay):
+                try:
+                    async with asyncio.timeout(timeout):
+                        await context.write(payload)
+                except TimeoutError:
+                    att.terminate(
+                        Status(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the client did not read for {timeout:g}s; resume to continue",
+                            True,
+                        )
+                    )
+                    return
+                self._metrics.frames_out.inc()
+        except (TalkwireError, grpc.aio.AioRpcError) as exc:
+            att.terminate(status_for(exc))
+
+    async def _read_loop(
+        self,
+        att: Attachment,
+        requests: AsyncIterator[chat_pb2.ConverseRequest],
+        turns: asyncio.Queue[_Work | None],
+    ) -> None:
+        limiter = _RateLimiter(self._config.frames_per_second, self._config.frame_burst)
+        try:
+            async for request in requests:
+                await self._on_frame(att, request, turns, limiter)
+        except TalkwireError as exc:
+            att.terminate(status_for(exc))
+            return
+        await turns.put(None)
+
+    async def _on_frame(
+        self,
+        att: Attachment,
+        request: chat_pb2.ConverseRequest,
+        turns: asyncio.Queue[_Work | None],
+        limiter: _RateLimiter,
+    ) -> None:
+        kind = request.WhichOneof("frame")
+        if kind == "ack":
+            if request.ack.seq <= att.sent_seq:
+                await self._store.ack(att.session_id, request.ack.seq)
+            return
+        if not limiter.allow():
+            if limiter.refused > 10 * limiter.burst:
+                raise ResourceExhaustedError("too many frames; slow down and resume")
+            self._transient_error(att, request.id, ResourceExhaustedError("rate limit exceeded"))
+            return
+        if kind == "ping":
+            pong = chat_pb2.ConverseResponse(in_reply_to=request.id)
+            pong.pong.data = request.ping.data
+            att.send_transient(encode_template(pong))
+            return
+        try:
+            _validate_frame(request, kind, self._config.max_text_chars)
+        except InvalidArgumentError as exc:
+            self._transient_error(att, request.id, exc)
+            return
+        try:
+            turns.put_nowait(_Work(request))
+        except asyncio.QueueFull:
+            self._transient_error(
+                att, request.id, ResourceExhaustedError("too many turns in progress; wait")
+            )
+
+    def _transient_error(self, att: Attachment, frame_id: str, exc: TalkwireError) -> None:
+        frame = chat_pb2.ConverseResponse(in_reply_to=frame_id)
+        frame.error.code = exc.code.name
+        frame.error.message = exc.message
+        frame.error.retriable = exc.retriable
+        att.send_transient(encode_template(frame))
+
+    async def _turn_loop(
+        self,
+        att: Attachment,
+        record: SessionRecord,
+        state: dict[str, Any],
+        turns: asyncio.Queue[_Work | None],
+    ) -> None:
+        while True:
+            work = await turns.get()
+            if work is None:
+                att.close()
+                return
+            async with self._hub.turn(att.session_id):
+                await self._turn(att, record, state, work.request)
+
+    async def _turn(
+        self,
+        att: Attachment,
+        record: SessionRecord,
+        state: dict[str, Any],
+        request: chat_pb2.ConverseRequest,
+    ) -> None:
+        started = time.perf_counter()
+        working = dict(state)
+        ctx = TurnContextImpl(
+            record.id, att.identity, record.locale, working, request.id, self._policy, self._store
+        )
+        kind = request.WhichOneof("frame")
+        try:
+            async with asyncio.timeout(self._config.turn_timeout):
+                if kind == "subscribe":
+                    await ctx.subscribe(request.subscribe.key)
+                elif kind == "unsubscribe":
+                    await ctx.unsubscribe(request.unsubscribe.key)
+                else:
+                    await self._handler.handle(_turn_of(request), ctx)
+        except TimeoutError:
+            ctx.frames.clear()
+            ctx.error(grpc.StatusCode.DEADLINE_EXCEEDED, "the answer took too long", retriable=True)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error frame
+            status = status_for(exc)
+            if status.code == grpc.StatusCode.INTERNAL:
+                log.exception("session %s: turn failed", record.id)
+            ctx.error(status.code, status.message, retriable=status.retriable)
+        templates = [encode_template(f) for f in ctx.frames]
+        changed = working != state
+        try:
+            frames = await self._store.append(
+                record.id, templates, dialogue=working if changed else None
+            )
+        except TalkwireError as exc:
+            self._transient_error(att, request.id, UnavailableError(exc.message))
+            return
+        if changed:
+            state.clear()
+            state.update(working)
+        self._hub.deliver({record.id: frames})
+        self._metrics.turn_seconds.observe(time.perf_counter() - started)
+
+
+async def _until_ended(att: Attachment) -> None:
+    await att.ended.wait()
+    raise _Ended
+
+
+def _identity_bytes(payload: bytes) -> bytes:
+    return payload
+
+
+def _turn_of(request: chat_pb2.ConverseRequest) -> Turn:
+    if request.WhichOneof("frame") == "message":
+        return Turn(frame_id=request.id, text=request.message.text)
+    params = json_format.MessageToDict(request.action.parameters)
+    return Turn(frame_id=request.id, intent=request.action.intent, parameters=params)
+
+
+def _validate_open(op: chat_pb2.Open) -> None:
+    if len(op.attributes) > 64 or any(
+        len(k) > 128 or len(v) > 1024 for k, v in op.attributes.items()
+    ):
+        raise InvalidArgumentError("open.attributes: at most 64 entries of 128/1024 characters")
+    if len(op.channel) > 64 or len(op.locale) > 35:
+        raise InvalidArgumentError("open.channel or open.locale too long")
+    if op.session_id and not op.resume_token:
+        raise InvalidArgumentError("resuming needs the resume_token")
+    if len(op.session_id) > 64:
+        raise InvalidArgumentError("open.session_id too long")
+
+
+def _validate_frame(request: chat_pb2.ConverseRequest, kind: str | None, max_chars: int) -> None:
+    if len(request.id) > 128:
+        raise InvalidArgumentError("frame id longer than 128 characters")
+    if kind is None:
+        raise InvalidArgumentError("empty or unknown frame")
+    if kind == "open":
+        raise InvalidArgumentError("the session is already open")
+    if kind == "message":
+        text = request.message.text
+        if not text.strip():
+            raise InvalidArgumentError("message.text is empty")
+        if len(text) > max_chars:
+            raise InvalidArgumentError(f"message.text longer than {max_chars} characters")
+    if kind == "action" and not request.action.intent:
+        raise InvalidArgumentError("action.intent is empty")
+    if kind in ("subscribe", "unsubscribe"):
+        _check_key(getattr(request, kind).key)

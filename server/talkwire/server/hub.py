@@ -1,0 +1,263 @@
+"""The SessionHub: live attachments and watchers on this process.
+
+Each attachment (one ``Converse`` stream) and each watcher (one admin
+``Watch`` stream) owns a :class:`Feed`: a bounded queue that committed frames
+are offered to, read by exactly one writer task. A feed delivers a session's
+durable frames in seq order, once: frames at or below what it already sent are
+skipped, and a gap (a frame offered before an earlier one arrived) is filled
+from the SessionStore, which is the source of truth. A feed whose queue
+overflows ends with ``RESOURCE_EXHAUSTED``; the frames stay in the store for
+the resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from talkwire.server.errors import Status
+from talkwire.server.frames import StoredFrame
+from talkwire.server.identity import Identity
+from talkwire.server.store import SessionStore
+
+__all__ = ["Attachment", "Feed", "FrameSink", "SessionHub"]
+
+log = logging.getLogger(__name__)
+
+
+class _Close:
+    """Queue marker: end the feed normally after what is queued."""
+
+
+_CLOSE = _Close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Transient:
+    payload: bytes
+
+
+class Feed:
+    """An ordered, gap-filling, bounded stream of one session's frames."""
+
+    def __init__(self, store: SessionStore, session_id: str, *, after_seq: int, size: int) -> None:
+        self.session_id = session_id
+        self.sent_seq = after_seq
+        self._store = store
+        self._queue: asyncio.Queue[StoredFrame | _Transient | _Close] = asyncio.Queue(size)
+        self.ended = asyncio.Event()
+        self.status: Status | None = None
+
+    def offer(self, frames: Sequence[StoredFrame]) -> None:
+        """Queue committed frames; never blocks. Overflow ends the feed (nothing is lost)."""
+        for frame in frames:
+            if frame.seq <= self.sent_seq:
+                continue
+            self._put(frame)
+
+    def send_transient(self, payload: bytes) -> None:
+        """Queue a transient (seq 0) frame such as ``opened`` or ``pong``."""
+        self._put(_Transient(payload))
+
+    def close(self) -> None:
+        """End normally once everything queued so far is written."""
+        self._put(_CLOSE)
+
+    def _put(self, item: StoredFrame | _Transient | _Close) -> None:
+        if self.ended.is_set():
+            return
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.terminate(
+                Status(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "the client is not reading fast enough; resume to continue",
+                    True,
+                )
+            )
+
+    def terminate(self, status: Status | None) -> None:
+        """End the feed with ``status`` (``None`` or OK: a normal end). First call wins."""
+        if self.ended.is_set():
+            return
+        self.status = status
+        self.ended.set()
+
+    async def payloads(self, replay: Sequence[StoredFrame] = ()) -> AsyncIterator[bytes]:
+        """Yield wire payloads in order: ``replay`` first, then live frames, filling gaps."""
+        for frame in replay:
+            if frame.seq == self.sent_seq + 1:
+                self.sent_seq = frame.seq
+                yield frame.payload
+        while not self.ended.is_set():
+            item = await self._queue.get()
+            if isinstance(item, _Close):
+                self.terminate(None)
+                return
+            if isinstance(item, _Transient):
+                yield item.payload
+                continue
+            if item.seq <= self.sent_seq:
+                continue
+            if item.seq > self.sent_seq + 1:
+                missing = await self._store.frames_after(
+                    self.session_id, self.sent_seq, limit=item.seq - self.sent_seq - 1
+                )
+                for frame in missing:
+                    if frame.seq != self.sent_seq + 1:
+                        break
+                    self.sent_seq = frame.seq
+                    yield frame.payload
+                if item.seq != self.sent_seq + 1:
+                    log.error(
+                        "session %s: frames %d..%d missing from the store",
+                        self.session_id,
+                        self.sent_seq + 1,
+                        item.seq - 1,
+                    )
+                    self.terminate(
+                        Status(grpc.StatusCode.DATA_LOSS, "frames missing; resume", True)
+                    )
+                    return
+            self.sent_seq = item.seq
+            yield item.payload
+
+
+class Attachment(Feed):
+    """The live ``Converse`` stream of one session on this process."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        session_id: str,
+        identity: Identity,
+        *,
+        after_seq: int,
+        size: int,
+    ) -> None:
+        super().__init__(store, session_id, after_seq=after_seq, size=size)
+        self.identity = identity
+
+
+class FrameSink:
+    """What appends frames tell: ``deliver`` wakes whoever streams those sessions here."""
+
+    def deliver(self, frames: Mapping[str, Sequence[StoredFrame]]) -> None:
+        raise NotImplementedError
+
+
+class SessionHub(FrameSink):
+    """Owns the live attachments and watchers of this process."""
+
+    def __init__(self, store: SessionStore, *, queue_size: int = 256) -> None:
+        self._store = store
+        self._queue_size = queue_size
+        self._attachments: dict[str, Attachment] = {}
+        self._watchers: dict[str, set[Feed]] = {}
+        self._turn_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self.draining = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._attachments)
+
+    def attached_ids(self) -> list[str]:
+        return list(self._attachments)
+
+    def is_attached(self, session_id: str) -> bool:
+        return session_id in self._attachments
+
+    def attach(self, session_id: str, identity: Identity, *, after_seq: int) -> Attachment:
+        """Register a new attachment; an older one of the same session is superseded."""
+        att = Attachment(
+            self._store, session_id, identity, after_seq=after_seq, size=self._queue_size
+        )
+        old = self._attachments.get(session_id)
+        if old is not None:
+            old.terminate(
+                Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False)
+            )
+        self._attachments[session_id] = att
+        return att
+
+    def detach(self, att: Attachment) -> None:
+        if self._attachments.get(att.session_id) is att:
+            del self._attachments[att.session_id]
+
+    def supersede(self, session_id: str) -> bool:
+        """End this process's attachment of ``session_id`` (a newer one exists elsewhere)."""
+        att = self._attachments.get(session_id)
+        if att is None:
+            return False
+        att.terminate(Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False))
+        return True
+
+    def close_session(self, session_id: str, reason: str) -> None:
+        att = self._attachments.get(session_id)
+        if att is not None:
+            att.terminate(Status(grpc.StatusCode.NOT_FOUND, f"session closed: {reason}", False))
+        for feed in self._watchers.get(session_id, ()):
+            feed.close()
+
+    def watch(self, session_id: str, *, after_seq: int) -> Feed:
+        feed = Feed(self._store, session_id, after_seq=after_seq, size=self._queue_size)
+        self._watchers.setdefault(session_id, set()).add(feed)
+        return feed
+
+    def unwatch(self, feed: Feed) -> None:
+        feeds = self._watchers.get(feed.session_id)
+        if feeds is not None:
+            feeds.discard(feed)
+            if not feeds:
+                del self._watchers[feed.session_id]
+
+    def deliver(self, frames: Mapping[str, Sequence[StoredFrame]]) -> None:
+        """Offer committed frames to the attachments and watchers of their sessions."""
+        for session_id, items in frames.items():
+            att = self._attachments.get(session_id)
+            if att is not None:
+                att.offer(items)
+            for feed in self._watchers.get(session_id, ()):
+                feed.offer(items)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's turn lock (one turn at a time per session on this process)."""
+        lock = self._turn_locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._turn_locks[session_id] = lock
+        async with lock:
+            self._busy += 1
+            self._idle.clear()
+            try:
+                yield
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no turn is in progress on this process."""
+        await self._idle.wait()
+
+    def drain(self, message: str = "server is shutting down; resume on another server") -> None:
+        """End every live stream with ``UNAVAILABLE`` (the client resumes elsewhere)."""
+        self.draining = True
+        status = Status(grpc.StatusCode.UNAVAILABLE, message, True)
+        for att in list(self._attachments.values()):
+            att.terminate(status)
+        for feeds in list(self._watchers.values()):
+            for feed in list(feeds):
+                feed.terminate(status)

@@ -1,0 +1,66 @@
+"""Prometheus metrics, on a registry owned by the application (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Every metric talkwire exports; pass one instance to the components that report."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sessions_attached = Gauge(
+            "talkwire_sessions_attached", "Live Converse streams on this replica", registry=r
+        )
+        self.sessions_opened = Counter(
+            "talkwire_sessions_opened", "Sessions created", registry=r
+        )
+        self.sessions_resumed = Counter(
+            "talkwire_sessions_resumed", "Sessions resumed", registry=r
+        )
+        self.frames_out = Counter(
+            "talkwire_frames_out", "Frames written to Converse streams", registry=r
+        )
+        self.turn_seconds = Histogram(
+            "talkwire_turn_seconds", "Turn handling time", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.events = Counter(
+            "talkwire_events", "Change events routed", ["outcome"], registry=r
+        )
+        self.event_to_push_seconds = Histogram(
+            "talkwire_event_to_push_seconds",
+            "Event occurred_at to frame committed",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "talkwire_consumer_lag", "Kafka consumer lag", ["topic", "partition"], registry=r
+        )
+        self.consumer_stalled = Gauge(
+            "talkwire_consumer_stalled", "1 when the Kafka consumer made no progress", registry=r
+        )
+        self.connector_seconds = Histogram(
+            "talkwire_connector_seconds",
+            "Connector call latency",
+            ["connector", "operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.connector_errors = Counter(
+            "talkwire_connector_errors", "Connector call errors", ["connector", "code"], registry=r
+        )
+
+    def events_routed(self, received: int, frames: int, duplicates: int) -> None:
+        """Count a routed batch (the EventRouter reports through this)."""
+        self.events.labels("received").inc(received)
+        self.events.labels("frames").inc(frames)
+        self.events.labels("duplicate").inc(duplicates)
+
+    def push_latency(self, seconds: float) -> None:
+        self.event_to_push_seconds.observe(seconds)

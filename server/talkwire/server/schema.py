@@ -1,0 +1,96 @@
+"""The SessionStore's tables (SQLAlchemy Core; SQLite, PostgreSQL, MySQL/MariaDB)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "dead_letters",
+    "metadata",
+    "outbox",
+    "processed_events",
+    "schema_info",
+    "sessions",
+    "subscriptions",
+]
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+_Blob = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+_Text = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+_Seq = sa.BigInteger()
+
+# Session states (mirrors talkwire.v1.SessionState).
+ACTIVE = 1
+CLOSED = 2
+EXPIRED = 3
+
+schema_info = sa.Table(
+    "talkwire_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+sessions = sa.Table(
+    "talkwire_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(255), nullable=False, index=True),
+    sa.Column("identity", _Text, nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False, default=""),
+    sa.Column("locale", sa.String(35), nullable=False, default=""),
+    sa.Column("attributes", _Text, nullable=False),
+    sa.Column("state", sa.SmallInteger, nullable=False, default=ACTIVE),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_active_at", sa.Float, nullable=False, index=True),
+    sa.Column("head_seq", _Seq, nullable=False, default=0),
+    sa.Column("acked_seq", _Seq, nullable=False, default=0),
+    # Frames with seq <= floor_seq are gone (acked or pruned).
+    sa.Column("floor_seq", _Seq, nullable=False, default=0),
+    sa.Column("dialogue", _Text, nullable=False),
+    sa.Column("replica", sa.String(128), nullable=True),
+)
+
+outbox = sa.Table(
+    "talkwire_outbox",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("payload", _Blob, nullable=False),
+)
+
+subscriptions = sa.Table(
+    "talkwire_subscriptions",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_talkwire_subscriptions_session", "session_id"),
+)
+
+processed_events = sa.Table(
+    "talkwire_processed_events",
+    metadata,
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("processed_at", sa.Float, nullable=False, index=True),
+)
+
+dead_letters = sa.Table(
+    "talkwire_dead_letters",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("source", sa.String(255), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=True),
+    sa.Column("offset", sa.BigInteger, nullable=True),
+    sa.Column("reason", _Text, nullable=False),
+    sa.Column("payload", _Blob, nullable=True),
+    sa.Column("headers", _Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

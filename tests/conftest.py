@@ -1,0 +1,69 @@
+"""Shared fixtures: configs, an in-process server, tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from talkwire.server.app import Application
+from talkwire.server.config import Config, load_config
+
+TOKENS = {
+    "alice-token": {"subject": "alice", "claims": {"customer_id": "c-100"}},
+    "bob-token": {"subject": "bob", "claims": {"customer_id": "c-200"}},
+    "admin-token": {"subject": "ops", "roles": ["admin"]},
+}
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+MARIADB_URL = "mysql+aiomysql://root@127.0.0.1:3306/test"
+
+
+def make_config(tmp_path: Path, **sections: Any) -> Config:
+    """A test config: loopback port 0, SQLite store in tmp_path, static tokens, echo bot."""
+    raw: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "handler": "echo", "sweep_interval": 3600},
+        "store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"},
+        "auth": {"kind": "static", "tokens": TOKENS},
+        "demo": False,
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return load_config(None, env={}, overrides=raw)
+
+
+AppFactory = Callable[..., "Application"]
+
+
+@pytest.fixture
+async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start Applications on demand; all are closed at teardown."""
+    started: list[Application] = []
+
+    async def factory(config: Config | None = None, **kwargs: Any) -> Application:
+        app = Application(config or make_config(tmp_path), **kwargs)
+        await app.__aenter__()
+        started.append(app)
+        return app
+
+    yield factory
+    for app in reversed(started):
+        await app.aclose()
+
+
+@pytest.fixture
+async def app(make_app: Callable[..., Any]) -> Application:
+    result: Application = await make_app()
+    return result
+
+
+@pytest.fixture
+async def channel(app: Application) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(app.target) as ch:
+        yield ch
