@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import TOKEN, ServerHarness
+from scripted_server import TOKEN, ServerHarness
 
 from talkwire.clients import (
     ChatClient,
@@ -206,12 +206,12 @@ async def test_automatic_ack_batched_by_count(harness: ServerHarness) -> None:
 
 
 async def test_automatic_ack_after_interval(harness: ServerHarness) -> None:
-    async with client_for(harness, ack_every=1000, ack_interval=0.01) as client:
-        async with await client.open() as s:
-            sess = harness.chat.sessions[s.session_id]
-            await harness.chat.push(s.session_id, "one")
-            await take(s, 1)
-            await harness.chat.wait_until(lambda: sess.acks == [1])
+    client = client_for(harness, ack_every=1000, ack_interval=0.01)
+    async with client, await client.open() as s:
+        sess = harness.chat.sessions[s.session_id]
+        await harness.chat.push(s.session_id, "one")
+        await take(s, 1)
+        await harness.chat.wait_until(lambda: sess.acks == [1])
 
 
 async def test_ack_only_covers_delivered_frames(harness: ServerHarness) -> None:

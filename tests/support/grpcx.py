@@ -10,7 +10,7 @@ import grpc
 
 from talkwire.v1 import chat_pb2, chat_pb2_grpc
 
-__all__ = ["Stream", "open_frame", "message", "metadata_for"]
+__all__ = ["Stream", "message", "metadata_for", "open_frame"]
 
 
 def metadata_for(token: str | None) -> Sequence[tuple[str, str]]:
@@ -22,7 +22,9 @@ def open_frame(**kwargs: Any) -> chat_pb2.ConverseRequest:
 
 
 def message(text: str, frame_id: str = "") -> chat_pb2.ConverseRequest:
-    return chat_pb2.ConverseRequest(id=frame_id or text[:32], message=chat_pb2.UserMessage(text=text))
+    return chat_pb2.ConverseRequest(
+        id=frame_id or text[:32], message=chat_pb2.UserMessage(text=text)
+    )
 
 
 class Stream:

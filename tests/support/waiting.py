@@ -16,7 +16,7 @@ T = TypeVar("T")
 async def eventually(
     check: Callable[[], T | Awaitable[T]],
     *,
-    timeout: float = 20.0,
+    timeout: float = 20.0,  # noqa: ASYNC109 - a bounded poll deadline
     interval: float = 0.05,
     message: str = "condition",
 ) -> T:
@@ -31,5 +31,7 @@ async def eventually(
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last: {last!r}"
+            )
         await asyncio.sleep(interval)

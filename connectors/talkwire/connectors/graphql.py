@@ -163,7 +163,14 @@ class GraphQLConnector(HttpConnectorBase):
             ctx=ctx,
             budget=spec.timeout,
         )
-        data = resp.decode()
+        if resp.status >= 500 or resp.status in (408, 429):
+            self.map_status(resp, operation)
+        try:
+            data = resp.decode()
+        except BackendError:
+            if 200 <= resp.status < 300:
+                raise
+            data = None
         if isinstance(data, Mapping) and data.get("errors"):
             self._raise_errors(data["errors"], operation)
         self.map_status(resp, operation)

@@ -54,6 +54,15 @@ DEMO_POLICY: Mapping[str, Any] = {
                 "expect": {"customer_id": "{user.customer_id}"},
             },
         },
+        {
+            "key": "ticket:{ticket_id}",
+            "check": {
+                "connector": "crm",
+                "operation": "ticket_status",
+                "params": {"ticket_id": "{ticket_id}", "customer_id": "{user.customer_id}"},
+                "expect": {"ticket_id": "{ticket_id}"},
+            },
+        },
     ]
 }
 
@@ -176,8 +185,8 @@ class Application:
         from talkwire.connectors.demo.erp import serve_demo_erp
         from talkwire.server.dialogue import demo_bot_path
 
-        data = Path("talkwire-data")
-        data.mkdir(exist_ok=True)
+        data = Path(cfg.server.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
         crm_url = f"sqlite+aiosqlite:///{data / 'demo-crm.db'}"
         await create_demo_crm(crm_url)
         erp_url = await self._stack.enter_async_context(serve_demo_erp())

@@ -40,6 +40,9 @@ def _setup_logging(level: str, fmt: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Per-request client logs would drown the server's own; raise them explicitly if wanted.
+    for noisy in ("httpx", "httpcore", "aiokafka", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:

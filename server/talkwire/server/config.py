@@ -58,6 +58,8 @@ class ServerConfig:
     sweep_interval: float = 30.0
     metrics_listen: str = ""
     handler: str = "auto"
+    # Where the embedded demo keeps its SQLite CRM.
+    data_dir: str = _DEFAULT_DATA_DIR
 
 
 @dataclass(frozen=True, slots=True)

@@ -454,7 +454,7 @@ class SessionStore:
         """The client has every frame up to ``seq``: drop them from the outbox."""
         s = schema.sessions
         async with self._write() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 s.update()
                 .where(s.c.id == session_id, s.c.acked_seq < seq, s.c.head_seq >= seq)
                 .values(
@@ -463,6 +463,8 @@ class SessionStore:
                     last_active_at=self._clock(),
                 )
             )
+            if not result.rowcount:
+                return  # an old ack, or one beyond the newest frame: nothing to drop
             await conn.execute(
                 schema.outbox.delete().where(
                     schema.outbox.c.session_id == session_id, schema.outbox.c.seq <= seq

@@ -39,8 +39,6 @@ from talkwire.connectors.demo.crm import create_demo_crm, sqlite_url
 __all__ = ["create_erp_app", "serve_demo_erp"]
 
 
-
-
 def create_erp_app(crm_url: str) -> Starlette:
     """The ERP app over an existing demo CRM database (see :func:`create_demo_crm`)."""
     engine_box: dict[str, AsyncEngine] = {}
@@ -179,6 +177,8 @@ async def run_uvicorn(app: Any, host: str = "127.0.0.1", port: int = 0) -> Async
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted sockets inherit it: no Nagle delay between uvicorn's header and body writes
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)

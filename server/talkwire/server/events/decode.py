@@ -116,18 +116,18 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-def op_from_name(name: str | int) -> int:
+def op_from_name(name: str | int) -> events_pb2.ChangeOp.ValueType:
     """``"update"`` / ``"u"`` / ``"CHANGE_OP_UPDATE"`` / ``2`` -> ``CHANGE_OP_UPDATE``."""
     if isinstance(name, int) and not isinstance(name, bool):
         if name in _OP_NAMES:
-            return name
+            return events_pb2.ChangeOp.ValueType(name)
         raise DecodeError(f"unknown op {name!r}")
     if not isinstance(name, str):
         raise DecodeError(f"unknown op {name!r}")
     key = name.strip().lower()
     key = key.removeprefix("change_op_")
     if key in _OPS:
-        return _OPS[key]
+        return events_pb2.ChangeOp.ValueType(_OPS[key])
     raise DecodeError(f"unknown op {name!r}")
 
 
@@ -433,4 +433,3 @@ def decode(
             raise DecodeError("the event has no id")
         event.id = fallback_id
     return _with_trace(event, headers)
-

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -93,7 +93,7 @@ class KafkaIngress:
         router: EventRouter,
         store: SessionStore,
         *,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = (
             config if isinstance(config, KafkaSettings) else KafkaSettings.from_config(config)
@@ -146,6 +146,8 @@ class KafkaIngress:
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset=s.start,
+            session_timeout_ms=int(s.session_timeout * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
             **kwargs,
         )
         try:
@@ -209,7 +211,7 @@ class KafkaIngress:
         """Running and made progress within ``stall_after`` seconds."""
         if not self.running or self._failed is not None:
             return False
-        return self._clock() - self.last_progress <= self.settings.stall_after
+        return bool(self._clock() - self.last_progress <= self.settings.stall_after)
 
     @property
     def lag(self) -> int:
@@ -381,9 +383,7 @@ class KafkaIngress:
 
     async def _dead_letter(self, dead: list[tuple[TopicPartition, Any, str]]) -> None:
         for tp, rec, reason in dead:
-            log.warning(
-                "dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, rec.offset, reason
-            )
+            log.warning("dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, rec.offset, reason)
             headers = list(rec.headers or ())
             if self._producer is not None:
                 extra = [

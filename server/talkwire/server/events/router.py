@@ -119,7 +119,9 @@ class EventRouter:
         if not keys:
             return None
         return FanoutEvent(
-            event_id=event.id, template=update_frame(event, key=keys[0], text=text), keys=tuple(keys)
+            event_id=event.id,
+            template=update_frame(event, key=keys[0], text=text),
+            keys=tuple(keys),
         )
 
     async def route(
@@ -177,13 +179,13 @@ class EventRouter:
             if keys:
                 try:
                     self._invalidate(list(keys))
-                except Exception:  # noqa: BLE001 - a cache problem must not stop the push
+                except Exception:
                     log.exception("connector cache invalidation failed")
         result = await self.store.fanout(prepared)
         if result.frames:
             try:
                 self.sink.deliver(result.frames)
-            except Exception:  # noqa: BLE001 - frames are stored; clients get them on resume
+            except Exception:
                 log.exception("waking live attachments failed (frames are stored)")
         if self._metrics is not None:
             self._report(result, occurred, received)
@@ -201,7 +203,7 @@ class EventRouter:
                 at = occurred.get(event_id)
                 if count and at:
                     metrics.push_latency(max(0.0, now - at))
-        except Exception:  # noqa: BLE001 - metrics never break routing
+        except Exception:
             log.exception("router metrics failed")
 
     def route_for(self, topic: str) -> TopicRoute | None:

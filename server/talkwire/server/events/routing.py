@@ -153,7 +153,13 @@ class TopicRoute:
                 try:
                     key = compile_template(template).render(ctx)
                 except TemplateError as exc:
-                    log.debug("route %s: key %r not derived for %s: %s", self.name, template, event.id, exc)
+                    log.debug(
+                        "route %s: key %r not derived for %s: %s",
+                        self.name,
+                        template,
+                        event.id,
+                        exc,
+                    )
                     continue
                 if key:
                     out[key] = None

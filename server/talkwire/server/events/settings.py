@@ -13,6 +13,8 @@ Example::
       retry_initial: 0.2                     # store-unavailable backoff (doubles) ...
       retry_max: 5.0                         # ... up to this
       stall_after: 30.0                      # watchdog: no progress for this long -> unhealthy
+      session_timeout: 10.0                  # group session timeout (seconds)
+      heartbeat_interval: 3.0
       security:
         protocol: SASL_SSL                   # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
         cafile: /etc/talkwire/ca.pem
@@ -154,6 +156,8 @@ _KEYS = frozenset(
         "retry_initial",
         "retry_max",
         "stall_after",
+        "session_timeout",
+        "heartbeat_interval",
         "security",
         "topics",
         "enabled",
@@ -183,6 +187,8 @@ class KafkaSettings:
     retry_initial: float = 0.2
     retry_max: float = 5.0
     stall_after: float = 30.0
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 3.0
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod
@@ -225,6 +231,8 @@ class KafkaSettings:
             retry_initial=_number(section, "retry_initial", 0.2, where),
             retry_max=_number(section, "retry_max", 5.0, where),
             stall_after=_number(section, "stall_after", 30.0, where),
+            session_timeout=_number(section, "session_timeout", 10.0, where),
+            heartbeat_interval=_number(section, "heartbeat_interval", 3.0, where),
             security=SecuritySettings.from_config(section.get("security"), f"{where}.security"),
         )
 

@@ -1,0 +1,250 @@
+"""Subscription policy from config: which keys an identity may subscribe to.
+
+::
+
+    policy:
+      default: deny                       # deny | allow (for keys no rule matches)
+      rules:
+        - key: "customer:{user.customer_id}"     # always: the caller's own customer
+        - key: "order:{order_id}"                # binds order_id ...
+          check:                                 # ... and asks a connector
+            connector: crm
+            operation: order_owner
+            params: {order_id: "{order_id}"}
+            expect: {customer_id: "{user.customer_id}"}
+
+A rule's ``key`` is a pattern: ``{user.X}`` (the caller's claim ``X``;
+``{user.sub}`` is the subject) must equal that part of the key; any other
+``{name}`` binds the text there (non-empty, no ``:``) as a variable. A rule
+without ``check`` allows every key it matches. With ``check``, the connector
+operation is invoked with the rendered ``params`` (as the caller) and must
+return a row (a mapping, or the first of a list of rows) whose fields equal the
+rendered ``expect`` values (compared as text); no row, a mismatch or a
+non-retriable connector error deny. Retriable connector errors propagate
+(``UNAVAILABLE``: the client may retry). The first rule that allows wins.
+
+With no ``policy`` section the default is deny for every key: a deployment
+must say what may be subscribed (the embedded demo config allows
+``customer:{user.customer_id}`` and ``order:{order_id}`` checked with
+``crm.order_owner``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from talkwire.connectors.base import CallContext
+from talkwire.connectors.errors import ConnectorError
+from talkwire.connectors.templates import (
+    MISSING,
+    TemplateError,
+    compile_template,
+    lookup,
+    render_value,
+    stringify,
+)
+from talkwire.server.errors import ConfigError
+from talkwire.server.identity import Identity
+
+__all__ = ["ConfigPolicy", "PolicyRule", "from_config"]
+
+log = logging.getLogger(__name__)
+
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\}")
+
+
+class Invoker(Protocol):
+    """What the policy needs from the connector registry."""
+
+    async def invoke(
+        self,
+        connector: str,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        ctx: CallContext | None = None,
+    ) -> Any: ...
+
+
+def _identity_values(identity: Identity) -> dict[str, Any]:
+    user = dict(identity.claims)
+    user.setdefault("sub", identity.subject)
+    return {"user": user, "subject": identity.subject}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One ``policy.rules`` entry."""
+
+    pattern: str
+    parts: tuple[str | tuple[str], ...]
+    connector: str = ""
+    operation: str = ""
+    params: Mapping[str, Any] | None = None
+    expect: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, section: Any, where: str) -> PolicyRule:
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: expected a mapping with a 'key'")
+        unknown = set(section) - {"key", "check"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: check, key)")
+        pattern = section.get("key")
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{where}.key: expected a key pattern such as 'order:{{order_id}}'")
+        try:
+            compile_template(pattern)
+        except TemplateError as exc:
+            raise ConfigError(f"{where}.key: {exc}") from None
+        parts: list[str | tuple[str]] = []
+        pos = 0
+        for m in _FIELD.finditer(pattern):
+            if m.start() > pos:
+                parts.append(pattern[pos : m.start()])
+            parts.append((m.group(1),))
+            pos = m.end()
+        if pos < len(pattern):
+            parts.append(pattern[pos:])
+        check = section.get("check")
+        if check is None:
+            return cls(pattern=pattern, parts=tuple(parts))
+        if not isinstance(check, Mapping):
+            raise ConfigError(f"{where}.check: expected a mapping")
+        unknown = set(check) - {"connector", "operation", "params", "expect"}
+        if unknown:
+            raise ConfigError(f"{where}.check.{sorted(unknown)[0]}: unknown key")
+        for key in ("connector", "operation"):
+            if not isinstance(check.get(key), str) or not check.get(key):
+                raise ConfigError(f"{where}.check.{key}: required")
+        params = check.get("params") or {}
+        expect = check.get("expect") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{where}.check.params: expected a mapping")
+        if not isinstance(expect, Mapping) or not expect:
+            raise ConfigError(f"{where}.check.expect: expected a non-empty mapping")
+        return cls(
+            pattern=pattern,
+            parts=tuple(parts),
+            connector=str(check["connector"]),
+            operation=str(check["operation"]),
+            params=dict(params),
+            expect=dict(expect),
+        )
+
+    def match(self, key: str, identity_values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Bind the pattern's variables against ``key``; ``None`` when it does not match."""
+        regex: list[str] = []
+        names: dict[str, str] = {}
+        for part in self.parts:
+            if isinstance(part, str):
+                regex.append(re.escape(part))
+                continue
+            name = part[0]
+            if name.startswith("user.") or name == "subject":
+                value = lookup(identity_values, name)
+                if value is MISSING or value is None or value == "":
+                    return None
+                regex.append(re.escape(stringify(value)))
+            elif name in names:
+                regex.append(f"(?P={names[name]})")
+            else:
+                group = f"g{len(names)}"
+                names[name] = group
+                regex.append(f"(?P<{group}>[^:]+)")
+        m = re.fullmatch("".join(regex), key)
+        if m is None:
+            return None
+        return {name: m.group(group) for name, group in names.items()}
+
+
+class ConfigPolicy:
+    """A :class:`talkwire.server.turns.SubscriptionPolicy` from the ``policy`` section."""
+
+    def __init__(
+        self,
+        rules: Sequence[PolicyRule] | Sequence[Mapping[str, Any]],
+        registry: Invoker | None = None,
+        *,
+        default: str = "deny",
+    ) -> None:
+        self.rules: tuple[PolicyRule, ...] = tuple(
+            r if isinstance(r, PolicyRule) else PolicyRule.from_config(r, f"policy.rules[{i}]")
+            for i, r in enumerate(rules)
+        )
+        if default not in ("deny", "allow"):
+            raise ConfigError(f"policy.default: expected deny or allow, got {default!r}")
+        self.default_allow = default == "allow"
+        self.registry = registry
+        for i, rule in enumerate(self.rules):
+            if rule.connector and registry is None:
+                raise ConfigError(
+                    f"policy.rules[{i}].check: needs connectors (none are configured)"
+                )
+
+    @classmethod
+    def from_config(
+        cls, section: Mapping[str, Any] | None, registry: Invoker | None = None
+    ) -> ConfigPolicy:
+        """See :func:`from_config`."""
+        return from_config(section, registry)
+
+    async def allowed(self, identity: Identity, key: str) -> bool:
+        values = _identity_values(identity)
+        for rule in self.rules:
+            bound = rule.match(key, values)
+            if bound is None:
+                continue
+            if not rule.connector:
+                return True
+            if await self._check(rule, identity, {**values, **bound}):
+                return True
+        return self.default_allow
+
+    async def _check(self, rule: PolicyRule, identity: Identity, values: Mapping[str, Any]) -> bool:
+        assert self.registry is not None  # noqa: S101 - checked in __init__
+        try:
+            params = render_value(dict(rule.params or {}), values)
+            expect = render_value(dict(rule.expect or {}), values)
+        except TemplateError as exc:
+            log.info("policy %s: cannot render check (%s): deny", rule.pattern, exc)
+            return False
+        ctx = CallContext(subject=identity.subject, claims=dict(identity.claims))
+        try:
+            result = await self.registry.invoke(rule.connector, rule.operation, params, ctx)
+        except ConnectorError as exc:
+            if exc.retriable:
+                raise
+            log.info(
+                "policy %s: check %s.%s failed (%s): deny",
+                rule.pattern,
+                rule.connector,
+                rule.operation,
+                exc,
+            )
+            return False
+        if isinstance(result, list | tuple):
+            result = result[0] if result else None
+        if not isinstance(result, Mapping):
+            return False
+        return all(
+            name in result and stringify(result[name]) == stringify(want)
+            for name, want in expect.items()
+        )
+
+
+def from_config(section: Mapping[str, Any] | None, registry: Invoker | None = None) -> ConfigPolicy:
+    """The policy for the ``policy`` section (deny everything when it is absent)."""
+    section = section or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("policy: expected a mapping")
+    unknown = set(section) - {"rules", "default"}
+    if unknown:
+        raise ConfigError(f"policy.{sorted(unknown)[0]}: unknown key (known: default, rules)")
+    rules = section.get("rules") or []
+    if not isinstance(rules, list):
+        raise ConfigError("policy.rules: expected a list")
+    return ConfigPolicy(rules, registry, default=str(section.get("default", "deny")))

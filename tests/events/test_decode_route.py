@@ -1,0 +1,229 @@
+"""Decoding (four formats) and routing with the real SQLite store and a recording sink."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from talkwire.clients.events import build_event, encode_event
+from talkwire.server.events.decode import DecodeError, decode, struct_to_dict
+from talkwire.server.events.router import EventRouter
+from talkwire.server.events.routing import TopicRoute, parse_topics
+from talkwire.server.identity import Identity
+from talkwire.server.store import SessionStore
+from talkwire.v1 import chat_pb2, events_pb2
+from tests.events.conftest import RecordingSink
+
+ORDER_ROUTE = TopicRoute.from_config(
+    "orders",
+    {
+        "format": "json",
+        "keys": ["order:{after.id}"],
+        "update_text": "Order {after.id} is now {after.status}",
+    },
+)
+
+
+def _dbz(op: str = "u", *, wrap: bool = False, lsn: int = 42) -> bytes:
+    payload = {
+        "before": {"id": 1001, "status": "packed"} if op != "c" else None,
+        "after": {"id": 1001, "status": "shipped"} if op != "d" else None,
+        "op": op,
+        "ts_ms": 1714560000123,
+        "source": {
+            "connector": "postgresql",
+            "name": "erp",
+            "db": "shop",
+            "schema": "public",
+            "table": "orders",
+            "lsn": lsn,
+            "ts_ms": 1714560000000,
+        },
+    }
+    doc = {"schema": {"type": "struct"}, "payload": payload} if wrap else payload
+    return json.dumps(doc).encode()
+
+
+def test_protobuf_decodes() -> None:
+    ev = build_event("order.status_changed", ["order:1"], after={"id": 1, "status": "x"})
+    value, headers = encode_event(ev, "protobuf", traceparent="00-abc-def-01")
+    got = decode("protobuf", value, b"order:1", headers)
+    assert got is not None
+    assert got.id == ev.id
+    assert struct_to_dict(got.after) == {"id": 1, "status": "x"}
+    assert got.attributes["traceparent"] == "00-abc-def-01"
+
+
+def test_json_decodes_with_short_op_and_rfc3339() -> None:
+    body = {
+        "id": "e1",
+        "source": "erp",
+        "type": "order.status_changed",
+        "keys": ["order:1"],
+        "op": "update",
+        "after": {"id": 1, "status": "shipped"},
+        "occurred_at": "2024-05-01T12:00:00Z",
+    }
+    got = decode("json", json.dumps(body).encode())
+    assert got is not None
+    assert got.op == events_pb2.CHANGE_OP_UPDATE
+    assert got.occurred_at.seconds == 1714564800
+    body["op"] = "CHANGE_OP_DELETE"
+    got = decode("json", json.dumps(body).encode())
+    assert got is not None
+    assert got.op == events_pb2.CHANGE_OP_DELETE
+
+
+def test_cloudevents_binary_and_structured() -> None:
+    ev = build_event("order.status_changed", ["order:7"], after={"id": 7, "status": "late"})
+    value, headers = encode_event(ev, "cloudevents")
+    got = decode("cloudevents", value, None, headers)
+    assert got is not None
+    assert (got.id, got.type, list(got.keys)) == (ev.id, ev.type, ["order:7"])
+    assert struct_to_dict(got.after)["status"] == "late"
+    value, headers = encode_event(ev, "cloudevents", cloudevents_mode="structured")
+    got = decode("cloudevents", value, None, headers)
+    assert got is not None
+    assert got.id == ev.id
+    assert got.occurred_at == ev.occurred_at
+    # a plain CloudEvent whose data is the record itself becomes `after`
+    plain = {
+        "specversion": "1.0",
+        "id": "x1",
+        "source": "crm",
+        "type": "ticket.updated",
+        "subject": "ticket:9",
+        "time": "2024-05-01T12:00:00Z",
+        "data": {"id": 9, "state": "open"},
+    }
+    got = decode("cloudevents", json.dumps(plain).encode())
+    assert got is not None
+    assert list(got.keys) == ["ticket:9"]
+    assert struct_to_dict(got.after) == {"id": 9, "state": "open"}
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_debezium_envelope(wrap: bool) -> None:
+    got = decode("debezium", _dbz(wrap=wrap), b'{"id":1001}', topic="erp.public.orders")
+    assert got is not None
+    assert got.op == events_pb2.CHANGE_OP_UPDATE
+    assert got.source == "erp.shop.public.orders"
+    assert struct_to_dict(got.after) == {"id": 1001, "status": "shipped"}
+    again = decode("debezium", _dbz(wrap=not wrap), b'{"id":1001}')
+    assert again is not None
+    assert again.id == got.id  # re-delivery dedups, wrapper or not
+    other = decode("debezium", _dbz(lsn=43), b'{"id":1001}')
+    assert other is not None
+    assert other.id != got.id
+    assert decode("debezium", None, b'{"id":1001}') is None  # tombstone: skipped
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "headers"),
+    [
+        ("protobuf", b"\xff\xff\xff", []),
+        ("json", b"{not json", []),
+        ("json", b'{"id": "x", "nope": 1}', []),
+        ("json", b'{"id": "x", "op": "explode"}', []),
+        ("cloudevents", b"{}", []),
+        ("cloudevents", b"{}", [("ce_id", b"1")]),
+        ("debezium", b'{"op": "t", "source": {}}', []),
+        ("debezium", b"[1, 2]", []),
+        ("avro", b"x", []),
+    ],
+)
+def test_decode_errors_are_typed(fmt: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(fmt, value, None, headers)
+    assert info.value.reason
+
+
+async def _sessions(store: SessionStore, *keys: str) -> list[str]:
+    out = []
+    for i, key in enumerate(keys):
+        record, _ = await store.create_session(Identity(f"user{i}", {}))
+        if key:
+            await store.subscribe(record.id, key)
+        out.append(record.id)
+    return out
+
+
+def _update(payload: bytes) -> chat_pb2.Update:
+    frame = chat_pb2.ConverseResponse.FromString(payload)
+    assert frame.WhichOneof("frame") == "update"
+    return frame.update
+
+
+async def test_route_reaches_only_subscribers_once(
+    store: SessionStore, sink: RecordingSink
+) -> None:
+    a, b = await _sessions(store, "order:1001", "order:2002")
+    invalidated: list[list[str]] = []
+    router = EventRouter(store, sink, invalidate=lambda keys: invalidated.append(list(keys)))
+    ev = build_event("order.status_changed", [], after={"id": 1001, "status": "shipped"})
+    result = await router.route([(ev, ORDER_ROUTE)])
+    assert result.delivered == {ev.id: 1}
+    assert set(result.frames) == {a}
+    assert sink.sessions == {a}
+    upd = _update(sink.frames(a)[0].payload)
+    assert (upd.event_id, upd.key, upd.text) == (ev.id, "order:1001", "Order 1001 is now shipped")
+    assert invalidated == [["order:1001"]]
+    # the same event again: no second frame anywhere
+    result = await router.route([(ev, ORDER_ROUTE)])
+    assert result.duplicates == [ev.id]
+    assert not result.frames
+    assert [f.seq for f in await store.frames_after(a, 0)] == [1]
+    assert await store.frames_after(b, 0) == []
+
+
+async def test_keys_nobody_subscribes_make_nothing(
+    store: SessionStore, sink: RecordingSink
+) -> None:
+    (a,) = await _sessions(store, "order:1")
+    router = EventRouter(store, sink)
+    ev = build_event("x", ["order:999"], after={"id": 999})
+    result = await router.route([(ev, None)])
+    assert result.delivered == {ev.id: 0}
+    assert not sink.deliveries
+    assert await store.frames_after(a, 0) == []
+
+
+async def test_filters_ops_and_changed_fields(store: SessionStore, sink: RecordingSink) -> None:
+    (a,) = await _sessions(store, "order:5")
+    route = parse_topics(
+        {"orders": {"keys": ["order:{row.id}"], "ops": ["update", "delete"], "fields": ["status"]}}
+    )["orders"]
+    router = EventRouter(store, sink)
+    same = build_event(
+        "t", [], before={"id": 5, "status": "a", "n": 1}, after={"id": 5, "status": "a", "n": 2}
+    )
+    created = build_event("t", [], op="create", after={"id": 5, "status": "a"})
+    changed = build_event("t", [], before={"id": 5, "status": "a"}, after={"id": 5, "status": "b"})
+    deleted = build_event("t", [], op="delete", before={"id": 5, "status": "b"})
+    result = await router.route(
+        [(same, route), (created, route), (changed, route), (deleted, route)]
+    )
+    assert [_update(f.payload).event_id for f in result.frames[a]] == [changed.id, deleted.id]
+
+
+async def test_explicit_keys_plus_template_keys(store: SessionStore, sink: RecordingSink) -> None:
+    a, b = await _sessions(store, "customer:c1", "order:8")
+    route = TopicRoute.from_config("o", {"keys": ["order:{after.id}"]})
+    ev = build_event("t", ["customer:c1"], after={"id": 8}, text="hello")
+    result = await EventRouter(store, sink).route([(ev, route)])
+    assert set(result.frames) == {a, b}
+    assert _update(result.frames[b][0].payload).text == "hello"
+
+
+async def test_publish_to_session_and_key(store: SessionStore, sink: RecordingSink) -> None:
+    a, b = await _sessions(store, "order:1", "")
+    router = EventRouter(store, sink)
+    ev = events_pb2.ChangeEvent(type="note", text="hi")
+    result = await router.publish(ev, session_id=b)
+    assert ev.id  # assigned
+    assert set(result.frames) == {b}
+    result = await router.publish(events_pb2.ChangeEvent(id="p2", text="k"), key="order:1")
+    assert set(result.frames) == {a}
+    again = await router.publish(events_pb2.ChangeEvent(id="p2", text="k"), key="order:1")
+    assert again.duplicates == ["p2"]

@@ -1,0 +1,252 @@
+"""Kafka ingress against a real Tansu broker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from talkwire.clients.events import EventProducer, build_event
+from talkwire.server.errors import UnavailableError
+from talkwire.server.events.kafka import DEAD_LETTER_REASON_HEADER, KafkaIngress
+from talkwire.server.events.router import EventRouter
+from talkwire.server.identity import Identity
+from talkwire.server.store import SessionStore
+from talkwire.v1 import chat_pb2
+from tests.events.conftest import RecordingSink, create_topics
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.kafka
+
+
+def _config(bootstrap: str, topic: str, fmt: str = "json", **extra: Any) -> dict[str, Any]:
+    return {
+        "bootstrap": bootstrap,
+        "group_id": f"g-{uuid.uuid4().hex[:8]}",
+        "start": "earliest",
+        "poll_timeout": 0.2,
+        "retry_initial": 0.05,
+        "retry_max": 0.2,
+        "stall_after": 60,
+        # Tansu completes a group join only after session_timeout / 2
+        "session_timeout": 2.0,
+        "heartbeat_interval": 0.3,
+        "topics": {
+            topic: {
+                "format": fmt,
+                "keys": ["order:{row.id}"],
+                "update_text": "Order {row.id} is now {row.status}",
+            }
+        },
+        **extra,
+    }
+
+
+async def _sessions(store: SessionStore, *keys: str) -> list[str]:
+    out = []
+    for i, key in enumerate(keys):
+        record, _ = await store.create_session(Identity(f"u{i}", {}))
+        await store.subscribe(record.id, key)
+        out.append(record.id)
+    return out
+
+
+def _texts(frames: list[Any]) -> list[str]:
+    return [chat_pb2.ConverseResponse.FromString(f.payload).update.text for f in frames]
+
+
+async def _committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)  # type: ignore[no-any-return]
+    finally:
+        await consumer.stop()
+
+
+async def _produce(
+    bootstrap: str,
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key, headers=headers or [])
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+async def topic(kafka_bootstrap: str, topic_name: str) -> str:
+    await create_topics(kafka_bootstrap, topic_name)
+    return topic_name
+
+
+@pytest.mark.parametrize("fmt", ["protobuf", "json", "cloudevents"])
+async def test_event_reaches_only_the_subscribed_session(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink, fmt: str
+) -> None:
+    a, b = await _sessions(store, "order:1001", "order:2002")
+    cfg = _config(kafka_bootstrap, topic, fmt)
+    async with KafkaIngress(cfg, EventRouter(store, sink), store) as ingress:
+        async with EventProducer(kafka_bootstrap, topic=topic, format=fmt) as producer:  # type: ignore[arg-type]
+            ev = await producer.emit(
+                "order.status_changed", ["order:1001"], after={"id": 1001, "status": "shipped"}
+            )
+        await eventually(lambda: sink.frames(a), message="the update frame")
+        assert _texts(await store.frames_after(a, 0)) == ["Order 1001 is now shipped"]
+        assert await store.frames_after(b, 0) == []
+        assert sink.sessions == {a}
+        assert (
+            chat_pb2.ConverseResponse.FromString(sink.frames(a)[0].payload).update.event_id == ev.id
+        )
+        assert ingress.healthy
+
+
+async def test_debezium_through_kafka_with_tombstone(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    (a,) = await _sessions(store, "order:1001")
+    row = {
+        "schema": {"type": "struct"},
+        "payload": {
+            "before": {"id": 1001, "status": "packed"},
+            "after": {"id": 1001, "status": "shipped"},
+            "op": "u",
+            "ts_ms": 1,
+            "source": {"name": "erp", "db": "shop", "table": "orders", "lsn": 77, "ts_ms": 1},
+        },
+    }
+    key = b'{"id":1001}'
+    cfg = _config(kafka_bootstrap, topic, "debezium")
+    async with KafkaIngress(cfg, EventRouter(store, sink), store) as ingress:
+        await _produce(kafka_bootstrap, topic, json.dumps(row).encode(), key=key)
+        await _produce(kafka_bootstrap, topic, None, key=key)  # tombstone
+        await _produce(kafka_bootstrap, topic, json.dumps(row).encode(), key=key)  # redelivery
+        await eventually(lambda: ingress.records >= 3, message="three records processed")
+    assert _texts(await store.frames_after(a, 0)) == ["Order 1001 is now shipped"]
+    assert await store.dead_letters() == []
+
+
+async def test_poison_to_store_dead_letter_then_next_delivered_and_committed(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    (a,) = await _sessions(store, "order:1")
+    cfg = _config(kafka_bootstrap, topic, "json")
+    tp = TopicPartition(topic, 0)
+    async with KafkaIngress(cfg, EventRouter(store, sink), store) as ingress:
+        await _produce(kafka_bootstrap, topic, b"{definitely not json")
+        ev = build_event("order.status_changed", ["order:1"], after={"id": 1, "status": "late"})
+        async with EventProducer(kafka_bootstrap, topic=topic, format="json") as producer:
+            await producer.send(ev)
+            await producer.send(ev)  # the same event twice -> one frame
+        await eventually(lambda: ingress.records >= 3, message="three records processed")
+    dead = await store.dead_letters()
+    assert len(dead) == 1
+    assert dead[0]["offset"] == 0
+    assert "JSON" in dead[0]["reason"]
+    assert _texts(await store.frames_after(a, 0)) == ["Order 1 is now late"]
+    assert await _committed(kafka_bootstrap, cfg["group_id"], tp) == 3
+
+
+async def test_poison_to_dead_letter_topic(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    dlt = f"{topic}-dlt"
+    await create_topics(kafka_bootstrap, dlt)
+    cfg = _config(kafka_bootstrap, topic, "protobuf", dead_letter_topic=dlt)
+    async with KafkaIngress(cfg, EventRouter(store, sink), store):
+        await _produce(kafka_bootstrap, topic, b"\xff\xfe garbage", key=b"k1")
+        consumer = AIOKafkaConsumer(
+            dlt, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            record = await consumer.getone()
+        finally:
+            await consumer.stop()
+    assert record.value == b"\xff\xfe garbage"
+    assert record.key == b"k1"
+    headers = dict(record.headers)
+    assert b"ChangeEvent" in headers[DEAD_LETTER_REASON_HEADER]
+    assert headers["talkwire-source-offset"] == b"0"
+    assert await store.dead_letters() == []
+
+
+class FlakyStore:
+    """The real store, with ``fanout`` failing as if the database were down while ``down``."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.down = True
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def fanout(self, events: Any) -> Any:
+        if self.down:
+            self.failures += 1
+            raise UnavailableError("session store unavailable: simulated outage")
+        return await self._store.fanout(events)
+
+
+async def test_store_unavailable_is_retried_and_not_committed(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    (a,) = await _sessions(store, "order:42")
+    cfg = _config(kafka_bootstrap, topic, "json")
+    tp = TopicPartition(topic, 0)
+    flaky = FlakyStore(store)
+    router = EventRouter(flaky, sink)  # type: ignore[arg-type]
+    async with KafkaIngress(cfg, router, store) as ingress:
+        ev = build_event("order.status_changed", ["order:42"], after={"id": 42, "status": "x"})
+        async with EventProducer(kafka_bootstrap, topic=topic, format="json") as producer:
+            await producer.send(ev)
+        await eventually(lambda: ingress.retries >= 3, message="retries while the store is down")
+        assert await _committed(kafka_bootstrap, cfg["group_id"], tp) in (None, -1, 0)
+        assert not sink.deliveries
+        flaky.down = False
+        await eventually(lambda: sink.frames(a), message="delivery after the store is back")
+        await eventually(lambda: ingress.batches >= 1, message="batch committed")
+    assert await _committed(kafka_bootstrap, cfg["group_id"], tp) == 1
+    assert _texts(await store.frames_after(a, 0)) == ["Order 42 is now x"]
+
+
+async def test_second_consumer_takes_over(
+    kafka_bootstrap: str, topic_name: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    await create_topics(kafka_bootstrap, topic_name, partitions=2)
+    keys = [f"order:{i}" for i in range(6)]
+    sessions = await _sessions(store, *keys)
+    cfg = _config(kafka_bootstrap, topic_name, "json")
+    router = EventRouter(store, sink)
+    first = KafkaIngress(cfg, router, store)
+    await first.start()
+    try:
+        await eventually(lambda: len(first.assignment) == 2, message="first owns both partitions")
+        second = KafkaIngress(cfg, router, store)
+        await second.start()
+        try:
+            await first.aclose()
+            await eventually(lambda: len(second.assignment) == 2, timeout=30, message="takeover")
+            async with EventProducer(kafka_bootstrap, topic=topic_name, format="json") as producer:
+                for i in range(6):
+                    await producer.emit("s", [keys[i]], after={"id": i, "status": "ok"})
+            for sid in sessions:
+                await eventually(lambda sid=sid: sink.frames(sid), message=f"frame for {sid}")
+        finally:
+            await second.aclose()
+    finally:
+        await first.aclose()
+    for sid in sessions:
+        assert len(await store.frames_after(sid, 0)) == 1
