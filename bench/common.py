@@ -100,7 +100,7 @@ def ours_config(tmp: Path, port: int, **extra: Any) -> dict[str, Any]:
 @dataclass
 class Server:
     kind: str  # "ours" | "bare"
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     target: str
     tmp: tempfile.TemporaryDirectory[str] | None = None
     ps: psutil.Process = field(init=False)
@@ -128,7 +128,7 @@ class Server:
             self.tmp.cleanup()
 
 
-def _wait_ready(proc: subprocess.Popen[str], marker: str, timeout: float, log: Path) -> str:
+def _wait_ready(proc: subprocess.Popen[bytes], marker: str, timeout: float, log: Path) -> str:
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
@@ -136,9 +136,12 @@ def _wait_ready(proc: subprocess.Popen[str], marker: str, timeout: float, log: P
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
-        chunk = proc.stdout.read()
+        try:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            chunk = b""
         if chunk:
-            buf += chunk
+            buf += chunk.decode(errors="replace")
             for line in buf.splitlines():
                 if marker in line:
                     return line.split(marker, 1)[1].strip()
@@ -177,7 +180,6 @@ def start_server(
         cmd,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
-        text=True,
         cwd=tmp,
         env=env,
     )

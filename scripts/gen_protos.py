@@ -49,8 +49,12 @@ def main() -> int:
         committed = sorted(p for p in PACKAGE.iterdir() if p.name.endswith(SUFFIXES))
         if args.check:
             stale = [p.name for p in fresh if not (PACKAGE / p.name).exists()]
-            stale += [p.name for p in fresh if (PACKAGE / p.name).exists()
-                      and not filecmp.cmp(p, PACKAGE / p.name, shallow=False)]
+            stale += [
+                p.name
+                for p in fresh
+                if (PACKAGE / p.name).exists()
+                and not filecmp.cmp(p, PACKAGE / p.name, shallow=False)
+            ]
             stale += [p.name for p in committed if p.name not in {f.name for f in fresh}]
             if stale:
                 print("generated code is stale: " + ", ".join(sorted(set(stale))))

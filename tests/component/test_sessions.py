@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talkwire.server.app import Application
@@ -37,7 +36,9 @@ async def _push(app: Application, session_id: str, texts: list[str]) -> None:
 async def test_open_message_reply_seq(channel: grpc.aio.Channel) -> None:
     s = Stream(channel, ALICE)
     opened = await s.open(channel="web", locale="en")
-    assert opened.session_id and opened.resume_token and not opened.resumed
+    assert opened.session_id
+    assert opened.resume_token
+    assert not opened.resumed
     for i, text in enumerate(["hello", "how are you", "bye"], start=1):
         await s.send(message(text, f"m{i}"))
         frame = await s.recv()
@@ -52,7 +53,9 @@ async def test_ping_pong_is_transient(channel: grpc.aio.Channel) -> None:
     await s.open()
     await s.send(chat_pb2.ConverseRequest(id="p", ping=chat_pb2.Ping(data="x")))
     frame = await s.recv()
-    assert frame.pong.data == "x" and frame.seq == 0 and frame.in_reply_to == "p"
+    assert frame.pong.data == "x"
+    assert frame.seq == 0
+    assert frame.in_reply_to == "p"
     s.cancel()
 
 
@@ -69,7 +72,8 @@ async def test_ack_drops_frames_from_outbox(app: Application, channel: grpc.aio.
     remaining = await app.store.frames_after(opened.session_id, 0)
     assert [f.seq for f in remaining] == [3]
     record = await app.store.get_session(opened.session_id)
-    assert record is not None and record.acked_seq == 2
+    assert record is not None
+    assert record.acked_seq == 2
     s.cancel()
 
 
@@ -87,7 +91,9 @@ async def test_resume_replays_exactly_the_missing_frames(
     resumed = await r.open(
         session_id=opened.session_id, resume_token=opened.resume_token, last_seq=1
     )
-    assert resumed.resumed and resumed.replayed == 3 and resumed.head_seq == 4
+    assert resumed.resumed
+    assert resumed.replayed == 3
+    assert resumed.head_seq == 4
     frames = await _replies(r, 3)
     assert [(f.seq, f.update.text) for f in frames] == [(2, "two"), (3, "three"), (4, "four")]
     # Live frames continue the sequence after the replay.
@@ -96,9 +102,7 @@ async def test_resume_replays_exactly_the_missing_frames(
     r.cancel()
 
 
-async def test_resume_beyond_retained_window_fails_loudly(
-    make_app: Any, tmp_path: Path
-) -> None:
+async def test_resume_beyond_retained_window_fails_loudly(make_app: Any, tmp_path: Path) -> None:
     app = await make_app(make_config(tmp_path, store={"retention_frames": 2}))
     async with grpc.aio.insecure_channel(app.target) as channel:
         s = Stream(channel, ALICE)
@@ -162,9 +166,7 @@ async def _wait_detached(app: Application, session_id: str) -> None:
 async def test_non_reading_client_gets_resource_exhausted_others_unaffected(
     make_app: Any, tmp_path: Path
 ) -> None:
-    app = await make_app(
-        make_config(tmp_path, server={"queue_size": 8, "write_timeout": 1.0})
-    )
+    app = await make_app(make_config(tmp_path, server={"queue_size": 8, "write_timeout": 1.0}))
     async with (
         grpc.aio.insecure_channel(app.target) as slow_channel,
         grpc.aio.insecure_channel(app.target) as channel,
@@ -181,7 +183,7 @@ async def test_non_reading_client_gets_resource_exhausted_others_unaffected(
             while app.hub.is_attached(slow_opened.session_id):
                 await asyncio.sleep(0.01)
 
-        for o, opened in zip(others, others_opened, strict=True):
+        for opened in others_opened:
             await _push(app, opened.session_id, ["for you"])
         for o in others:
             frame = await o.recv()
@@ -225,7 +227,8 @@ async def test_too_long_text_gets_an_error_frame_and_the_stream_stays(
     await s.open()
     await s.send(message("y" * 5000, "long"))
     frame = await s.recv()
-    assert frame.error.code == "INVALID_ARGUMENT" and frame.in_reply_to == "long"
+    assert frame.error.code == "INVALID_ARGUMENT"
+    assert frame.in_reply_to == "long"
     await s.send(message("short"))
     assert (await s.recv()).reply.text == "short"
     s.cancel()

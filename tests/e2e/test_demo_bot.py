@@ -46,7 +46,8 @@ async def test_order_status_in_words_subscribes_to_the_order(
     await alice.send("where is my order 1001")
     frames = await _answer(alice)
     reply = frames[-1].reply
-    assert "1001" in reply.text and "shipped" in reply.text
+    assert "1001" in reply.text
+    assert "shipped" in reply.text
     subs = [f.subscription.key for f in frames if f.WhichOneof("frame") == "subscription"]
     assert subs == ["order:1001"]
     assert await demo_app.store.subscriptions(alice.session_id) == ["order:1001"]
@@ -55,10 +56,12 @@ async def test_order_status_in_words_subscribes_to_the_order(
 async def test_missing_order_number_is_prompted_then_filled(alice: Any) -> None:
     await alice.send("where is my order")
     prompt = (await _answer(alice))[-1]
-    assert prompt.WhichOneof("frame") == "prompt" and prompt.prompt.slot == "order_id"
+    assert prompt.WhichOneof("frame") == "prompt"
+    assert prompt.prompt.slot == "order_id"
     await alice.send("1001")
     reply = (await _answer(alice, "reply"))[-1].reply
-    assert "1001" in reply.text and "shipped" in reply.text
+    assert "1001" in reply.text
+    assert "shipped" in reply.text
 
 
 async def test_balance_comes_from_the_rest_erp(alice: Any) -> None:
@@ -74,7 +77,8 @@ async def test_open_ticket_writes_a_row(alice: Any, tmp_path: Path) -> None:
         row = db.execute(
             "SELECT id, customer_id FROM tickets WHERE subject = 'printer broken'"
         ).fetchone()
-    assert row is not None and row[1] == "c-100"
+    assert row is not None
+    assert row[1] == "c-100"
     assert f"#{row[0]}" in reply.text
 
 

@@ -62,8 +62,11 @@ async def test_session_roundtrip_and_token(store: SessionStore) -> None:
     record, token = await store.create_session(ALICE, channel="web", attributes={"a": "b"})
     found = await store.get_session(record.id)
     assert found is not None
-    assert found.identity == ALICE and found.channel == "web" and found.attributes == {"a": "b"}
-    assert found.token_matches(token) and not found.token_matches("nope")
+    assert found.identity == ALICE
+    assert found.channel == "web"
+    assert found.attributes == {"a": "b"}
+    assert found.token_matches(token)
+    assert not found.token_matches("nope")
     assert await store.get_session("missing") is None
 
 
@@ -89,7 +92,8 @@ async def test_dialogue_state_is_saved_with_the_frames(store: SessionStore) -> N
     record, _ = await store.create_session(ALICE)
     await store.append(record.id, [_update("x")], dialogue={"slot": {"order_id": 1001}})
     found = await store.get_session(record.id)
-    assert found is not None and found.dialogue == {"slot": {"order_id": 1001}}
+    assert found is not None
+    assert found.dialogue == {"slot": {"order_id": 1001}}
 
 
 async def test_fanout_reaches_subscribers_once_and_dedups(store: SessionStore) -> None:
@@ -128,7 +132,8 @@ async def test_fanout_skips_closed_sessions(store: SessionStore) -> None:
     assert await store.close_session(a.id)
     assert not await store.close_session(a.id)
     result = await store.fanout([FanoutEvent("e", _update("x"), keys=("k",))])
-    assert result.frames == {} and result.delivered == {"e": 0}
+    assert result.frames == {}
+    assert result.delivered == {"e": 0}
     assert await store.subscriptions(a.id) == []
 
 
@@ -140,7 +145,8 @@ async def test_replay_and_retention_window(store: SessionStore) -> None:
     assert [f.seq for f in await store.replay(session, 6)] == [7, 8]
     assert await store.prune() == 3  # keep the newest 5
     session = await store.get_session(record.id)
-    assert session is not None and session.floor_seq == 3
+    assert session is not None
+    assert session.floor_seq == 3
     assert [f.seq for f in await store.replay(session, 3)] == [4, 5, 6, 7, 8]
     with pytest.raises(OutOfRangeError, match="no longer retained"):
         await store.replay(session, 2)
@@ -165,7 +171,9 @@ async def test_ack_drops_acked_frames(store: SessionStore) -> None:
     await store.ack(record.id, 99)  # an ack beyond the head is ignored
     assert [f.seq for f in await store.frames_after(record.id, 0)] == [4]
     session = await store.get_session(record.id)
-    assert session is not None and session.acked_seq == 3 and session.floor_seq == 3
+    assert session is not None
+    assert session.acked_seq == 3
+    assert session.floor_seq == 3
 
 
 async def test_expire_idle_keeps_attached_sessions(store: SessionStore) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiomysql
 import asyncpg
 
-__all__ = ["PG_DSN", "MARIADB", "temp_database"]
+__all__ = ["MARIADB", "PG_DSN", "temp_database"]
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,10 +37,8 @@ class Stream:
 
     async def send(self, frame: chat_pb2.ConverseRequest) -> None:
         """Write a frame; if the server already ended the call, its status tells why."""
-        try:
+        with contextlib.suppress(grpc.aio.AioRpcError):
             await self.call.write(frame)
-        except grpc.aio.AioRpcError:
-            pass
 
     async def recv(self, timeout: float = 10.0) -> chat_pb2.ConverseResponse:
         async with asyncio.timeout(timeout):

@@ -100,7 +100,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> _R:
         try:
             return await body(self._admin(context))
-        except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+        except Exception as exc:
             status = status_for(exc)
             if status.code == grpc.StatusCode.INTERNAL:
                 log.exception("admin call failed")
@@ -114,7 +114,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         subs = await self._store.subscriptions(session_id)
         return session_message(record, attached=self._hub.is_attached(session_id), subs=subs)
 
-    async def ListSessions(  # noqa: N802 - gRPC method name
+    async def ListSessions(
         self,
         request: admin_pb2.ListSessionsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
@@ -140,7 +140,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._call(context, body)
 
-    async def GetSession(  # noqa: N802
+    async def GetSession(
         self, request: admin_pb2.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetSessionResponse:
         async def body(_: Identity) -> admin_pb2.GetSessionResponse:
@@ -148,7 +148,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._call(context, body)
 
-    async def CloseSession(  # noqa: N802
+    async def CloseSession(
         self, request: admin_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.CloseSessionResponse:
         async def body(_: Identity) -> admin_pb2.CloseSessionResponse:
@@ -159,7 +159,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._call(context, body)
 
-    async def Publish(  # noqa: N802
+    async def Publish(
         self, request: admin_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.PublishResponse:
         async def body(_: Identity) -> admin_pb2.PublishResponse:
@@ -173,8 +173,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 session_id=request.session_id if target == "session_id" else None,
                 key=request.key if target == "key" else None,
             )
-            event_id = event.id or next(iter(result.delivered), "") or next(
-                iter(result.duplicates), ""
+            event_id = (
+                event.id or next(iter(result.delivered), "") or next(iter(result.duplicates), "")
             )
             return admin_pb2.PublishResponse(
                 event_id=event_id,
@@ -184,7 +184,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._call(context, body)
 
-    async def Watch(  # noqa: N802
+    async def Watch(
         self, request: admin_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[admin_pb2.WatchResponse]:
         try:
@@ -206,7 +206,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         if feed.status is not None:
             await context.abort(feed.status.code, feed.status.message)
 
-    async def ListConnectors(  # noqa: N802
+    async def ListConnectors(
         self,
         request: admin_pb2.ListConnectorsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
@@ -228,7 +228,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._call(context, body)
 
-    async def InvokeConnector(  # noqa: N802
+    async def InvokeConnector(
         self,
         request: admin_pb2.InvokeConnectorRequest,
         context: grpc.aio.ServicerContext[Any, Any],

@@ -26,10 +26,12 @@ from grpc_reflection.v1alpha import reflection
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
 from talkwire.server.auth import Authenticator, build_authenticator
+from talkwire.server.bus import open_hub
 from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
 from talkwire.server.config import Config
 from talkwire.server.errors import ConfigError
+from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import parse_topics
 from talkwire.server.hub import SessionHub
@@ -38,9 +40,13 @@ from talkwire.server.store import Retention, SessionStore
 from talkwire.server.turns import AllowAllPolicy, EchoHandler, SubscriptionPolicy, TurnHandler
 from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2
 
-__all__ = ["Application", "server_options"]
+__all__ = ["READY_SERVICE", "Application", "server_options"]
+
+READY_SERVICE = "talkwire.ready"
 
 log = logging.getLogger(__name__)
+
+EVENTS_HEALTH = "talkwire.events"
 
 DEMO_POLICY: Mapping[str, Any] = {
     "rules": [
@@ -110,6 +116,7 @@ class Application:
         self._health = HealthServicer()
         self._tasks: asyncio.TaskGroup | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._ingress_watch: asyncio.Task[None] | None = None
         self._closed = False
         self.port = 0
         self.store: SessionStore
@@ -154,7 +161,9 @@ class Application:
                 pool_size=cfg.store.pool_size,
             )
         )
-        self.hub = SessionHub(self.store, queue_size=cfg.server.queue_size)
+        self.hub = await self._stack.enter_async_context(
+            open_hub(self.store, cfg, on_ready=self._set_ready)
+        )
         self.connectors = await self._stack.enter_async_context(
             ConnectorRegistry(connector_sections)
         )
@@ -170,11 +179,23 @@ class Application:
         await self._start_ingress()
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._sweeper = self._tasks.create_task(self._sweep())
+        if self.kafka is not None:
+            self._ingress_watch = self._tasks.create_task(self._watch_ingress())
         await self._start_grpc(policy)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._set_ready(getattr(self.hub, "ready", True))
         for name in (CHAT_SERVICE, admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
+
+    async def _set_ready(self, ready: bool) -> None:
+        """Readiness (health service ``talkwire.ready``): NOT_SERVING while draining or bus down.
+
+        Liveness is the overall service ``""``: SERVING while the process runs.
+        """
+        status = health_pb2.HealthCheckResponse
+        serving = ready and not (hasattr(self, "hub") and self.hub.draining)
+        await self._health.set(READY_SERVICE, status.SERVING if serving else status.NOT_SERVING)
 
     async def _demo_or_config(self) -> tuple[Mapping[str, Any], Any, Mapping[str, Any]]:
         cfg = self.config
@@ -186,7 +207,7 @@ class Application:
         from talkwire.server.dialogue import demo_bot_path
 
         data = Path(cfg.server.data_dir)
-        data.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
         crm_url = f"sqlite+aiosqlite:///{data / 'demo-crm.db'}"
         await create_demo_crm(crm_url)
         erp_url = await self._stack.enter_async_context(serve_demo_erp())
@@ -213,11 +234,10 @@ class Application:
         return ConfigPolicy.from_config(section, self.connectors)
 
     async def _start_ingress(self) -> None:
-        if self.config.events.get("kafka"):
-            from talkwire.server.events.kafka import KafkaIngress
-
+        self.kafka: KafkaIngress | None = None
+        if self.config.events.get("bootstrap"):
             self.kafka = await self._stack.enter_async_context(
-                KafkaIngress(self.config.events, self.router, self.store, metrics=self.metrics)
+                KafkaIngress(self.config.events, self.router, self.store)
             )
         if self.config.webhooks:
             from talkwire.server.events.webhooks import WebhookIngress
@@ -262,9 +282,22 @@ class Application:
         try:
             self.port = server.add_insecure_port(cfg.server.listen)
         except RuntimeError as exc:
-            raise ConfigError(f"server.listen: cannot listen on {cfg.server.listen}: {exc}") from exc
+            raise ConfigError(
+                f"server.listen: cannot listen on {cfg.server.listen}: {exc}"
+            ) from exc
         await server.start()
         self._server = server
+
+    async def _watch_ingress(self) -> None:
+        """Report the Kafka consumer's health and lag (health service ``talkwire.events``)."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while self.kafka is not None:
+            healthy = self.kafka.healthy
+            self.metrics.consumer_stalled.set(0 if healthy else 1)
+            self.metrics.consumer_lag_total.set(self.kafka.lag)
+            await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
+            await asyncio.sleep(2.0)
 
     async def _sweep(self) -> None:
         interval = self.config.server.sweep_interval
@@ -279,7 +312,7 @@ class Application:
                     self.hub.close_session(session_id, "expired")
                 await self.store.prune()
                 await self.store.forget_processed(store_cfg.dedup_window)
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a store hiccup
+            except Exception:
                 log.exception("sweep failed; retrying in %ss", interval)
 
     async def sweep_now(self) -> list[str]:
@@ -316,8 +349,9 @@ class Application:
             if hasattr(self, "hub"):
                 self.hub.drain()
             await self._server.stop(0.5)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._ingress_watch):
+            if task is not None:
+                task.cancel()
         await self._stack.aclose()
 
 

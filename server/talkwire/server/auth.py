@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Metadata = Sequence[tuple[str, str | bytes]]
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 class Authenticator(Protocol):
@@ -127,7 +127,8 @@ class JwtAuthenticator:
             return self._key
         if self._jwks_client is not None:
             return self._jwks_client.get_signing_key_from_jwt(token).key
-        assert self._jwks is not None
+        if self._jwks is None:
+            raise UnauthenticatedError("no verification key configured")
         kid = jwt.get_unverified_header(token).get("kid")
         for key in self._jwks.keys:
             if kid is None or key.key_id == kid:

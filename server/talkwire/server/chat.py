@@ -217,11 +217,23 @@ class ChatService:
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler; responses are written as pre-serialised bytes."""
         method = grpc.stream_stream_rpc_method_handler(
-            self.converse,  # type: ignore[arg-type]
+            self._guarded,
             request_deserializer=chat_pb2.ConverseRequest.FromString,
             response_serializer=_identity_bytes,
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Converse": method})
+
+    async def _guarded(
+        self,
+        requests: AsyncIterator[chat_pb2.ConverseRequest],
+        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+    ) -> None:
+        """Never let an unexpected error reach the wire as UNKNOWN or a traceback."""
+        try:
+            await self.converse(requests, context)
+        except Exception:  # noqa: BLE001 - the last line of defence at the edge
+            log.exception("Converse failed")
+            self._finish(context, Status(grpc.StatusCode.INTERNAL, "internal error", False))
 
     async def converse(
         self,
@@ -240,6 +252,7 @@ class ChatService:
         att = self._hub.attach(record.id, identity, after_seq=first.open.last_seq)
         self._metrics.sessions_attached.inc()
         try:
+            await self._hub.claim(att)
             await self._run(att, record, opened, replay, requests, context)
         finally:
             self._metrics.sessions_attached.dec()
@@ -455,7 +468,7 @@ class ChatService:
         except TimeoutError:
             ctx.frames.clear()
             ctx.error(grpc.StatusCode.DEADLINE_EXCEEDED, "the answer took too long", retriable=True)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an error frame
+        except Exception as exc:
             status = status_for(exc)
             if status.code == grpc.StatusCode.INTERNAL:
                 log.exception("session %s: turn failed", record.id)

@@ -54,7 +54,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Application(config) as app:
-        print(f"talkwire serving on {app.target}", flush=True)  # noqa: T201
+        print(f"talkwire serving on {app.target}", flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -66,17 +66,13 @@ async def _demo(config: Config, events: bool) -> None:
     if not events:
         await serve(config)
         return
-    from talkwire.server.events.demo import demo_events
+    from talkwire.server.events.demo import demo_events, demo_events_config
 
     async with demo_events() as bootstrap:
-        overrides = {"events": {"kafka": {"bootstrap": bootstrap}, **_demo_topics()}}
-        await serve(load_config(None, overrides=overrides))
-
-
-def _demo_topics() -> dict[str, Any]:
-    from talkwire.server.events.demo import DEMO_EVENTS_CONFIG
-
-    return {k: v for k, v in DEMO_EVENTS_CONFIG.items() if k != "kafka"}
+        listen = {"server": {"listen": config.server.listen}}
+        await serve(
+            load_config(None, overrides={"events": demo_events_config(bootstrap), **listen})
+        )
 
 
 async def _db_upgrade(config: Config) -> None:
@@ -86,7 +82,7 @@ async def _db_upgrade(config: Config) -> None:
     _ensure_sqlite_dir(config.store.url)
     async with SessionStore(config.store.url) as store:
         version = await store.upgrade()
-    print(f"schema is at version {version} ({store.dialect})")  # noqa: T201
+    print(f"schema is at version {version} ({store.dialect})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = handler(args)
         return int(result or 0)
     except TalkwireError as exc:
-        print(f"talkwire: {exc.message}", file=sys.stderr)  # noqa: T201
+        print(f"talkwire: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -49,6 +49,7 @@ class Feed:
     def __init__(self, store: SessionStore, session_id: str, *, after_seq: int, size: int) -> None:
         self.session_id = session_id
         self.sent_seq = after_seq
+        self.queued_seq = after_seq  # highest seq queued (or replayed); re-offers skip below it
         self._store = store
         self._queue: asyncio.Queue[StoredFrame | _Transient | _Close] = asyncio.Queue(size)
         self.ended = asyncio.Event()
@@ -57,9 +58,15 @@ class Feed:
     def offer(self, frames: Sequence[StoredFrame]) -> None:
         """Queue committed frames; never blocks. Overflow ends the feed (nothing is lost)."""
         for frame in frames:
-            if frame.seq <= self.sent_seq:
+            if frame.seq <= max(self.sent_seq, self.queued_seq):
                 continue
+            self.queued_seq = frame.seq
             self._put(frame)
+
+    @property
+    def room(self) -> int:
+        """Free slots in the queue (a catch-up never offers more than this)."""
+        return self._queue.maxsize - self._queue.qsize()
 
     def send_transient(self, payload: bytes) -> None:
         """Queue a transient (seq 0) frame such as ``opened`` or ``pong``."""
@@ -92,6 +99,8 @@ class Feed:
 
     async def payloads(self, replay: Sequence[StoredFrame] = ()) -> AsyncIterator[bytes]:
         """Yield wire payloads in order: ``replay`` first, then live frames, filling gaps."""
+        if replay:
+            self.queued_seq = max(self.queued_seq, replay[-1].seq)
         for frame in replay:
             if frame.seq == self.sent_seq + 1:
                 self.sent_seq = frame.seq
@@ -190,6 +199,10 @@ class SessionHub(FrameSink):
             )
         self._attachments[session_id] = att
         return att
+
+    async def claim(self, att: Attachment) -> None:
+        """Announce ``att`` to other replicas (a no-op on one replica; see ``bus.ClusterHub``)."""
+        return None
 
     def detach(self, att: Attachment) -> None:
         if self._attachments.get(att.session_id) is att:

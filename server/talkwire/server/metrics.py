@@ -18,29 +18,25 @@ class Metrics:
         self.sessions_attached = Gauge(
             "talkwire_sessions_attached", "Live Converse streams on this replica", registry=r
         )
-        self.sessions_opened = Counter(
-            "talkwire_sessions_opened", "Sessions created", registry=r
-        )
-        self.sessions_resumed = Counter(
-            "talkwire_sessions_resumed", "Sessions resumed", registry=r
-        )
+        self.sessions_opened = Counter("talkwire_sessions_opened", "Sessions created", registry=r)
+        self.sessions_resumed = Counter("talkwire_sessions_resumed", "Sessions resumed", registry=r)
         self.frames_out = Counter(
             "talkwire_frames_out", "Frames written to Converse streams", registry=r
         )
         self.turn_seconds = Histogram(
             "talkwire_turn_seconds", "Turn handling time", buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.events = Counter(
-            "talkwire_events", "Change events routed", ["outcome"], registry=r
-        )
+        self.events = Counter("talkwire_events", "Change events routed", ["outcome"], registry=r)
         self.event_to_push_seconds = Histogram(
             "talkwire_event_to_push_seconds",
             "Event occurred_at to frame committed",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.consumer_lag = Gauge(
-            "talkwire_consumer_lag", "Kafka consumer lag", ["topic", "partition"], registry=r
+        self.consumer_lag_total = Gauge(
+            "talkwire_consumer_lag",
+            "Kafka records not yet consumed (assigned partitions)",
+            registry=r,
         )
         self.consumer_stalled = Gauge(
             "talkwire_consumer_stalled", "1 when the Kafka consumer made no progress", registry=r

@@ -1,0 +1,78 @@
+"""``python -m bench [scenario ...] [--quick] [--out DIR]``: run scenarios, print the table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench.common import progress, raise_fd_limit
+from bench.report import Result, table, write
+from bench.scenarios import SCENARIOS
+
+
+def machine() -> dict[str, object]:
+    import grpc
+    import psutil
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: a few seconds per scenario")
+    parser.add_argument("--out", default="bench/results", help="results folder (JSON + PNG)")
+    args = parser.parse_args(argv)
+    names = args.scenarios or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    raise_fd_limit()
+    meta = machine()
+    meta["quick"] = args.quick
+    results: list[Result] = []
+    failed = False
+    for name in names:
+        progress(f"== {name}{' (quick)' if args.quick else ''}")
+        start = time.monotonic()
+        try:
+            mod = importlib.import_module(f"bench.scenarios.{name}")
+            res = mod.run(args.quick)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other scenarios
+            traceback.print_exc()
+            res = Result(name, skipped=f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            failed = True
+        res.seconds = round(time.monotonic() - start, 1)
+        progress(f"== {name} done in {res.seconds}s")
+        results.append(res)
+    meta["loadavg_end"] = os.getloadavg()
+    text = table(results)
+    print()
+    print(f"machine: {meta['cpu']}, {meta['cores']} cores, {meta['ram_gib']} GiB, "
+          f"Python {meta['python']}, grpcio {meta['grpcio']}")
+    print(text)
+    paths = write(results, Path(args.out), meta)
+    print(f"\nresults: {len(paths)} files under {args.out}/", file=sys.stderr)
+    return 1 if failed else 0
