@@ -50,7 +50,10 @@ async def _status(app: Application, token: str | None) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(app.target) as channel:
         s = Stream(channel, token)
         await s.send(open_frame())
-        first = await s.call.read()
+        try:
+            first = await s.call.read()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
         if first is not grpc.aio.EOF and first.WhichOneof("frame") == "opened":
             s.cancel()
             return grpc.StatusCode.OK
