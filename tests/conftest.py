@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 
 from talkwire.server.app import Application
 from talkwire.server.config import Config, load_config
+from tests.support.broker import TansuBroker
 
 TOKENS = {
     "alice-token": {"subject": "alice", "claims": {"customer_id": "c-100"}},
@@ -67,3 +68,14 @@ async def app(make_app: Callable[..., Any]) -> Application:
 async def channel(app: Application) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(app.target) as ch:
         yield ch
+
+
+@pytest.fixture(scope="session")
+def tansu() -> Iterator[TansuBroker]:
+    """One Tansu broker for the whole run; failing to start FAILS the tests that need it."""
+    broker = TansuBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

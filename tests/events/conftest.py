@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,17 +29,6 @@ class RecordingSink:
     @property
     def sessions(self) -> set[str]:
         return {s for d in self.deliveries for s in d}
-
-
-@pytest.fixture(scope="session")
-def tansu() -> Iterator[TansuBroker]:
-    """One broker for the session; failing to start FAILS the tests that need it."""
-    broker = TansuBroker()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture
