@@ -140,8 +140,10 @@ async def _kafka(hub: Hub, bootstrap: str, topic: str) -> None:
         topic,
         bootstrap_servers=bootstrap,
         group_id="bench-bare",
-        auto_offset_reset="latest",
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
     )
     await consumer.start()
     try:

@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+_PROFILES = 0
 _T0 = time.monotonic()
 
 
@@ -105,6 +107,7 @@ class Server:
     tmp: tempfile.TemporaryDirectory[str] | None = None
     ps: psutil.Process = field(init=False)
     log: Path | None = None
+    profiler: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.ps = psutil.Process(self.proc.pid)
@@ -117,6 +120,12 @@ class Server:
         return float(t.user + t.system)
 
     def stop(self) -> None:
+        if self.profiler is not None and self.profiler.poll() is None:
+            self.profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                self.profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -184,7 +193,22 @@ def start_server(
         env=env,
     )
     target = _wait_ready(proc, marker, timeout, log)
-    return Server(kind, proc, target, tmpdir, log=log)
+    srv = Server(kind, proc, target, tmpdir, log=log)
+    prof_dir = os.environ.get("BENCH_PROFILE")  # e.g. BENCH_PROFILE=bench/results/profiles
+    if prof_dir and kind == os.environ.get("BENCH_PROFILE_KIND", "ours"):
+        Path(prof_dir).mkdir(parents=True, exist_ok=True)
+        global _PROFILES
+        _PROFILES += 1
+        out = Path(prof_dir).resolve() / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
+        spy = Path(sys.executable).with_name("py-spy")
+        srv.profiler = subprocess.Popen(  # noqa: S603
+            [str(spy), "record", "--pid", str(proc.pid), "--rate", "250", "--format", "raw",
+             "--nonblocking", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        progress(f"profiling {kind} server with py-spy -> {out}")
+    return srv
 
 
 @contextlib.contextmanager

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         progress(f"== {name}{' (quick)' if args.quick else ''}")
         start = time.monotonic()
+        os.environ["BENCH_SCENARIO"] = name
         try:
             mod = importlib.import_module(f"bench.scenarios.{name}")
             res = mod.run(args.quick)

@@ -116,9 +116,9 @@ def run(quick: bool) -> Result:
 
 
 def _run(quick: bool, res: Result) -> Result:
-    n = 200 if quick else 2000
-    rates = [500] if quick else [1000, 5000, 10000]
-    duration = 2.0 if quick else 5.0
+    n = 100 if quick else 2000
+    rates = [300] if quick else [1000, 5000, 10000]
+    duration = 1.5 if quick else 5.0
     procs, nchan = 2, 2
     keys = [f"order:{i}" for i in range(n)]
     broker = _broker()
@@ -149,7 +149,7 @@ def _run(quick: bool, res: Result) -> Result:
                 with Workers("bench.client:w_subscribers", kwargs) as w, \
                         Workers("bench.scenarios.events:w_producer",
                                 [{"bootstrap": bootstrap, "topic": topic, "nkeys": n}]) as prod:
-                    w.gather("ready", 110, lambda m, kind=kind: progress(f"events/{kind}: worker {m[0]} {m[1]} {m[2]}"))
+                    w.gather("ready", 300, lambda m, kind=kind: progress(f"events/{kind}: worker {m[0]} {m[1]} {m[2]}"))
                     prod.gather("ready", 60)
                     # warm-up: the consumer group must be assigned before timing
                     prod.send("rate", 50, 3.0 if not quick else 2.0)
@@ -161,7 +161,7 @@ def _run(quick: bool, res: Result) -> Result:
                         prod.send("rate", rate, duration)
                         (p,) = prod.gather("produced", duration + 60)
                         produced[rate] = p["sent"]
-                        time.sleep(2.0)
+                        time.sleep(1.0 if quick else 2.0)
                     prod.send("stop")
                     w.send("stop")
                     outs = w.gather("result", 60)

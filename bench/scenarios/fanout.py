@@ -22,7 +22,7 @@ def _publish(target: str, key: str, i: int) -> float:
 
 
 def run(quick: bool) -> Result:
-    sizes = [200, 1000] if quick else [1000, 10000]
+    sizes = [100, 200] if quick else [1000, 10000]
     rounds = 2 if quick else 5
     procs, nchan = 2, 4
     res = Result("fanout")
@@ -36,7 +36,7 @@ def run(quick: bool) -> Result:
                     for k in split(n, procs)
                 ]
                 with Workers("bench.client:w_subscribers", kwargs) as w:
-                    w.gather("ready", 110, lambda m, kind=kind: progress(f"fanout/{kind}: worker {m[0]} {m[1]} {m[2]}"))
+                    w.gather("ready", 300, lambda m, kind=kind: progress(f"fanout/{kind}: worker {m[0]} {m[1]} {m[2]}"))
                     progress(f"fanout/{kind}: {n} sessions subscribed; {rounds} publishes")
                     all_lat: list[float] = []
                     completes: list[float] = []

@@ -14,7 +14,7 @@ def _settle(srv, seconds: float) -> int:  # type: ignore[no-untyped-def]
 
 
 def run(quick: bool) -> Result:
-    steps = [200, 1000] if quick else [2000, 10000]
+    steps = [100, 300] if quick else [2000, 10000]
     procs, nchan = 2, 4
     res = Result("idle")
     per: dict[str, dict[int, float]] = {}
@@ -34,7 +34,7 @@ def run(quick: bool) -> Result:
                         c.send(("open", k))
                     w.gather("opened", 110, lambda m, kind=kind: progress(f"idle/{kind}: worker {m[0]} {m[1]} {m[2]}"))
                     opened = n
-                    rss = _settle(srv, 1.5)
+                    rss = _settle(srv, 0.5 if quick else 1.5)
                     raw[kind][str(n)] = rss
                     per[kind][n] = (rss - base) / 1024 / n
                     progress(f"idle/{kind}: {n} sessions, RSS {rss / 2**20:.1f} MiB, {per[kind][n]:.1f} KiB/session")

@@ -9,10 +9,10 @@ from bench.report import Result, Row
 
 
 def run(quick: bool) -> Result:
-    turns = 300 if quick else 5000
+    turns = 200 if quick else 5000
     warmup = 20 if quick else 200
     sessions = 20 if quick else 100
-    duration = 1.5 if quick else 8.0
+    duration = 1.0 if quick else 8.0
     procs = 2
     res = Result("roundtrip")
     lat: dict[str, dict[str, float]] = {}

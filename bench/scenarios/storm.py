@@ -9,7 +9,7 @@ from bench.report import Result, Row
 
 
 def run(quick: bool) -> Result:
-    n = 1000 if quick else 10000
+    n = 200 if quick else 10000
     procs, nchan = 2, 4
     res = Result("storm")
     stats: dict[str, dict[str, float]] = {}
@@ -17,7 +17,7 @@ def run(quick: bool) -> Result:
         with server(kind) as srv:
             kwargs = [{"target": srv.target, "sessions": k, "nchan": nchan, "timeout": 90.0} for k in split(n, procs)]
             with Workers("bench.client:w_storm", kwargs) as w:
-                w.gather("ready", 110, lambda m, kind=kind: progress(f"storm/{kind}: worker {m[0]} {m[1]} {m[2]}"))
+                w.gather("ready", 300, lambda m, kind=kind: progress(f"storm/{kind}: worker {m[0]} {m[1]} {m[2]}"))
                 time.sleep(1.0)
                 progress(f"storm/{kind}: {n} sessions drop and resume")
                 w.send("go", time.time())

@@ -227,6 +227,9 @@ async def wait_caught_up(history: History, *, timeout: float = 60.0) -> Report:
 
 def chat_client(target: str, **kwargs: Any) -> ChatClient:
     kwargs.setdefault("reconnect", POLICY)
+    # Acks are one store write each; the library default (0.5 s) with hundreds of
+    # sessions on one SQLite writer starves the publishers (see the report).
+    kwargs.setdefault("ack_interval", 2.0)
     return ChatClient(target, token=ALICE, **kwargs)
 
 

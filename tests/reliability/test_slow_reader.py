@@ -16,9 +16,14 @@ import statistics
 from pathlib import Path
 
 import grpc
+import pytest
 
 from talkwire.clients.chat import ConnectionEvent, ConnectionEventKind
+from talkwire.clients import AdminClient
+from talkwire.v1 import chat_pb2
 from tests.reliability.conftest import (
+    ADMIN,
+    ALICE,
     Producer,
     Reader,
     base_config,
@@ -29,6 +34,7 @@ from tests.reliability.conftest import (
     sqlite_url,
     wait_caught_up,
 )
+from tests.support.grpcx import Stream
 from tests.support.history import History
 from tests.support.server_proc import ServerProcess
 
@@ -54,8 +60,9 @@ async def test_slow_reader_is_cut_off_and_resumes_while_others_keep_receiving(
     keys = [f"account:{i}" for i in range(n_keys)]
     slow_events: list[ConnectionEvent] = []
     clients = [chat_client(server.target) for _ in range(4)]
+    # auto_ack off: no client writes while stalled (see the xfail test below for why).
     slow_client = chat_client(
-        server.target, max_buffered=2, on_connection_event=slow_events.append
+        server.target, max_buffered=2, auto_ack=False, on_connection_event=slow_events.append
     )
     readers: list[Reader] = []
     producers: list[Producer] = []
@@ -85,18 +92,21 @@ async def test_slow_reader_is_cut_off_and_resumes_while_others_keep_receiving(
         slow.gate = asyncio.Event()
         big = Producer(history, lambda: [server.target], ["big"], interval=0.0, text="x" * 60_000)
         producers.append(big)
-        async with asyncio.timeout(scale(30, 120)):
-            while not any(
-                e.kind == ConnectionEventKind.DISCONNECTED
-                and e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-                for e in slow_events
-            ):
-                await asyncio.sleep(0.05)
+        # The server cuts it off (its status waits behind the unread data on the wire).
+        async with AdminClient(server.target, token=ADMIN) as admin:
+            async with asyncio.timeout(scale(30, 120)):
+                while (await admin.get_session(slow.sid)).attached:
+                    await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
         during = [x for r in readers for x in r.latencies]
 
         await big.stop()
-        slow.gate.set()  # the application reads again
+        slow.gate.set()  # the application reads again: it sees the status, then resumes
+        async with asyncio.timeout(30):
+            while not any(e.kind == ConnectionEventKind.RESUMED for e in slow_events):
+                await asyncio.sleep(0.05)
+        drops = [e.code for e in slow_events if e.kind == ConnectionEventKind.DISCONNECTED]
+        assert drops[0] == grpc.StatusCode.RESOURCE_EXHAUSTED, drops
         await normal.stop()
         report = await wait_caught_up(history, timeout=60)
         print_report(report, "slow-reader")
@@ -119,4 +129,50 @@ async def test_slow_reader_is_cut_off_and_resumes_while_others_keep_receiving(
             await r.stop()
         for c in [*clients, slow_client]:
             await c.aclose()
+        await server.kill()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="BUG: a stalled client that writes (e.g. an ack) after the server cut it off sees "
+    "INTERNAL 'Internal error from Core' instead of RESOURCE_EXHAUSTED, and the frames "
+    "already on the wire are discarded (nothing is lost: resume replays them)",
+)
+async def test_cut_off_slow_reader_that_keeps_acking_sees_resource_exhausted(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(
+        base_config(sqlite_url(tmp_path / "s.db"), queue_size=32, write_timeout=1.0),
+        workdir=tmp_path,
+    )
+    await server.start()
+    try:
+        async with (
+            AdminClient(server.target, token=ADMIN) as admin,
+            grpc.aio.insecure_channel(server.target) as channel,
+        ):
+            stream = Stream(channel, ALICE)
+            opened = await stream.open()
+            await stream.send(
+                chat_pb2.ConverseRequest(id="s", subscribe=chat_pb2.Subscribe(key="big"))
+            )
+            assert (await stream.recv()).subscription.active
+            async with asyncio.timeout(30):
+                while (await admin.get_session(opened.session_id)).attached:
+                    await admin.publish(key="big", text="x" * 60_000)
+            for _ in range(50):  # more committed frames behind the cut-off
+                await admin.publish(key="big", text="x" * 60_000)
+            code = grpc.StatusCode.OK
+            read = 0
+            try:
+                while True:
+                    frame = await stream.recv()
+                    read += 1
+                    if read % 16 == 0:  # what ChatClient's auto-ack does
+                        await stream.send(chat_pb2.ConverseRequest(ack=chat_pb2.Ack(seq=frame.seq)))
+            except EOFError as exc:
+                code = await stream.call.code()
+                print(f"cut-off reader: read {read} frames, then {exc}")  # noqa: T201
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
         await server.kill()

@@ -137,7 +137,7 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._proc = subprocess.Popen(  # noqa: S603 - our own console script, fixed argv
+        self._proc = subprocess.Popen(
             [talkwire_binary(), "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,

@@ -16,7 +16,7 @@ T = TypeVar("T")
 async def eventually(
     check: Callable[[], T | Awaitable[T]],
     *,
-    timeout: float = 20.0,  # noqa: ASYNC109 - a bounded poll deadline
+    timeout: float = 20.0,
     interval: float = 0.05,
     message: str = "condition",
 ) -> T:

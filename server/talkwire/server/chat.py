@@ -231,7 +231,7 @@ class ChatService:
         """Never let an unexpected error reach the wire as UNKNOWN or a traceback."""
         try:
             await self.converse(requests, context)
-        except Exception:  # noqa: BLE001 - the last line of defence at the edge
+        except Exception:
             log.exception("Converse failed")
             self._finish(context, Status(grpc.StatusCode.INTERNAL, "internal error", False))
 
