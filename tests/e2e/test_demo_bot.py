@@ -12,14 +12,6 @@ import pytest
 from talkwire.clients import ChatClient
 from talkwire.server.app import Application
 from talkwire.v1 import chat_pb2
-from tests.conftest import make_config
-
-
-@pytest.fixture
-async def demo_app(make_app: Any, tmp_path: Path) -> Application:
-    config = make_config(tmp_path, demo=True, server={"handler": "auto", "data_dir": str(tmp_path)})
-    app: Application = await make_app(config)
-    return app
 
 
 @pytest.fixture

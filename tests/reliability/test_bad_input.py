@@ -26,6 +26,7 @@ from tests.conftest import make_config
 from tests.reliability.conftest import ALICE, scale
 from tests.support.grpcx import Stream, metadata_for
 
+CLIENT_MASKED = "Internal error from Core"
 METHOD = "/talkwire.v1.ChatService/Converse"
 PRECISE = {
     grpc.StatusCode.OK,
@@ -146,7 +147,12 @@ async def _run(app: Application, seq: tuple[bytes, list[bytes], int, str | None]
             code = exc.code()
         finally:
             writer.cancel()
-        assert code in PRECISE, f"{code}: {await call.details()}"
+        details = await call.details()
+        if code == grpc.StatusCode.INTERNAL and details == CLIENT_MASKED:
+            # grpc-python's client: a write racing the server's end of the call replaces
+            # the server's status with this one (aio/_call.py _write -> set_internal_error).
+            return session_id
+        assert code in PRECISE, f"{code}: {details}"
         return session_id
 
 
