@@ -71,7 +71,7 @@ class Chat(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def Converse(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+    async def Converse(self, request_iterator: Any, context: Any) -> None:
         first = await anext(request_iterator)
         op = first.open
         sid = op.session_id or uuid.uuid4().hex
@@ -122,7 +122,7 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def Publish(self, request: Any, context: Any) -> admin_pb2.PublishResponse:  # noqa: N802
+    async def Publish(self, request: Any, context: Any) -> admin_pb2.PublishResponse:
         ev = request.event
         update = chat_pb2.Update(
             event_id=ev.id or uuid.uuid4().hex, key=request.key, type=ev.type, text=ev.text

@@ -59,7 +59,9 @@ class Session:
 
     async def send_text(self, text: str) -> str:
         fid = str(next(_ids))
-        await self.call.write(chat_pb2.ConverseRequest(id=fid, message=chat_pb2.UserMessage(text=text)))
+        await self.call.write(
+            chat_pb2.ConverseRequest(id=fid, message=chat_pb2.UserMessage(text=text))
+        )
         return fid
 
     async def read_reply(self) -> chat_pb2.ConverseResponse:
@@ -76,7 +78,9 @@ class Session:
                 raise RuntimeError(f"turn error: {frame.error.code} {frame.error.message}")
 
     async def subscribe(self, key: str) -> None:
-        await self.call.write(chat_pb2.ConverseRequest(id="s", subscribe=chat_pb2.Subscribe(key=key)))
+        await self.call.write(
+            chat_pb2.ConverseRequest(id="s", subscribe=chat_pb2.Subscribe(key=key))
+        )
         while True:
             frame = await self.call.read()
             if frame is grpc.aio.EOF:

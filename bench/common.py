@@ -185,7 +185,7 @@ def start_server(
         marker = "bare serving on"
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
@@ -199,11 +199,25 @@ def start_server(
         Path(prof_dir).mkdir(parents=True, exist_ok=True)
         global _PROFILES
         _PROFILES += 1
-        out = Path(prof_dir).resolve() / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
+        out = (
+            Path(prof_dir).resolve()
+            / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
+        )
         spy = Path(sys.executable).with_name("py-spy")
-        srv.profiler = subprocess.Popen(  # noqa: S603
-            [str(spy), "record", "--pid", str(proc.pid), "--rate", "250", "--format", "raw",
-             "--nonblocking", "-o", str(out)],
+        srv.profiler = subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(out),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -231,7 +245,7 @@ def _worker_entry(conn: Any, fn_path: str, kwargs: dict[str, Any]) -> None:
     fn = getattr(importlib.import_module(module), name)
     try:
         asyncio.run(fn(Pipe(conn), **kwargs))
-    except BaseException as exc:  # noqa: BLE001 - report to the orchestrator
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
         raise
@@ -267,7 +281,9 @@ class Workers:
             self.conns.append(parent)
             self.procs.append(p)
 
-    def gather(self, expect: str, timeout: float, on_progress: Callable[[list[Any]], None] | None = None) -> list[Any]:
+    def gather(
+        self, expect: str, timeout: float, on_progress: Callable[[list[Any]], None] | None = None
+    ) -> list[Any]:
         """Wait for one ``(expect, payload)`` message from every worker."""
         out: list[Any] = [None] * len(self.conns)
         got = [False] * len(self.conns)

@@ -1,6 +1,6 @@
 """Summarise a ``py-spy record --format raw`` file: top self and inclusive frames.
 
-    python -m bench.flame FILE [--top N] [--match SUBSTR]
+python -m bench.flame FILE [--top N] [--match SUBSTR]
 """
 
 from __future__ import annotations

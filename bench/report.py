@@ -91,7 +91,9 @@ def write(results: list[Result], out: Path, meta: dict[str, Any]) -> list[Path]:
             "scenario": r.scenario,
             "skipped": r.skipped,
             "seconds": r.seconds,
-            "rows": [{**asdict(row), "ratio": row.ratio, "verdict": row.verdict()} for row in r.rows],
+            "rows": [
+                {**asdict(row), "ratio": row.ratio, "verdict": row.verdict()} for row in r.rows
+            ],
             "data": r.data,
             "meta": meta,
         }
@@ -108,7 +110,9 @@ def write(results: list[Result], out: Path, meta: dict[str, Any]) -> list[Path]:
                 "results": {
                     r.scenario: {
                         "skipped": r.skipped,
-                        "rows": [{**asdict(x), "ratio": x.ratio, "verdict": x.verdict()} for x in r.rows],
+                        "rows": [
+                            {**asdict(x), "ratio": x.ratio, "verdict": x.verdict()} for x in r.rows
+                        ],
                     }
                     for r in results
                 },

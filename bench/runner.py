@@ -41,8 +41,12 @@ def machine() -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: a few seconds per scenario")
+    parser.add_argument(
+        "scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke mode: a few seconds per scenario"
+    )
     parser.add_argument("--out", default="bench/results", help="results folder (JSON + PNG)")
     args = parser.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)
@@ -63,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             res = mod.run(args.quick)
         except Exception as exc:  # noqa: BLE001 - report and go on with the other scenarios
             traceback.print_exc()
-            res = Result(name, skipped=f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            res = Result(
+                name,
+                skipped=f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
             failed = True
         res.seconds = round(time.monotonic() - start, 1)
         progress(f"== {name} done in {res.seconds}s")
@@ -71,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = os.getloadavg()
     text = table(results)
     print()
-    print(f"machine: {meta['cpu']}, {meta['cores']} cores, {meta['ram_gib']} GiB, "
-          f"Python {meta['python']}, grpcio {meta['grpcio']}")
+    print(
+        f"machine: {meta['cpu']}, {meta['cores']} cores, {meta['ram_gib']} GiB, "
+        f"Python {meta['python']}, grpcio {meta['grpcio']}"
+    )
     print(text)
     paths = write(results, Path(args.out), meta)
     print(f"\nresults: {len(paths)} files under {args.out}/", file=sys.stderr)

@@ -23,6 +23,8 @@ def run(quick: bool) -> Result:
         if not r:
             continue
         # "bare" column = direct SQLAlchemy / httpx
-        res.rows.append(Row(f"{name} p50 (vs direct)", r["ours_p50_us"], r["direct_p50_us"], "us", goal))
+        res.rows.append(
+            Row(f"{name} p50 (vs direct)", r["ours_p50_us"], r["direct_p50_us"], "us", goal)
+        )
         res.rows.append(Row(f"{name} p99 (vs direct)", r["ours_p99_us"], r["direct_p99_us"], "us"))
     return res

@@ -53,7 +53,11 @@ async def w_producer(pipe: Pipe, bootstrap: str, topic: str, nkeys: int) -> None
                         "after": {"id": i, "status": "shipped"},
                         "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
                     }
-                    futs.append(await producer.send(topic, json.dumps(doc).encode(), key=f"order:{i}".encode()))
+                    futs.append(
+                        await producer.send(
+                            topic, json.dumps(doc).encode(), key=f"order:{i}".encode()
+                        )
+                    )
                 sent += max(0, due)
                 if futs:
                     await asyncio.gather(*futs)
@@ -69,7 +73,9 @@ async def _create_topics(bootstrap: str, topics: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics])
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics]
+        )
     finally:
         await admin.close()
 
@@ -100,7 +106,13 @@ def _ours_events(bootstrap: str, topic: str) -> dict[str, Any]:
             "session_timeout": 6.0,
             "heartbeat_interval": 1.0,
             "poll_timeout": 0.1,
-            "topics": {topic: {"format": "json", "keys": ["order:{after.id}"], "update_text": "Order {after.id} is now {after.status}"}},
+            "topics": {
+                topic: {
+                    "format": "json",
+                    "keys": ["order:{after.id}"],
+                    "update_text": "Order {after.id} is now {after.status}",
+                }
+            },
         }
     }
 
@@ -137,19 +149,39 @@ def _run(quick: bool, res: Result) -> Result:
                 srv = ctx.__enter__()
             except RuntimeError as exc:
                 if kind == "ours":
-                    raise _Skip(f"our server does not start with the Kafka ingress yet: {str(exc).splitlines()[-1][:160]}") from None
+                    raise _Skip(
+                        f"our server does not start with the Kafka ingress yet: {str(exc).splitlines()[-1][:160]}"
+                    ) from None
                 raise
             try:
                 chunks = split(n, procs)
                 kwargs, start = [], 0
                 for k in chunks:
-                    kwargs.append({"target": srv.target, "sessions": k, "nchan": nchan,
-                                   "keys": keys[start:start + k], "rounds": 0, "timeout": 0.0})
+                    kwargs.append(
+                        {
+                            "target": srv.target,
+                            "sessions": k,
+                            "nchan": nchan,
+                            "keys": keys[start : start + k],
+                            "rounds": 0,
+                            "timeout": 0.0,
+                        }
+                    )
                     start += k
-                with Workers("bench.client:w_subscribers", kwargs) as w, \
-                        Workers("bench.scenarios.events:w_producer",
-                                [{"bootstrap": bootstrap, "topic": topic, "nkeys": n}]) as prod:
-                    w.gather("ready", 300, lambda m, kind=kind: progress(f"events/{kind}: worker {m[0]} {m[1]} {m[2]}"))
+                with (
+                    Workers("bench.client:w_subscribers", kwargs) as w,
+                    Workers(
+                        "bench.scenarios.events:w_producer",
+                        [{"bootstrap": bootstrap, "topic": topic, "nkeys": n}],
+                    ) as prod,
+                ):
+                    w.gather(
+                        "ready",
+                        300,
+                        lambda m, kind=kind: progress(
+                            f"events/{kind}: worker {m[0]} {m[1]} {m[2]}"
+                        ),
+                    )
                     prod.gather("ready", 60)
                     # warm-up: the consumer group must be assigned before timing
                     prod.send("rate", 50, 3.0 if not quick else 2.0)
@@ -180,18 +212,26 @@ def _run(quick: bool, res: Result) -> Result:
                 s["delivered"] = len(by_rate[rate])
                 s["delivered_per_s"] = len(by_rate[rate]) / duration
                 stats[kind][rate] = s
-                res.cdfs.setdefault(f"{rate} events/s, produce -> receipt", {})[kind] = by_rate[rate]
-                progress(f"events/{kind}: {rate}/s: p50 {s.get('p50', float('nan')):.1f} ms p99 {s.get('p99', float('nan')):.1f} ms, "
-                         f"delivered {s['delivered']}/{s['produced']}")
+                res.cdfs.setdefault(f"{rate} events/s, produce -> receipt", {})[kind] = by_rate[
+                    rate
+                ]
+                progress(
+                    f"events/{kind}: {rate}/s: p50 {s.get('p50', float('nan')):.1f} ms p99 {s.get('p99', float('nan')):.1f} ms, "
+                    f"delivered {s['delivered']}/{s['produced']}"
+                )
     finally:
         broker.stop()
     for rate in rates:
         o, b = stats["ours"][rate], stats["bare"][rate]
-        note = f"delivered {o['delivered']}/{o['produced']}" if o["delivered"] < o["produced"] else ""
+        note = (
+            f"delivered {o['delivered']}/{o['produced']}" if o["delivered"] < o["produced"] else ""
+        )
         res.rows.append(Row(f"{rate}/s p50", o.get("p50"), b.get("p50"), "ms"))
         res.rows.append(Row(f"{rate}/s p99", o.get("p99"), b.get("p99"), "ms", "", note))
-        share = (o.get("p99", float("nan")) - b.get("p99", float("nan")))
-        res.rows.append(Row(f"{rate}/s our share of p99", share, None, "ms", "<=10ms" if rate == 5000 else ""))
+        share = o.get("p99", float("nan")) - b.get("p99", float("nan"))
+        res.rows.append(
+            Row(f"{rate}/s our share of p99", share, None, "ms", "<=10ms" if rate == 5000 else "")
+        )
     res.lines["delivered/s vs offered rate"] = {
         k: [(float(r), stats[k][r]["delivered_per_s"]) for r in rates] for k in ("ours", "bare")
     }

@@ -22,7 +22,9 @@ def run(quick: bool) -> Result:
     for kind in ("bare", "ours"):
         per[kind] = {}
         with server(kind) as srv:
-            with Workers("bench.client:w_idle", [{"target": srv.target, "nchan": nchan}] * procs) as w:
+            with Workers(
+                "bench.client:w_idle", [{"target": srv.target, "nchan": nchan}] * procs
+            ) as w:
                 # warm-up: a few sessions so one-time allocations are in the base
                 w.send("open", 10)
                 w.gather("opened", 60)
@@ -32,15 +34,23 @@ def run(quick: bool) -> Result:
                 for n in steps:
                     for c, k in zip(w.conns, split(n - opened, procs), strict=True):
                         c.send(("open", k))
-                    w.gather("opened", 110, lambda m, kind=kind: progress(f"idle/{kind}: worker {m[0]} {m[1]} {m[2]}"))
+                    w.gather(
+                        "opened",
+                        110,
+                        lambda m, kind=kind: progress(f"idle/{kind}: worker {m[0]} {m[1]} {m[2]}"),
+                    )
                     opened = n
                     rss = _settle(srv, 0.5 if quick else 1.5)
                     raw[kind][str(n)] = rss
                     per[kind][n] = (rss - base) / 1024 / n
-                    progress(f"idle/{kind}: {n} sessions, RSS {rss / 2**20:.1f} MiB, {per[kind][n]:.1f} KiB/session")
+                    progress(
+                        f"idle/{kind}: {n} sessions, RSS {rss / 2**20:.1f} MiB, {per[kind][n]:.1f} KiB/session"
+                    )
                 w.send("stop")
                 w.gather("closed", 60)
     for n in steps:
-        res.rows.append(Row(f"{n} idle sessions memory", per["ours"][n], per["bare"][n], "KiB/sess", "<=1.5x"))
+        res.rows.append(
+            Row(f"{n} idle sessions memory", per["ours"][n], per["bare"][n], "KiB/sess", "<=1.5x")
+        )
     res.data = {"kib_per_session": per, "rss_bytes": raw, "connections": procs * nchan}
     return res

@@ -17,7 +17,13 @@ def run(quick: bool) -> Result:
     if inspect.isawaitable(out):
         out = asyncio.run(out)  # type: ignore[arg-type]
     res = Result("matcher", data=out)
-    for key, unit, goal in (("p50_us", "us", ""), ("p99_us", "us", "<=1000us"), ("turns_per_s", "turns/s", "")):
+    for key, unit, goal in (
+        ("p50_us", "us", ""),
+        ("p99_us", "us", "<=1000us"),
+        ("turns_per_s", "turns/s", ""),
+    ):
         if key in out:
-            res.rows.append(Row(key.replace("_us", "").replace("_", " "), float(out[key]), None, unit, goal))
+            res.rows.append(
+                Row(key.replace("_us", "").replace("_", " "), float(out[key]), None, unit, goal)
+            )
     return res

@@ -20,10 +20,14 @@ def run(quick: bool) -> Result:
     for kind in ("bare", "ours"):
         with server(kind) as srv:
             progress(f"roundtrip/{kind}: {turns} sequential turns on 1 session")
-            with Workers("bench.client:w_latency", [{"target": srv.target, "turns": turns, "warmup": warmup}]) as w:
+            with Workers(
+                "bench.client:w_latency", [{"target": srv.target, "turns": turns, "warmup": warmup}]
+            ) as w:
                 w.gather("ready", 60)
                 w.send("go")
-                (samples,) = w.gather("result", 110, lambda m: progress(f"roundtrip/{kind}: {m[2]} turns"))
+                (samples,) = w.gather(
+                    "result", 110, lambda m: progress(f"roundtrip/{kind}: {m[2]} turns")
+                )
                 w.send("stop")
             lat[kind] = summary(samples)
             res.cdfs.setdefault("1 session, sequential turns", {})[kind] = samples
@@ -49,8 +53,19 @@ def run(quick: bool) -> Result:
     res.rows = [
         Row("1 session p50", lat["ours"]["p50"], lat["bare"]["p50"], "ms", "<=1.3x"),
         Row("1 session p99", lat["ours"]["p99"], lat["bare"]["p99"], "ms", "<=1.5x"),
-        Row(f"{sessions} sessions throughput", tput["ours"]["msg_per_s"], tput["bare"]["msg_per_s"], "msg/s"),
-        Row("server CPU per turn", tput["ours"]["cpu_us_per_turn"], tput["bare"]["cpu_us_per_turn"], "us", "<=1.5x"),
+        Row(
+            f"{sessions} sessions throughput",
+            tput["ours"]["msg_per_s"],
+            tput["bare"]["msg_per_s"],
+            "msg/s",
+        ),
+        Row(
+            "server CPU per turn",
+            tput["ours"]["cpu_us_per_turn"],
+            tput["bare"]["cpu_us_per_turn"],
+            "us",
+            "<=1.5x",
+        ),
     ]
     res.data = {"latency_ms": lat, "throughput": tput, "turns": turns, "sessions": sessions}
     return res

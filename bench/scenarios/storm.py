@@ -15,9 +15,16 @@ def run(quick: bool) -> Result:
     stats: dict[str, dict[str, float]] = {}
     for kind in ("bare", "ours"):
         with server(kind) as srv:
-            kwargs = [{"target": srv.target, "sessions": k, "nchan": nchan, "timeout": 90.0} for k in split(n, procs)]
+            kwargs = [
+                {"target": srv.target, "sessions": k, "nchan": nchan, "timeout": 90.0}
+                for k in split(n, procs)
+            ]
             with Workers("bench.client:w_storm", kwargs) as w:
-                w.gather("ready", 300, lambda m, kind=kind: progress(f"storm/{kind}: worker {m[0]} {m[1]} {m[2]}"))
+                w.gather(
+                    "ready",
+                    300,
+                    lambda m, kind=kind: progress(f"storm/{kind}: worker {m[0]} {m[1]} {m[2]}"),
+                )
                 time.sleep(1.0)
                 progress(f"storm/{kind}: {n} sessions drop and resume")
                 w.send("go", time.time())
@@ -35,12 +42,27 @@ def run(quick: bool) -> Result:
         s["errors"] = errors  # type: ignore[assignment]
         stats[kind] = s
         res.cdfs.setdefault(f"{n} sessions: drop -> resumed", {})[kind] = times
-        progress(f"storm/{kind}: all resumed after {s.get('max', float('nan')) / 1e3:.2f}s, failed {failed}")
+        progress(
+            f"storm/{kind}: all resumed after {s.get('max', float('nan')) / 1e3:.2f}s, failed {failed}"
+        )
     o, b = stats["ours"], stats["bare"]
     res.rows = [
-        Row(f"{n} sessions all resumed", o.get("max", float("nan")) / 1e3, b.get("max", float("nan")) / 1e3, "s", "<=1.5x"),
+        Row(
+            f"{n} sessions all resumed",
+            o.get("max", float("nan")) / 1e3,
+            b.get("max", float("nan")) / 1e3,
+            "s",
+            "<=1.5x",
+        ),
         Row("resume p50", o.get("p50"), b.get("p50"), "ms"),
-        Row("failed streams", float(o["failed"]), float(b["failed"]), "count", "<=0", str(o["errors"]) if o["errors"] else ""),
+        Row(
+            "failed streams",
+            float(o["failed"]),
+            float(b["failed"]),
+            "count",
+            "<=0",
+            str(o["errors"]) if o["errors"] else "",
+        ),
     ]
     res.data = {"stats": stats, "sessions": n}
     return res

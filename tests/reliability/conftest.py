@@ -53,7 +53,7 @@ def sqlite_url(path: Path) -> str:
 
 
 def print_report(report: Report, label: str) -> None:
-    print(report.summary(label))  # noqa: T201 - CI logs show the five counts
+    print(report.summary(label))
 
 
 # -- recording readers -------------------------------------------------------------

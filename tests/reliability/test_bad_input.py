@@ -64,8 +64,12 @@ text = st.text(max_size=50) | st.sampled_from(["", " ", "x" * 5000, "é" * 4001,
 key = st.text(max_size=20) | st.sampled_from(["", "k" * 300, "order:1"])
 
 valid_frames = st.one_of(
-    st.builds(lambda t: chat_pb2.ConverseRequest(id="m", message=chat_pb2.UserMessage(text=t)), text),
-    st.builds(lambda s: chat_pb2.ConverseRequest(ack=chat_pb2.Ack(seq=s)), st.integers(0, 2**64 - 1)),
+    st.builds(
+        lambda t: chat_pb2.ConverseRequest(id="m", message=chat_pb2.UserMessage(text=t)), text
+    ),
+    st.builds(
+        lambda s: chat_pb2.ConverseRequest(ack=chat_pb2.Ack(seq=s)), st.integers(0, 2**64 - 1)
+    ),
     st.builds(lambda k: chat_pb2.ConverseRequest(subscribe=chat_pb2.Subscribe(key=k)), key),
     st.builds(lambda k: chat_pb2.ConverseRequest(unsubscribe=chat_pb2.Unsubscribe(key=k)), key),
     st.builds(lambda i: chat_pb2.ConverseRequest(id=i, action=chat_pb2.UserAction(intent=i)), key),

@@ -123,7 +123,7 @@ async def test_kill9_under_publish_load(tmp_path: Path) -> None:
         assert not [r.error for r in readers if r.error], [r.error for r in readers if r.error][:5]
         assert sum(r.session.reconnects for r in readers) >= sessions  # everyone resumed
         report.assert_clean()
-        print(  # noqa: T201
+        print(
             f"kill9-load: published={producer.published} retries={producer.retries} "
             f"kills={kills} reconnects={sum(r.session.reconnects for r in readers)} "
             f"duplicates_dropped_by_client={sum(r.session.duplicates for r in readers)}"

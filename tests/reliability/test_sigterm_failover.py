@@ -44,8 +44,12 @@ async def test_sigterm_streams_end_unavailable_and_resume_on_the_other_process(
     n_keys = scale(6, 30)
     history = History()
     config = base_config(pg_database, grace_period=GRACE, queue_size=4096)
-    a = ServerProcess({**config, "server": {**config["server"], "replica": "a"}}, workdir=tmp_path, name="a")
-    b = ServerProcess({**config, "server": {**config["server"], "replica": "b"}}, workdir=tmp_path, name="b")
+    a = ServerProcess(
+        {**config, "server": {**config["server"], "replica": "a"}}, workdir=tmp_path, name="a"
+    )
+    b = ServerProcess(
+        {**config, "server": {**config["server"], "replica": "b"}}, workdir=tmp_path, name="b"
+    )
     await a.start()
     await b.start()
     keys = [f"ticket:{i}" for i in range(n_keys)]
@@ -100,7 +104,7 @@ async def test_sigterm_streams_end_unavailable_and_resume_on_the_other_process(
         await producer.stop()
         report = await wait_caught_up(history, timeout=60)
         print_report(report, "sigterm-failover")
-        print(  # noqa: T201
+        print(
             f"sigterm-failover: published={producer.published} retries={producer.retries} "
             f"exit={exited:.2f}s last-stream-end={slowest:.2f}s grace={GRACE}s"
         )

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from talkwire.clients.chat import ConnectionEvent, ConnectionEventKind
 from talkwire.clients import AdminClient
+from talkwire.clients.chat import ConnectionEvent, ConnectionEventKind
 from talkwire.v1 import chat_pb2
 from tests.reliability.conftest import (
     ADMIN,
@@ -110,7 +110,7 @@ async def test_slow_reader_is_cut_off_and_resumes_while_others_keep_receiving(
         await normal.stop()
         report = await wait_caught_up(history, timeout=60)
         print_report(report, "slow-reader")
-        print(  # noqa: T201
+        print(
             f"slow-reader: others p50/p99 baseline={_pct(baseline, 0.5) * 1e3:.1f}/"
             f"{_pct(baseline, 0.99) * 1e3:.1f}ms during={_pct(during, 0.5) * 1e3:.1f}/"
             f"{_pct(during, 0.99) * 1e3:.1f}ms (n={len(during)}); slow reader: "
@@ -173,7 +173,7 @@ async def test_cut_off_slow_reader_that_keeps_acking_sees_resource_exhausted(
                         await stream.send(chat_pb2.ConverseRequest(ack=chat_pb2.Ack(seq=frame.seq)))
             except EOFError as exc:
                 code = await stream.call.code()
-                print(f"cut-off reader: read {read} frames, then {exc}")  # noqa: T201
+                print(f"cut-off reader: read {read} frames, then {exc}")
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await server.kill()

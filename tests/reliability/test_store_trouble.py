@@ -81,7 +81,7 @@ async def test_pg_terminate_backend_during_publish_load(tmp_path: Path, pg_datab
         await producer.stop()
         report = await wait_caught_up(history, timeout=60)
         print_report(report, "store-trouble")
-        print(  # noqa: T201
+        print(
             f"store-trouble: published={producer.published} retries={producer.retries} "
             f"backends-killed={sum(killed)} reconnects={sum(r.session.reconnects for r in readers)}"
         )
@@ -116,6 +116,8 @@ async def _assert_store_consistent(dbname: str) -> None:
     bad = []
     for r in rows:
         base = max(r["floor_seq"], r["acked_seq"])
-        if r["n"] != r["head_seq"] - base or (r["n"] and (r["lo"], r["hi"]) != (base + 1, r["head_seq"])):
+        if r["n"] != r["head_seq"] - base or (
+            r["n"] and (r["lo"], r["hi"]) != (base + 1, r["head_seq"])
+        ):
             bad.append(dict(r))
     assert not bad, bad[:5]

@@ -78,7 +78,7 @@ async def test_reconnect_storm_has_zero_failed_streams(tmp_path: Path) -> None:
             history.record_frame(session.session_id, frame)
         report = history.check()
         print_report(report, "reconnect-storm")
-        print(f"reconnect-storm: {n} resumes in {elapsed:.2f}s, failed={len(failed)}")  # noqa: T201
+        print(f"reconnect-storm: {n} resumes in {elapsed:.2f}s, failed={len(failed)}")
         assert not failed, failed[:5]
         assert all(s.replayed == 1 for s in resumed)
         report.assert_clean()
