@@ -219,6 +219,7 @@ async def test_undecodable_frame_is_invalid_argument(
         for f in [frame] if first else [opening, frame]:
             await call.write(f)
         await call.done_writing()
-        code = await call.code()
+        async with asyncio.timeout(5):  # today a mid-stream undecodable frame hangs the stream
+            code = await call.code()
     await _normal_session_works(fuzz_app)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
