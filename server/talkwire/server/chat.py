@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from talkwire.server.auth import Authenticator
 from talkwire.server.config import ServerConfig
@@ -30,7 +31,7 @@ from talkwire.server.errors import (
     UnavailableError,
     status_for,
 )
-from talkwire.server.frames import encode_template
+from talkwire.server.frames import StoredFrame, encode_template
 from talkwire.server.hub import Attachment, SessionHub
 from talkwire.server.identity import Identity
 from talkwire.server.metrics import Metrics
@@ -218,7 +219,7 @@ class ChatService:
         """A generic handler; responses are written as pre-serialised bytes."""
         method = grpc.stream_stream_rpc_method_handler(
             self._guarded,
-            request_deserializer=chat_pb2.ConverseRequest.FromString,
+            request_deserializer=_decode_request,
             response_serializer=_identity_bytes,
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Converse": method})
@@ -245,15 +246,22 @@ class ChatService:
                 raise UnavailableError("server is shutting down; connect to another server")
             identity = self._auth.authenticate(context.invocation_metadata() or ())
             first = await self._first_frame(requests)
-            record, opened, replay = await self._open(identity, first)
+            record, token = await self._open(identity, first)
         except TalkwireError as exc:
             self._finish(context, status_for(exc))
             return
-        att = self._hub.attach(record.id, identity, after_seq=first.open.last_seq)
+        last_seq = first.open.last_seq
+        # Attach before reading the replay: a frame committed meanwhile is then either
+        # in the replay or offered to the attachment, never in neither.
+        att = self._hub.attach(record.id, identity, after_seq=last_seq)
         self._metrics.sessions_attached.inc()
         try:
             await self._hub.claim(att)
+            replay = await self._store.replay(record, last_seq) if first.open.session_id else []
+            opened = _opened(first, record, token, replay)
             await self._run(att, record, opened, replay, requests, context)
+        except TalkwireError as exc:
+            att.terminate(status_for(exc))
         finally:
             self._metrics.sessions_attached.dec()
             self._hub.detach(att)
@@ -282,16 +290,18 @@ class ChatService:
             first = await anext(requests)
         except StopAsyncIteration:
             raise InvalidArgumentError("the stream ended before an open frame") from None
+        if first is UNDECODABLE:
+            raise InvalidArgumentError("the first frame is not a valid ConverseRequest")
         if first.WhichOneof("frame") != "open":
             raise InvalidArgumentError("the first frame must be open")
         return first
 
     async def _open(
         self, identity: Identity, request: chat_pb2.ConverseRequest
-    ) -> tuple[SessionRecord, chat_pb2.ConverseResponse, list[Any]]:
+    ) -> tuple[SessionRecord, str]:
+        """Create the session, or check that this caller may resume it at ``last_seq``."""
         op = request.open
         _validate_open(op)
-        opened = chat_pb2.ConverseResponse(in_reply_to=request.id)
         if not op.session_id:
             record, token = await self._store.create_session(
                 identity,
@@ -301,10 +311,7 @@ class ChatService:
                 replica=self._config.replica,
             )
             self._metrics.sessions_opened.inc()
-            opened.opened.CopyFrom(
-                chat_pb2.Opened(session_id=record.id, resume_token=token, head_seq=0)
-            )
-            return record, opened, []
+            return record, token
         found = await self._store.get_session(op.session_id)
         if found is None:
             raise NotFoundError(f"session {op.session_id} not found")
@@ -312,19 +319,10 @@ class ChatService:
             raise NotFoundError(f"session {op.session_id} is closed or expired")
         if found.subject != identity.subject or not found.token_matches(op.resume_token):
             raise PermissionDeniedError("resume token or subject does not match this session")
+        self._store.check_resume(found, op.last_seq)
         await self._store.touch(found.id, replica=self._config.replica)
-        replay = await self._store.replay(found, op.last_seq)
         self._metrics.sessions_resumed.inc()
-        opened.opened.CopyFrom(
-            chat_pb2.Opened(
-                session_id=found.id,
-                resume_token=op.resume_token,
-                resumed=True,
-                replayed=len(replay),
-                head_seq=found.head_seq,
-            )
-        )
-        return found, opened, replay
+        return found, op.resume_token
 
     async def _run(
         self,
@@ -395,6 +393,8 @@ class ChatService:
         turns: asyncio.Queue[_Work | None],
         limiter: _RateLimiter,
     ) -> None:
+        if request is UNDECODABLE:
+            raise InvalidArgumentError("a frame is not a valid ConverseRequest")
         kind = request.WhichOneof("frame")
         if kind == "ack":
             if request.ack.seq <= att.sent_seq:
@@ -489,6 +489,27 @@ class ChatService:
         self._metrics.turn_seconds.observe(time.perf_counter() - started)
 
 
+def _opened(
+    request: chat_pb2.ConverseRequest,
+    record: SessionRecord,
+    token: str,
+    replay: Sequence[StoredFrame],
+) -> chat_pb2.ConverseResponse:
+    resumed = bool(request.open.session_id)
+    head = replay[-1].seq if replay else max(record.head_seq, request.open.last_seq)
+    opened = chat_pb2.ConverseResponse(in_reply_to=request.id)
+    opened.opened.CopyFrom(
+        chat_pb2.Opened(
+            session_id=record.id,
+            resume_token=token,
+            resumed=resumed,
+            replayed=len(replay),
+            head_seq=head if resumed else 0,
+        )
+    )
+    return opened
+
+
 async def _until_ended(att: Attachment) -> None:
     await att.ended.wait()
     raise _Ended
@@ -496,6 +517,17 @@ async def _until_ended(att: Attachment) -> None:
 
 def _identity_bytes(payload: bytes) -> bytes:
     return payload
+
+
+UNDECODABLE = chat_pb2.ConverseRequest()
+"""Stands for a client frame that is not a valid ConverseRequest (never raised in grpc)."""
+
+
+def _decode_request(data: bytes) -> chat_pb2.ConverseRequest:
+    try:
+        return chat_pb2.ConverseRequest.FromString(data)
+    except DecodeError:
+        return UNDECODABLE
 
 
 def _turn_of(request: chat_pb2.ConverseRequest) -> Turn:

@@ -14,6 +14,7 @@ every frame before it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -21,11 +22,11 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -128,6 +129,31 @@ def _set_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _shielded(
+    method: Callable[Concatenate[SessionStore, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[SessionStore, _P], Coroutine[Any, Any, _R]]:
+    """Run a store call to completion even if its caller is cancelled.
+
+    A Converse stream cancelled mid-commit must not leave a connection inside
+    a half-done transaction (SQLite would then stay locked). The caller still
+    sees its ``CancelledError``; the database work finishes (commit or
+    rollback) in its own task, which :meth:`SessionStore.aclose` waits for.
+    """
+
+    async def wrapper(self: SessionStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
 class SessionStore:
     """Async access to the session tables. Use as an async context manager."""
 
@@ -147,6 +173,7 @@ class SessionStore:
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._update_returning = bool(self._engine.dialect.update_returning)
         self._closed = False
+        self._inflight: set[asyncio.Future[Any]] = set()
         # SQLite has one writer; serialise write transactions in-process so they
         # never fail with "database is locked" on lock upgrade.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
@@ -208,6 +235,8 @@ class SessionStore:
         if self._closed:
             return
         self._closed = True
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._engine.dispose()
 
     @asynccontextmanager
@@ -240,6 +269,7 @@ class SessionStore:
 
     # -- sessions ---------------------------------------------------------
 
+    @_shielded
     async def create_session(
         self,
         identity: Identity,
@@ -275,6 +305,7 @@ class SessionStore:
         record = self._record(values)
         return record, token
 
+    @_shielded
     async def get_session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as conn:
             row = (
@@ -288,6 +319,7 @@ class SessionStore:
             )
         return None if row is None else self._record(row)
 
+    @_shielded
     async def list_sessions(
         self,
         *,
@@ -310,6 +342,7 @@ class SessionStore:
             rows = (await conn.execute(query)).mappings().all()
         return [self._record(r) for r in rows]
 
+    @_shielded
     async def touch(self, session_id: str, *, replica: str | object | None = ...) -> None:
         """Mark the session active now (and set or clear its attachment replica)."""
         values: dict[str, Any] = {"last_active_at": self._clock()}
@@ -320,6 +353,7 @@ class SessionStore:
                 schema.sessions.update().where(schema.sessions.c.id == session_id).values(**values)
             )
 
+    @_shielded
     async def close_session(self, session_id: str, *, state: int = schema.CLOSED) -> bool:
         """Close (or expire) a session: drop its subscriptions and frames. False if unknown."""
         async with self._write() as conn:
@@ -361,6 +395,7 @@ class SessionStore:
 
     # -- frames -----------------------------------------------------------
 
+    @_shielded
     async def append(
         self,
         session_id: str,
@@ -415,6 +450,7 @@ class SessionStore:
     async def save_dialogue(self, session_id: str, dialogue: Mapping[str, Any]) -> None:
         await self.append(session_id, (), dialogue=dialogue)
 
+    @_shielded
     async def frames_after(
         self, session_id: str, after_seq: int, *, limit: int | None = None
     ) -> list[StoredFrame]:
@@ -431,8 +467,9 @@ class SessionStore:
             rows = (await conn.execute(query)).all()
         return [StoredFrame(int(seq), bytes(payload)) for seq, payload in rows]
 
-    async def replay(self, session: SessionRecord, last_seq: int) -> list[StoredFrame]:
-        """Frames a client that has ``last_seq`` is missing; fail loudly if some are gone."""
+    @staticmethod
+    def check_resume(session: SessionRecord, last_seq: int) -> None:
+        """Fail loudly when a client at ``last_seq`` cannot resume without a gap."""
         if last_seq > session.head_seq:
             raise OutOfRangeError(
                 f"last_seq {last_seq} is ahead of the session's newest frame {session.head_seq}"
@@ -442,6 +479,10 @@ class SessionStore:
                 f"frames after seq {last_seq} are no longer retained (retained from "
                 f"{session.floor_seq + 1}); open a new session"
             )
+
+    async def replay(self, session: SessionRecord, last_seq: int) -> list[StoredFrame]:
+        """Frames a client that has ``last_seq`` is missing; fail loudly if some are gone."""
+        self.check_resume(session, last_seq)
         frames = await self.frames_after(session.id, last_seq)
         expected = last_seq + 1
         for f in frames:
@@ -450,6 +491,7 @@ class SessionStore:
             expected += 1
         return frames
 
+    @_shielded
     async def ack(self, session_id: str, seq: int) -> None:
         """The client has every frame up to ``seq``: drop them from the outbox."""
         s = schema.sessions
@@ -471,6 +513,7 @@ class SessionStore:
                 )
             )
 
+    @_shielded
     async def prune(self) -> int:
         """Apply the retention window (count and age) to unacked frames; return rows dropped."""
         now = self._clock()
@@ -510,6 +553,7 @@ class SessionStore:
 
     # -- subscriptions ----------------------------------------------------
 
+    @_shielded
     async def subscribe(self, session_id: str, key: str) -> bool:
         """Subscribe; False if it already existed."""
         try:
@@ -523,6 +567,7 @@ class SessionStore:
             return False
         return True
 
+    @_shielded
     async def unsubscribe(self, session_id: str, key: str) -> bool:
         sub = schema.subscriptions
         async with self._write() as conn:
@@ -531,6 +576,7 @@ class SessionStore:
             )
         return bool(result.rowcount)
 
+    @_shielded
     async def subscriptions(self, session_id: str) -> list[str]:
         sub = schema.subscriptions
         async with self._read() as conn:
@@ -541,6 +587,7 @@ class SessionStore:
             ).all()
         return [r[0] for r in rows]
 
+    @_shielded
     async def subscribers(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """Active sessions subscribed to each key (one indexed lookup)."""
         keys = list(dict.fromkeys(keys))
@@ -566,6 +613,7 @@ class SessionStore:
 
     # -- events -----------------------------------------------------------
 
+    @_shielded
     async def fanout(self, events: Sequence[FanoutEvent]) -> FanoutResult:
         """Append each not-yet-processed event to its sessions' outboxes in one transaction.
 
@@ -685,6 +733,7 @@ class SessionStore:
             )
         return heads
 
+    @_shielded
     async def seen_delivery(self, delivery_id: str) -> bool:
         """Record a webhook delivery id; True when it had been recorded before (a replay)."""
         try:
@@ -698,6 +747,7 @@ class SessionStore:
             return True
         return False
 
+    @_shielded
     async def forget_processed(self, older_than: float) -> int:
         """Drop processed event ids older than ``older_than`` seconds (dedup window)."""
         pe = schema.processed_events
@@ -707,6 +757,7 @@ class SessionStore:
             )
         return result.rowcount or 0
 
+    @_shielded
     async def dead_letter(
         self,
         *,
@@ -731,6 +782,7 @@ class SessionStore:
                 )
             )
 
+    @_shielded
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         d = schema.dead_letters
         async with self._read() as conn:
