@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 
 from talkwire.clients import AdminClient, RpcError
 from talkwire.v1 import chat_pb2

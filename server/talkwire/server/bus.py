@@ -46,11 +46,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-import sqlalchemy as sa
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from talkwire.server import schema
 from talkwire.server.config import Config
 from talkwire.server.errors import ConfigError, Status
 from talkwire.server.frames import StoredFrame
@@ -474,7 +472,7 @@ class ClusterHub(SessionHub):
         ids = self._local_ids()
         if not ids:
             return []
-        heads = await _heads(self._store_ref, ids)
+        heads = await self._store_ref.heads(ids)
         behind = [
             sid for sid in ids if any(heads.get(sid, 0) > _known(f) for f in self._feeds(sid))
         ]
@@ -504,20 +502,6 @@ class ClusterHub(SessionHub):
 
 def _superseded() -> Status:
     return Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False)
-
-
-async def _heads(store: SessionStore, ids: Sequence[str]) -> dict[str, int]:
-    """``head_seq`` of each session (one indexed read per 1000 ids)."""
-    s = schema.sessions
-    out: dict[str, int] = {}
-    async with store._read() as conn:  # TODO: SessionStore.heads()
-        for i in range(0, len(ids), 1000):
-            rows = await conn.execute(
-                sa.select(s.c.id, s.c.head_seq).where(s.c.id.in_(ids[i : i + 1000]))
-            )
-            for session_id, head in rows:
-                out[str(session_id)] = int(head)
-    return out
 
 
 @contextlib.asynccontextmanager

@@ -492,6 +492,20 @@ class SessionStore:
         return frames
 
     @_shielded
+    async def heads(self, session_ids: Sequence[str]) -> dict[str, int]:
+        """The newest seq of each of these sessions (one indexed read per chunk)."""
+        s = schema.sessions
+        out: dict[str, int] = {}
+        async with self._read() as conn:
+            for i in range(0, len(session_ids), _CHUNK):
+                rows = await conn.execute(
+                    sa.select(s.c.id, s.c.head_seq).where(s.c.id.in_(session_ids[i : i + _CHUNK]))
+                )
+                for session_id, head in rows:
+                    out[str(session_id)] = int(head)
+        return out
+
+    @_shielded
     async def ack(self, session_id: str, seq: int) -> None:
         """The client has every frame up to ``seq``: drop them from the outbox."""
         s = schema.sessions
