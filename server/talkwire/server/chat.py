@@ -312,15 +312,18 @@ class ChatService:
             )
             self._metrics.sessions_opened.inc()
             return record, token
-        found = await self._store.get_session(op.session_id)
-        if found is None:
-            raise NotFoundError(f"session {op.session_id} not found")
-        if not found.active:
-            raise NotFoundError(f"session {op.session_id} is closed or expired")
-        if found.subject != identity.subject or not found.token_matches(op.resume_token):
-            raise PermissionDeniedError("resume token or subject does not match this session")
-        self._store.check_resume(found, op.last_seq)
-        await self._store.touch(found.id, replica=self._config.replica)
+
+        def check(found: SessionRecord | None) -> SessionRecord:
+            if found is None:
+                raise NotFoundError(f"session {op.session_id} not found")
+            if not found.active:
+                raise NotFoundError(f"session {op.session_id} is closed or expired")
+            if found.subject != identity.subject or not found.token_matches(op.resume_token):
+                raise PermissionDeniedError("resume token or subject does not match this session")
+            self._store.check_resume(found, op.last_seq)
+            return found
+
+        found = await self._store.claim_session(op.session_id, check, replica=self._config.replica)
         self._metrics.sessions_resumed.inc()
         return found, op.resume_token
 

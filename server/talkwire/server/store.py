@@ -2,9 +2,11 @@
 
 Sessions, the per-session outbox of durable frames (seq, payload), subscriptions
 (key -> session), dialogue state, processed event ids and dead letters live in
-one SQL database reached through SQLAlchemy's async engine: a SQLite file by
-default (WAL; one process), PostgreSQL or MySQL/MariaDB by URL.
+one SQL database reached through SQLAlchemy: a SQLite file by default (WAL; one
+process; writes group-committed on one writer thread), PostgreSQL or
+MySQL/MariaDB by URL (async engine). See :mod:`talkwire.server.sqlexec`.
 
+Every operation is one transaction function of a SQLAlchemy ``Connection``.
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
@@ -13,8 +15,6 @@ every frame before it.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hashlib
 import hmac
 import json
@@ -22,26 +22,20 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Self
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from talkwire.server import schema
-from talkwire.server.errors import (
-    FailedPreconditionError,
-    NotFoundError,
-    OutOfRangeError,
-    UnavailableError,
-)
+from talkwire.server.errors import FailedPreconditionError, NotFoundError, OutOfRangeError
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
+from talkwire.server.sqlexec import SqlExecutor, open_executor
 
 __all__ = [
     "FanoutEvent",
@@ -120,38 +114,24 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _set_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+_S = schema.sessions
+_O = schema.outbox
+_SUB = schema.subscriptions
+_PE = schema.processed_events
 
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _shielded(
-    method: Callable[Concatenate[SessionStore, _P], Coroutine[Any, Any, _R]],
-) -> Callable[Concatenate[SessionStore, _P], Coroutine[Any, Any, _R]]:
-    """Run a store call to completion even if its caller is cancelled.
-
-    A Converse stream cancelled mid-commit must not leave a connection inside
-    a half-done transaction (SQLite would then stay locked). The caller still
-    sees its ``CancelledError``; the database work finishes (commit or
-    rollback) in its own task, which :meth:`SessionStore.aclose` waits for.
-    """
-
-    async def wrapper(self: SessionStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        task = asyncio.ensure_future(method(self, *args, **kwargs))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
-
-    functools.update_wrapper(wrapper, method)
-    return wrapper
+# Statements built once; SQLAlchemy caches their compiled form.
+_GET_SESSION = sa.select(_S).where(_S.c.id == sa.bindparam("sid"))
+_INSERT_SESSION = _S.insert()
+_INSERT_OUTBOX = _O.insert()
+_FRAMES_AFTER = (
+    sa.select(_O.c.seq, _O.c.payload)
+    .where(_O.c.session_id == sa.bindparam("sid"), _O.c.seq > sa.bindparam("after"))
+    .order_by(_O.c.seq)
+)
+_FRAMES_AFTER_LIMIT = _FRAMES_AFTER.limit(sa.bindparam("lim"))
+_SET_HEAD = (
+    _S.update().where(_S.c.id == sa.bindparam("b_id")).values(head_seq=sa.bindparam("b_head"))
+)
 
 
 class SessionStore:
@@ -165,35 +145,25 @@ class SessionStore:
         clock: Callable[[], float] = time.time,
         pool_size: int = 10,
         echo: bool = False,
+        executor: SqlExecutor | None = None,
     ) -> None:
         self.url = url
         self.retention = retention or Retention()
         self._clock = clock
-        self._engine: AsyncEngine = self._create_engine(url, pool_size, echo)
-        self._sqlite = self._engine.dialect.name == "sqlite"
-        self._update_returning = bool(self._engine.dialect.update_returning)
+        self._db = executor or open_executor(url, pool_size=pool_size, echo=echo)
+        self._sqlite = self._db.dialect == "sqlite"
         self._closed = False
-        self._inflight: set[asyncio.Future[Any]] = set()
-        # SQLite has one writer; serialise write transactions in-process so they
-        # never fail with "database is locked" on lock upgrade.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
-
-    @staticmethod
-    def _create_engine(url: str, pool_size: int, echo: bool) -> AsyncEngine:
-        if url.startswith("sqlite"):
-            engine = create_async_engine(url, echo=echo)
-            event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
-            return engine
-        return create_async_engine(
-            url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-        )
 
     @property
     def dialect(self) -> str:
-        return self._engine.dialect.name
+        return self._db.dialect
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -210,17 +180,13 @@ class SessionStore:
 
     async def upgrade(self) -> int:
         """Create or upgrade the schema; return the schema version now in place."""
-        async with self._engine.begin() as conn:
-            await conn.run_sync(schema.metadata.create_all)
-            row = (
-                await conn.execute(
-                    sa.select(schema.schema_info.c.version).where(schema.schema_info.c.id == 1)
-                )
-            ).first()
+
+        def tx(conn: Connection) -> int:
+            schema.metadata.create_all(conn)
+            info = schema.schema_info
+            row = conn.execute(sa.select(info.c.version).where(info.c.id == 1)).first()
             if row is None:
-                await conn.execute(
-                    schema.schema_info.insert().values(id=1, version=schema.SCHEMA_VERSION)
-                )
+                conn.execute(info.insert().values(id=1, version=schema.SCHEMA_VERSION))
                 return schema.SCHEMA_VERSION
             version = int(row[0])
             if version > schema.SCHEMA_VERSION:
@@ -230,46 +196,17 @@ class SessionStore:
                 )
             return version
 
+        return await self._db.write(tx)
+
     async def aclose(self) -> None:
-        """Dispose of the engine. Idempotent."""
+        """Finish the calls in flight and release the database. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self._engine.dispose()
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            if self._write_lock is not None:
-                async with self._write_lock, self._engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._engine.begin() as conn:
-                    yield conn
-        except DBAPIError as exc:
-            if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
-                raise UnavailableError(f"session store unavailable: {exc.orig!r}") from exc
-            raise
-        except OSError as exc:
-            raise UnavailableError(f"session store unavailable: {exc!r}") from exc
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.connect() as conn:
-                yield conn
-        except DBAPIError as exc:
-            if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
-                raise UnavailableError(f"session store unavailable: {exc.orig!r}") from exc
-            raise
-        except OSError as exc:
-            raise UnavailableError(f"session store unavailable: {exc!r}") from exc
+        await self._db.aclose()
 
     # -- sessions ---------------------------------------------------------
 
-    @_shielded
     async def create_session(
         self,
         identity: Identity,
@@ -281,10 +218,9 @@ class SessionStore:
     ) -> tuple[SessionRecord, str]:
         """Create a session; return it and its resume token (only its hash is stored)."""
         now = self._clock()
-        session_id = str(uuid.uuid4())
         token = secrets.token_urlsafe(32)
         values = {
-            "id": session_id,
+            "id": str(uuid.uuid4()),
             "subject": identity.subject,
             "identity": json.dumps(identity.to_json()),
             "token_hash": _hash_token(token),
@@ -300,26 +236,37 @@ class SessionStore:
             "dialogue": "{}",
             "replica": replica,
         }
-        async with self._write() as conn:
-            await conn.execute(schema.sessions.insert().values(**values))
-        record = self._record(values)
-        return record, token
+        await self._db.write(lambda conn: conn.execute(_INSERT_SESSION, values))
+        return self._record(values), token
 
-    @_shielded
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        async with self._read() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        sa.select(schema.sessions).where(schema.sessions.c.id == session_id)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return None if row is None else self._record(row)
+        def tx(conn: Connection) -> SessionRecord | None:
+            row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
+            return None if row is None else self._record(row)
 
-    @_shielded
+        return await self._db.read(tx)
+
+    async def claim_session(
+        self,
+        session_id: str,
+        check: Callable[[SessionRecord | None], SessionRecord],
+        *,
+        replica: str | None,
+    ) -> SessionRecord:
+        """Read a session, let ``check`` accept it (or raise), and mark it attached: one write."""
+
+        def tx(conn: Connection) -> SessionRecord:
+            row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
+            record = check(None if row is None else self._record(row))
+            conn.execute(
+                _S.update()
+                .where(_S.c.id == session_id)
+                .values(last_active_at=self._clock(), replica=replica)
+            )
+            return record
+
+        return await self._db.write(tx)
+
     async def list_sessions(
         self,
         *,
@@ -329,64 +276,53 @@ class SessionStore:
         after_id: str = "",
         limit: int = 100,
     ) -> list[SessionRecord]:
-        s = schema.sessions
-        query = sa.select(s).where(s.c.id > after_id).order_by(s.c.id).limit(limit)
+        query = sa.select(_S).where(_S.c.id > after_id).order_by(_S.c.id).limit(limit)
         if subject:
-            query = query.where(s.c.subject == subject)
+            query = query.where(_S.c.subject == subject)
         if not include_closed:
-            query = query.where(s.c.state == schema.ACTIVE)
+            query = query.where(_S.c.state == schema.ACTIVE)
         if key:
-            sub = schema.subscriptions
-            query = query.where(s.c.id.in_(sa.select(sub.c.session_id).where(sub.c.key == key)))
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [self._record(r) for r in rows]
+            query = query.where(_S.c.id.in_(sa.select(_SUB.c.session_id).where(_SUB.c.key == key)))
 
-    @_shielded
+        def tx(conn: Connection) -> list[SessionRecord]:
+            return [self._record(r) for r in conn.execute(query).mappings()]
+
+        return await self._db.read(tx)
+
     async def touch(self, session_id: str, *, replica: str | object | None = ...) -> None:
         """Mark the session active now (and set or clear its attachment replica)."""
         values: dict[str, Any] = {"last_active_at": self._clock()}
         if replica is not ...:
             values["replica"] = replica
-        async with self._write() as conn:
-            await conn.execute(
-                schema.sessions.update().where(schema.sessions.c.id == session_id).values(**values)
-            )
+        stmt = _S.update().where(_S.c.id == session_id).values(**values)
+        await self._db.write(lambda conn: conn.execute(stmt))
 
-    @_shielded
     async def close_session(self, session_id: str, *, state: int = schema.CLOSED) -> bool:
         """Close (or expire) a session: drop its subscriptions and frames. False if unknown."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                schema.sessions.update()
-                .where(schema.sessions.c.id == session_id, schema.sessions.c.state == schema.ACTIVE)
-                .values(state=state, replica=None, last_active_at=self._clock())
+        now = self._clock()
+
+        def tx(conn: Connection) -> bool:
+            result = conn.execute(
+                _S.update()
+                .where(_S.c.id == session_id, _S.c.state == schema.ACTIVE)
+                .values(state=state, replica=None, last_active_at=now)
             )
             if not result.rowcount:
                 return False
-            await conn.execute(
-                schema.subscriptions.delete().where(schema.subscriptions.c.session_id == session_id)
-            )
-            await conn.execute(
-                schema.outbox.delete().where(schema.outbox.c.session_id == session_id)
-            )
-        return True
+            conn.execute(_SUB.delete().where(_SUB.c.session_id == session_id))
+            conn.execute(_O.delete().where(_O.c.session_id == session_id))
+            return True
+
+        return await self._db.write(tx)
 
     async def expire_idle(self, ttl: float, *, keep: Iterable[str] = ()) -> list[str]:
         """Expire sessions idle for longer than ``ttl`` seconds, except those in ``keep``."""
         cutoff = self._clock() - ttl
         keep_set = set(keep)
-        async with self._read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(schema.sessions.c.id).where(
-                        schema.sessions.c.state == schema.ACTIVE,
-                        schema.sessions.c.last_active_at < cutoff,
-                    )
-                )
-            ).all()
+        query = sa.select(_S.c.id).where(_S.c.state == schema.ACTIVE, _S.c.last_active_at < cutoff)
+        rows = await self._db.read(lambda conn: [r[0] for r in conn.execute(query)])
         expired = []
-        for (session_id,) in rows:
+        for session_id in rows:
             if session_id in keep_set:
                 continue
             if await self.close_session(session_id, state=schema.EXPIRED):
@@ -395,7 +331,6 @@ class SessionStore:
 
     # -- frames -----------------------------------------------------------
 
-    @_shielded
     async def append(
         self,
         session_id: str,
@@ -406,35 +341,32 @@ class SessionStore:
         """Append durable frames to one session (and save its dialogue state) atomically."""
         now = self._clock()
         n = len(templates)
-        s = schema.sessions
-        async with self._write() as conn:
-            values: dict[str, Any] = {"head_seq": s.c.head_seq + n, "last_active_at": now}
-            if dialogue is not None:
-                values["dialogue"] = json.dumps(dialogue)
-            where = (s.c.id == session_id, s.c.state == schema.ACTIVE)
-            if self._update_returning:
-                head = (
-                    await conn.execute(
-                        s.update().where(*where).values(**values).returning(s.c.head_seq)
-                    )
+        values: dict[str, Any] = {"head_seq": _S.c.head_seq + n, "last_active_at": now}
+        if dialogue is not None:
+            values["dialogue"] = json.dumps(dialogue)
+        where = (_S.c.id == session_id, _S.c.state == schema.ACTIVE)
+        returning = self._db.update_returning
+
+        def tx(conn: Connection) -> list[StoredFrame]:
+            if returning:
+                head = conn.execute(
+                    _S.update().where(*where).values(**values).returning(_S.c.head_seq)
                 ).scalar()
                 if head is None:
                     raise NotFoundError(f"session {session_id} not found or closed")
                 first = int(head) - n + 1
             else:
-                row = (
-                    await conn.execute(sa.select(s.c.head_seq).where(*where).with_for_update())
-                ).first()
+                row = conn.execute(sa.select(_S.c.head_seq).where(*where).with_for_update()).first()
                 if row is None:
                     raise NotFoundError(f"session {session_id} not found or closed")
                 first = int(row[0]) + 1
-                await conn.execute(s.update().where(*where).values(**values))
+                conn.execute(_S.update().where(*where).values(**values))
             frames = [
                 StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)
             ]
             if frames:
-                await conn.execute(
-                    schema.outbox.insert(),
+                conn.execute(
+                    _INSERT_OUTBOX,
                     [
                         {
                             "session_id": session_id,
@@ -445,27 +377,26 @@ class SessionStore:
                         for f in frames
                     ],
                 )
-        return frames
+            return frames
+
+        return await self._db.write(tx)
 
     async def save_dialogue(self, session_id: str, dialogue: Mapping[str, Any]) -> None:
         await self.append(session_id, (), dialogue=dialogue)
 
-    @_shielded
     async def frames_after(
         self, session_id: str, after_seq: int, *, limit: int | None = None
     ) -> list[StoredFrame]:
         """Retained frames with seq > ``after_seq``, in order."""
-        o = schema.outbox
-        query = (
-            sa.select(o.c.seq, o.c.payload)
-            .where(o.c.session_id == session_id, o.c.seq > after_seq)
-            .order_by(o.c.seq)
-        )
+        params: dict[str, Any] = {"sid": session_id, "after": after_seq}
+        stmt = _FRAMES_AFTER
         if limit is not None:
-            query = query.limit(limit)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [StoredFrame(int(seq), bytes(payload)) for seq, payload in rows]
+            stmt, params["lim"] = _FRAMES_AFTER_LIMIT, limit
+
+        def tx(conn: Connection) -> list[StoredFrame]:
+            return [StoredFrame(int(seq), bytes(p)) for seq, p in conn.execute(stmt, params)]
+
+        return await self._db.read(tx)
 
     @staticmethod
     def check_resume(session: SessionRecord, last_seq: int) -> None:
@@ -491,143 +422,129 @@ class SessionStore:
             expected += 1
         return frames
 
-    @_shielded
     async def heads(self, session_ids: Sequence[str]) -> dict[str, int]:
         """The newest seq of each of these sessions (one indexed read per chunk)."""
-        s = schema.sessions
-        out: dict[str, int] = {}
-        async with self._read() as conn:
-            for i in range(0, len(session_ids), _CHUNK):
-                rows = await conn.execute(
-                    sa.select(s.c.id, s.c.head_seq).where(s.c.id.in_(session_ids[i : i + _CHUNK]))
-                )
-                for session_id, head in rows:
-                    out[str(session_id)] = int(head)
-        return out
 
-    @_shielded
+        def tx(conn: Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for i in range(0, len(session_ids), _CHUNK):
+                rows = conn.execute(
+                    sa.select(_S.c.id, _S.c.head_seq).where(
+                        _S.c.id.in_(session_ids[i : i + _CHUNK])
+                    )
+                )
+                out.update((str(sid), int(head)) for sid, head in rows)
+            return out
+
+        return await self._db.read(tx)
+
     async def ack(self, session_id: str, seq: int) -> None:
         """The client has every frame up to ``seq``: drop them from the outbox."""
-        s = schema.sessions
-        async with self._write() as conn:
-            result = await conn.execute(
-                s.update()
-                .where(s.c.id == session_id, s.c.acked_seq < seq, s.c.head_seq >= seq)
+        now = self._clock()
+
+        def tx(conn: Connection) -> None:
+            result = conn.execute(
+                _S.update()
+                .where(_S.c.id == session_id, _S.c.acked_seq < seq, _S.c.head_seq >= seq)
                 .values(
                     acked_seq=seq,
-                    floor_seq=sa.case((s.c.floor_seq < seq, seq), else_=s.c.floor_seq),
-                    last_active_at=self._clock(),
+                    floor_seq=sa.case((_S.c.floor_seq < seq, seq), else_=_S.c.floor_seq),
+                    last_active_at=now,
                 )
             )
             if not result.rowcount:
                 return  # an old ack, or one beyond the newest frame: nothing to drop
-            await conn.execute(
-                schema.outbox.delete().where(
-                    schema.outbox.c.session_id == session_id, schema.outbox.c.seq <= seq
-                )
-            )
+            conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= seq))
 
-    @_shielded
+        await self._db.write(tx)
+
     async def prune(self) -> int:
         """Apply the retention window (count and age) to unacked frames; return rows dropped."""
         now = self._clock()
-        o, s = schema.outbox, schema.sessions
-        dropped = 0
-        async with self._read() as conn:
-            by_age = (
-                await conn.execute(
-                    sa.select(o.c.session_id, sa.func.max(o.c.seq))
-                    .where(o.c.created_at < now - self.retention.max_age)
-                    .group_by(o.c.session_id)
+        max_frames, max_age = self.retention.max_frames, self.retention.max_age
+
+        def find(conn: Connection) -> dict[str, int]:
+            by_age = conn.execute(
+                sa.select(_O.c.session_id, sa.func.max(_O.c.seq))
+                .where(_O.c.created_at < now - max_age)
+                .group_by(_O.c.session_id)
+            ).all()
+            by_count = conn.execute(
+                sa.select(_S.c.id, _S.c.head_seq - max_frames).where(
+                    _S.c.state == schema.ACTIVE, _S.c.head_seq - _S.c.floor_seq > max_frames
                 )
             ).all()
-            by_count = (
-                await conn.execute(
-                    sa.select(s.c.id, s.c.head_seq - self.retention.max_frames).where(
-                        s.c.state == schema.ACTIVE,
-                        s.c.head_seq - s.c.floor_seq > self.retention.max_frames,
-                    )
-                )
-            ).all()
-        floors: dict[str, int] = defaultdict(int)
-        for session_id, seq in [*by_age, *by_count]:
-            floors[session_id] = max(floors[session_id], int(seq))
-        for session_id, floor in floors.items():
-            async with self._write() as conn:
-                await conn.execute(
-                    s.update()
-                    .where(s.c.id == session_id, s.c.floor_seq < floor)
+            floors: dict[str, int] = defaultdict(int)
+            for session_id, seq in [*by_age, *by_count]:
+                floors[session_id] = max(floors[session_id], int(seq))
+            return floors
+
+        def drop(conn: Connection, floors: Mapping[str, int]) -> int:
+            dropped = 0
+            for session_id, floor in floors.items():
+                conn.execute(
+                    _S.update()
+                    .where(_S.c.id == session_id, _S.c.floor_seq < floor)
                     .values(floor_seq=floor)
                 )
-                result = await conn.execute(
-                    o.delete().where(o.c.session_id == session_id, o.c.seq <= floor)
+                result = conn.execute(
+                    _O.delete().where(_O.c.session_id == session_id, _O.c.seq <= floor)
                 )
                 dropped += result.rowcount or 0
-        return dropped
+            return dropped
+
+        floors = await self._db.read(find)
+        if not floors:
+            return 0
+        return await self._db.write(lambda conn: drop(conn, floors))
 
     # -- subscriptions ----------------------------------------------------
 
-    @_shielded
     async def subscribe(self, session_id: str, key: str) -> bool:
         """Subscribe; False if it already existed."""
+        row = {"key": key, "session_id": session_id, "created_at": self._clock()}
         try:
-            async with self._write() as conn:
-                await conn.execute(
-                    schema.subscriptions.insert().values(
-                        key=key, session_id=session_id, created_at=self._clock()
-                    )
-                )
+            await self._db.write(lambda conn: conn.execute(_SUB.insert(), row))
         except IntegrityError:
             return False
         return True
 
-    @_shielded
     async def unsubscribe(self, session_id: str, key: str) -> bool:
-        sub = schema.subscriptions
-        async with self._write() as conn:
-            result = await conn.execute(
-                sub.delete().where(sub.c.session_id == session_id, sub.c.key == key)
-            )
-        return bool(result.rowcount)
+        stmt = _SUB.delete().where(_SUB.c.session_id == session_id, _SUB.c.key == key)
+        return await self._db.write(lambda conn: bool(conn.execute(stmt).rowcount))
 
-    @_shielded
     async def subscriptions(self, session_id: str) -> list[str]:
-        sub = schema.subscriptions
-        async with self._read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(sub.c.key).where(sub.c.session_id == session_id).order_by(sub.c.key)
-                )
-            ).all()
-        return [r[0] for r in rows]
+        stmt = sa.select(_SUB.c.key).where(_SUB.c.session_id == session_id).order_by(_SUB.c.key)
+        return await self._db.read(lambda conn: [r[0] for r in conn.execute(stmt)])
 
-    @_shielded
     async def subscribers(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """Active sessions subscribed to each key (one indexed lookup)."""
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, list[str]] = {}
-        if not keys:
-            return out
-        async with self._read() as conn:
-            for i in range(0, len(keys), _CHUNK):
-                rows = await conn.execute(self._subscribers_query(keys[i : i + _CHUNK]))
-                for key, session_id in rows:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+
+        def tx(conn: Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for i in range(0, len(wanted), _CHUNK):
+                for key, session_id in conn.execute(
+                    self._subscribers_query(wanted[i : i + _CHUNK])
+                ):
                     out.setdefault(key, []).append(session_id)
-        return out
+            return out
+
+        return await self._db.read(tx)
 
     @staticmethod
     def _subscribers_query(keys: Sequence[str]) -> sa.Select[str, str]:
-        sub, s = schema.subscriptions, schema.sessions
         return (
-            sa.select(sub.c.key, sub.c.session_id)
-            .join(s, s.c.id == sub.c.session_id)
-            .where(sub.c.key.in_(keys), s.c.state == schema.ACTIVE)
-            .order_by(sub.c.key, sub.c.session_id)
+            sa.select(_SUB.c.key, _SUB.c.session_id)
+            .join(_S, _S.c.id == _SUB.c.session_id)
+            .where(_SUB.c.key.in_(keys), _S.c.state == schema.ACTIVE)
+            .order_by(_SUB.c.key, _SUB.c.session_id)
         )
 
     # -- events -----------------------------------------------------------
 
-    @_shielded
     async def fanout(self, events: Sequence[FanoutEvent]) -> FanoutResult:
         """Append each not-yet-processed event to its sessions' outboxes in one transaction.
 
@@ -635,55 +552,52 @@ class SessionStore:
         it is reported in ``duplicates``. Raises ``UnavailableError`` when the
         store cannot be reached; nothing is then recorded and the caller retries.
         """
-        result = FanoutResult()
         if not events:
-            return result
+            return FanoutResult()
         now = self._clock()
-        async with self._write() as conn:
-            fresh = await self._claim_events(conn, events, now, result)
-            targets = await self._resolve_targets(conn, fresh)
-            per_session: dict[str, list[FanoutEvent]] = defaultdict(list)
-            for ev in fresh:
-                sessions = targets.get(ev.event_id, ())
-                result.delivered[ev.event_id] = len(sessions)
-                for session_id in sessions:
-                    per_session[session_id].append(ev)
-            if per_session:
-                heads = await self._allocate(conn, {k: len(v) for k, v in per_session.items()})
-                rows: list[dict[str, Any]] = []
-                for session_id, evs in per_session.items():
-                    first = heads[session_id] - len(evs) + 1
-                    frames = [
-                        StoredFrame(first + i, with_seq(first + i, ev.template))
-                        for i, ev in enumerate(evs)
-                    ]
-                    result.frames[session_id] = frames
-                    rows.extend(
-                        {
-                            "session_id": session_id,
-                            "seq": f.seq,
-                            "created_at": now,
-                            "payload": f.payload,
-                        }
-                        for f in frames
-                    )
-                for i in range(0, len(rows), _CHUNK):
-                    await conn.execute(schema.outbox.insert(), rows[i : i + _CHUNK])
+        return await self._db.write(lambda conn: self._fanout_tx(conn, events, now))
+
+    def _fanout_tx(
+        self, conn: Connection, events: Sequence[FanoutEvent], now: float
+    ) -> FanoutResult:
+        result = FanoutResult()
+        fresh = self._claim_events(conn, events, now, result)
+        targets = self._resolve_targets(conn, fresh)
+        per_session: dict[str, list[FanoutEvent]] = defaultdict(list)
+        for ev in fresh:
+            sessions = targets.get(ev.event_id, ())
+            result.delivered[ev.event_id] = len(sessions)
+            for session_id in sessions:
+                per_session[session_id].append(ev)
+        if not per_session:
+            return result
+        heads = self._allocate(conn, {k: len(v) for k, v in per_session.items()})
+        rows: list[dict[str, Any]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in heads:
+                continue  # closed between lookup and lock
+            first = heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            rows.extend(
+                {"session_id": session_id, "seq": f.seq, "created_at": now, "payload": f.payload}
+                for f in frames
+            )
+        for i in range(0, len(rows), _CHUNK):
+            conn.execute(_INSERT_OUTBOX, rows[i : i + _CHUNK])
         return result
 
-    async def _claim_events(
-        self,
-        conn: AsyncConnection,
-        events: Sequence[FanoutEvent],
-        now: float,
-        result: FanoutResult,
+    @staticmethod
+    def _claim_events(
+        conn: Connection, events: Sequence[FanoutEvent], now: float, result: FanoutResult
     ) -> list[FanoutEvent]:
         ids = list(dict.fromkeys(ev.event_id for ev in events))
-        pe = schema.processed_events
         seen: set[str] = set()
         for i in range(0, len(ids), _CHUNK):
-            rows = await conn.execute(
-                sa.select(pe.c.event_id).where(pe.c.event_id.in_(ids[i : i + _CHUNK]))
+            rows = conn.execute(
+                sa.select(_PE.c.event_id).where(_PE.c.event_id.in_(ids[i : i + _CHUNK]))
             )
             seen.update(r[0] for r in rows)
         fresh: list[FanoutEvent] = []
@@ -695,27 +609,24 @@ class SessionStore:
             claimed.add(ev.event_id)
             fresh.append(ev)
         if fresh:
-            await conn.execute(
-                pe.insert(), [{"event_id": ev.event_id, "processed_at": now} for ev in fresh]
+            conn.execute(
+                _PE.insert(), [{"event_id": ev.event_id, "processed_at": now} for ev in fresh]
             )
         return fresh
 
-    async def _resolve_targets(
-        self, conn: AsyncConnection, events: Sequence[FanoutEvent]
+    def _resolve_targets(
+        self, conn: Connection, events: Sequence[FanoutEvent]
     ) -> dict[str, list[str]]:
         keys = list(dict.fromkeys(k for ev in events for k in ev.keys))
         by_key: dict[str, list[str]] = {}
         for i in range(0, len(keys), _CHUNK):
-            for key, session_id in await conn.execute(
-                self._subscribers_query(keys[i : i + _CHUNK])
-            ):
+            for key, session_id in conn.execute(self._subscribers_query(keys[i : i + _CHUNK])):
                 by_key.setdefault(key, []).append(session_id)
         direct = [ev.session_id for ev in events if ev.session_id]
         active: set[str] = set()
         if direct:
-            s = schema.sessions
-            rows = await conn.execute(
-                sa.select(s.c.id).where(s.c.id.in_(direct), s.c.state == schema.ACTIVE)
+            rows = conn.execute(
+                sa.select(_S.c.id).where(_S.c.id.in_(direct), _S.c.state == schema.ACTIVE)
             )
             active = {r[0] for r in rows}
         targets: dict[str, list[str]] = {}
@@ -726,52 +637,38 @@ class SessionStore:
             targets[ev.event_id] = list(found)
         return targets
 
-    async def _allocate(self, conn: AsyncConnection, counts: Mapping[str, int]) -> dict[str, int]:
+    def _allocate(self, conn: Connection, counts: Mapping[str, int]) -> dict[str, int]:
         """Advance head_seq of each session by its count; return the new heads."""
-        s = schema.sessions
         ids = sorted(counts)
         heads: dict[str, int] = {}
         for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
-            query = sa.select(s.c.id, s.c.head_seq).where(s.c.id.in_(chunk)).order_by(s.c.id)
+            query = (
+                sa.select(_S.c.id, _S.c.head_seq)
+                .where(_S.c.id.in_(ids[i : i + _CHUNK]), _S.c.state == schema.ACTIVE)
+                .order_by(_S.c.id)
+            )
             if not self._sqlite:
                 query = query.with_for_update()
-            for session_id, head in await conn.execute(query):
+            for session_id, head in conn.execute(query):
                 heads[session_id] = int(head) + counts[session_id]
         if heads:
-            await conn.execute(
-                s.update()
-                .where(s.c.id == sa.bindparam("b_id"))
-                .values(head_seq=sa.bindparam("b_head")),
-                [{"b_id": k, "b_head": v} for k, v in heads.items()],
-            )
+            conn.execute(_SET_HEAD, [{"b_id": k, "b_head": v} for k, v in heads.items()])
         return heads
 
-    @_shielded
     async def seen_delivery(self, delivery_id: str) -> bool:
         """Record a webhook delivery id; True when it had been recorded before (a replay)."""
+        row = {"event_id": f"delivery:{delivery_id}", "processed_at": self._clock()}
         try:
-            async with self._write() as conn:
-                await conn.execute(
-                    schema.processed_events.insert().values(
-                        event_id=f"delivery:{delivery_id}", processed_at=self._clock()
-                    )
-                )
+            await self._db.write(lambda conn: conn.execute(_PE.insert(), row))
         except IntegrityError:
             return True
         return False
 
-    @_shielded
     async def forget_processed(self, older_than: float) -> int:
         """Drop processed event ids older than ``older_than`` seconds (dedup window)."""
-        pe = schema.processed_events
-        async with self._write() as conn:
-            result = await conn.execute(
-                pe.delete().where(pe.c.processed_at < self._clock() - older_than)
-            )
-        return result.rowcount or 0
+        stmt = _PE.delete().where(_PE.c.processed_at < self._clock() - older_than)
+        return await self._db.write(lambda conn: conn.execute(stmt).rowcount or 0)
 
-    @_shielded
     async def dead_letter(
         self,
         *,
@@ -783,25 +680,21 @@ class SessionStore:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Keep a record that could not be decoded or routed, with the reason."""
-        async with self._write() as conn:
-            await conn.execute(
-                schema.dead_letters.insert().values(
-                    source=source,
-                    partition=partition,
-                    offset=offset,
-                    reason=reason,
-                    payload=payload,
-                    headers=json.dumps(dict(headers or {})),
-                    created_at=self._clock(),
-                )
-            )
+        row = {
+            "source": source,
+            "partition": partition,
+            "offset": offset,
+            "reason": reason,
+            "payload": payload,
+            "headers": json.dumps(dict(headers or {})),
+            "created_at": self._clock(),
+        }
+        await self._db.write(lambda conn: conn.execute(schema.dead_letters.insert(), row))
 
-    @_shielded
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         d = schema.dead_letters
-        async with self._read() as conn:
-            rows = (await conn.execute(sa.select(d).order_by(d.c.id).limit(limit))).mappings().all()
-        return [dict(r) for r in rows]
+        stmt = sa.select(d).order_by(d.c.id).limit(limit)
+        return await self._db.read(lambda conn: [dict(r) for r in conn.execute(stmt).mappings()])
 
     # -- helpers ----------------------------------------------------------
 
