@@ -1,9 +1,10 @@
-"""``python -m bench [scenario ...] [--quick] [--out DIR]``: run scenarios, print the table."""
+"""``python -m bench [scenario ...] [--quick] [--replicas N] [--out DIR]``: run scenarios, print the table."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import platform
 import sys
@@ -47,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: a few seconds per scenario"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run OUR server as N replicas on PostgreSQL + Redis + one consumer group "
+        "(scenarios that support it: events; default 1)",
+    )
     parser.add_argument("--out", default="bench/results", help="results folder (JSON + PNG)")
     args = parser.parse_args(argv)
+    if args.replicas < 1:
+        parser.error("--replicas must be >= 1")
     names = args.scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -56,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     meta = machine()
     meta["quick"] = args.quick
+    meta["replicas"] = args.replicas
     results: list[Result] = []
     failed = False
     for name in names:
@@ -64,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BENCH_SCENARIO"] = name
         try:
             mod = importlib.import_module(f"bench.scenarios.{name}")
-            res = mod.run(args.quick)
+            if "replicas" in inspect.signature(mod.run).parameters:
+                res = mod.run(args.quick, replicas=args.replicas)
+            else:
+                if args.replicas > 1:
+                    progress(f"{name}: one replica (--replicas applies to: events)")
+                res = mod.run(args.quick)
         except Exception as exc:  # noqa: BLE001 - report and go on with the other scenarios
             traceback.print_exc()
             res = Result(

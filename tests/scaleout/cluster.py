@@ -36,6 +36,7 @@ class Replica:
 
     def __init__(self, name: str, workdir: Path, config: dict[str, Any]) -> None:
         self.name = name
+        self.replica_id = str(config["server"]["replica"])
         self.workdir = workdir
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
@@ -87,6 +88,16 @@ class Replica:
         """``kill -9``."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
+
+    async def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM (graceful drain); wait for the exit and return its code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(timeout):
+            return await self.proc.wait()
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     async def stop(self) -> None:
         if self.channel is not None:

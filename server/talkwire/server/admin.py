@@ -12,10 +12,12 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from redis.exceptions import RedisError
 
 from talkwire.connectors.base import CallContext
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.auth import Authenticator
+from talkwire.server.bus import ClusterHub
 from talkwire.server.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -49,8 +51,16 @@ class Publisher(Protocol):
     ) -> FanoutResult: ...
 
 
-def session_message(record: SessionRecord, *, attached: bool, subs: list[str]) -> admin_pb2.Session:
-    """The wire form of a session row."""
+def session_message(
+    record: SessionRecord, *, attached: bool, subs: list[str], where: str | None = None
+) -> admin_pb2.Session:
+    """The wire form of a session row.
+
+    ``where`` is the replica holding the live attachment according to the
+    attachment registry ("" when nobody holds it); ``None`` when there is no
+    registry (one replica), then the ``sessions.replica`` column is used.
+    """
+    replica = (record.replica or "") if where is None else where
     msg = admin_pb2.Session(
         session_id=record.id,
         subject=record.subject,
@@ -60,9 +70,9 @@ def session_message(record: SessionRecord, *, attached: bool, subs: list[str]) -
         state=record.state,  # type: ignore[arg-type]
         head_seq=record.head_seq,
         acked_seq=record.acked_seq,
-        attached=attached or bool(record.replica),
+        attached=attached or bool(replica),
         subscriptions=subs,
-        replica=record.replica or "",
+        replica=replica,
     )
     msg.created_at.CopyFrom(now_timestamp(record.created_at))
     msg.last_active_at.CopyFrom(now_timestamp(record.last_active_at))
@@ -107,12 +117,32 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(status.code, status.message)
             raise AssertionError("unreachable") from exc
 
+    async def _where(self, session_ids: list[str]) -> dict[str, str] | None:
+        """Where each session is attached, from the registry (None: no registry, or Redis down)."""
+        if not isinstance(self._hub, ClusterHub):
+            return None
+        try:
+            return await self._hub.attached_where(session_ids)
+        except (RedisError, OSError) as exc:
+            log.warning("attachment registry unavailable (%r); showing sessions.replica", exc)
+            return None
+
+    def _message(
+        self, record: SessionRecord, subs: list[str], where: dict[str, str] | None
+    ) -> admin_pb2.Session:
+        return session_message(
+            record,
+            attached=self._hub.is_attached(record.id),
+            subs=subs,
+            where=None if where is None else where.get(record.id, ""),
+        )
+
     async def _session(self, session_id: str) -> admin_pb2.Session:
         record = await self._store.get_session(session_id)
         if record is None:
             raise NotFoundError(f"session {session_id} not found")
         subs = await self._store.subscriptions(session_id)
-        return session_message(record, attached=self._hub.is_attached(session_id), subs=subs)
+        return self._message(record, subs, await self._where([session_id]))
 
     async def ListSessions(
         self,
@@ -129,11 +159,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 limit=size,
             )
             out = admin_pb2.ListSessionsResponse()
+            where = await self._where([r.id for r in records])
             for record in records:
                 subs = await self._store.subscriptions(record.id)
-                out.sessions.append(
-                    session_message(record, attached=self._hub.is_attached(record.id), subs=subs)
-                )
+                out.sessions.append(self._message(record, subs, where))
             if len(records) == size:
                 out.next_page_token = records[-1].id
             return out

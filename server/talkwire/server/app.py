@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
 from talkwire.server.auth import Authenticator, build_authenticator
-from talkwire.server.bus import open_hub
+from talkwire.server.bus import ClusterHub, open_hub
 from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
 from talkwire.server.config import Config
@@ -117,6 +117,7 @@ class Application:
         self._tasks: asyncio.TaskGroup | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._ingress_watch: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self.port = 0
         self.store: SessionStore
@@ -179,6 +180,7 @@ class Application:
         await self._start_ingress()
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._sweeper = self._tasks.create_task(self._sweep())
+        self._watchdog = self._tasks.create_task(self._watch_writes())
         if self.kafka is not None:
             self._ingress_watch = self._tasks.create_task(self._watch_ingress())
         await self._start_grpc(policy)
@@ -299,6 +301,20 @@ class Application:
             await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
             await asyncio.sleep(2.0)
 
+    async def _watch_writes(self) -> None:
+        """End streams whose client stopped reading (``server.write_timeout``); write acks."""
+        timeout = self.config.server.write_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            self.hub.cut_stuck_writers(loop.time(), timeout)
+            acks = self.hub.take_acks()
+            if acks:
+                try:
+                    await self.store.ack_many(acks)
+                except Exception:  # noqa: BLE001 - acks only shorten retention; never stop serving
+                    log.warning("could not record %d acks; later acks cover them", len(acks))
+
     async def _sweep(self) -> None:
         interval = self.config.server.sweep_interval
         store_cfg = self.config.store
@@ -306,7 +322,7 @@ class Application:
             await asyncio.sleep(interval)
             try:
                 expired = await self.store.expire_idle(
-                    store_cfg.session_ttl, keep=self.hub.attached_ids()
+                    store_cfg.session_ttl, keep=await self._live_ids()
                 )
                 for session_id in expired:
                     self.hub.close_session(session_id, "expired")
@@ -315,10 +331,16 @@ class Application:
             except Exception:
                 log.exception("sweep failed; retrying in %ss", interval)
 
+    async def _live_ids(self) -> set[str]:
+        """Sessions the expiry must keep: attached here, or on any replica (Redis registry)."""
+        if isinstance(self.hub, ClusterHub):
+            return await self.hub.live_ids()
+        return set(self.hub.attached_ids())
+
     async def sweep_now(self) -> list[str]:
         """Run one expiry + retention pass now; return the sessions that expired."""
         expired = await self.store.expire_idle(
-            self.config.store.session_ttl, keep=self.hub.attached_ids()
+            self.config.store.session_ttl, keep=await self._live_ids()
         )
         for session_id in expired:
             self.hub.close_session(session_id, "expired")
@@ -349,7 +371,7 @@ class Application:
             if hasattr(self, "hub"):
                 self.hub.drain()
             await self._server.stop(0.5)
-        for task in (self._sweeper, self._ingress_watch):
+        for task in (self._sweeper, self._ingress_watch, self._watchdog):
             if task is not None:
                 task.cancel()
         await self._stack.aclose()

@@ -382,6 +382,26 @@ class ClusterHub(SessionHub):
         if replica != self.replica:
             await self.bus.notify_supersede(att.session_id, replica, old_token)
 
+    async def live_ids(self) -> set[str]:
+        """Sessions with a live attachment on ANY replica: the registry plus our own.
+
+        The idle-session sweeper keeps these (``store.expire_idle(keep=...)``).
+        Raises when Redis is down: better to skip one expiry pass than to expire
+        sessions that are attached elsewhere.
+        """
+        return {*self.attached_ids(), *await self.presence.live()}
+
+    async def attached_where(self, session_ids: Iterable[str]) -> dict[str, str]:
+        """``session -> replica`` holding its live attachment (absent: not attached anywhere)."""
+        ids = list(session_ids)
+        where = {
+            sid: owner_of(value)[0] for sid, value in (await self.presence.lookup(ids)).items()
+        }
+        for sid in ids:
+            if self.is_attached(sid):
+                where.setdefault(sid, self.replica)  # e.g. attached while Redis was away
+        return where
+
     def detach(self, att: Attachment) -> None:
         super().detach(att)
         entry = self._claims.get(att.session_id)

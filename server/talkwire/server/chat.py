@@ -265,6 +265,11 @@ class ChatService:
         finally:
             self._metrics.sessions_attached.dec()
             self._hub.detach(att)
+            if att.ack_seq > att.acked_flushed:
+                try:
+                    await self._store.ack(record.id, att.ack_seq)
+                except TalkwireError:
+                    log.warning("session %s: could not record the last ack", record.id)
             if not self._hub.is_attached(record.id):
                 try:
                     await self._store.touch(record.id, replica=None)
@@ -354,23 +359,19 @@ class ChatService:
         replay: list[Any],
         context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
     ) -> None:
-        timeout = self._config.write_timeout
+        # The hub's write watchdog ends a stream whose write is stuck longer than
+        # server.write_timeout (one timer for all streams, not one per frame).
+        loop = asyncio.get_running_loop()
+        frames_out = self._metrics.frames_out
         try:
+            att.writing_since = loop.time()
             await context.write(opened)
+            att.writing_since = None
             async for payload in att.payloads(replay):
-                try:
-                    async with asyncio.timeout(timeout):
-                        await context.write(payload)
-                except TimeoutError:
-                    att.terminate(
-                        Status(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"the client did not read for {timeout:g}s; resume to continue",
-                            True,
-                        )
-                    )
-                    return
-                self._metrics.frames_out.inc()
+                att.writing_since = loop.time()
+                await context.write(payload)
+                att.writing_since = None
+                frames_out.inc()
         except (TalkwireError, grpc.aio.AioRpcError) as exc:
             att.terminate(status_for(exc))
 
@@ -400,8 +401,9 @@ class ChatService:
             raise InvalidArgumentError("a frame is not a valid ConverseRequest")
         kind = request.WhichOneof("frame")
         if kind == "ack":
+            # Acks are coalesced: the hub's watchdog (and the detach) writes the newest.
             if request.ack.seq <= att.sent_seq:
-                await self._store.ack(att.session_id, request.ack.seq)
+                att.ack_seq = max(att.ack_seq, request.ack.seq)
             return
         if not limiter.allow():
             if limiter.refused > 10 * limiter.burst:

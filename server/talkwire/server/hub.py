@@ -153,6 +153,10 @@ class Attachment(Feed):
     ) -> None:
         super().__init__(store, session_id, after_seq=after_seq, size=size)
         self.identity = identity
+        # loop.time() when the current write to the wire began; None when not writing.
+        self.writing_since: float | None = None
+        self.ack_seq = 0  # the newest seq the client acked
+        self.acked_flushed = 0  # the newest ack written to the store
 
 
 class FrameSink:
@@ -264,6 +268,31 @@ class SessionHub(FrameSink):
     async def wait_idle(self) -> None:
         """Return once no turn is in progress on this process."""
         await self._idle.wait()
+
+    def take_acks(self) -> list[tuple[str, int]]:
+        """Acks received since the last call, newest per session, marked as flushed."""
+        out = []
+        for att in self._attachments.values():
+            if att.ack_seq > att.acked_flushed:
+                att.acked_flushed = att.ack_seq
+                out.append((att.session_id, att.ack_seq))
+        return out
+
+    def cut_stuck_writers(self, now: float, timeout: float) -> int:
+        """End attachments whose current write began more than ``timeout`` seconds ago."""
+        cut = 0
+        for att in list(self._attachments.values()):
+            since = att.writing_since
+            if since is not None and now - since > timeout:
+                att.terminate(
+                    Status(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the client did not read for {timeout:g}s; resume to continue",
+                        True,
+                    )
+                )
+                cut += 1
+        return cut
 
     def drain(self, message: str = "server is shutting down; resume on another server") -> None:
         """End every live stream with ``UNAVAILABLE`` (the client resumes elsewhere)."""

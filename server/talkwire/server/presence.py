@@ -11,7 +11,9 @@ and refreshes every few seconds for every live session; putting them on Redis
 keeps them off the PostgreSQL write path, and a TTL is the natural way to make
 a dead replica's entries disappear (a SQL column stays stale after ``kill -9``).
 The column is kept as informational "last replica that attached" for the admin
-API; the registry is authoritative for supersede.
+API; the registry is authoritative for supersede, for the admin API's
+``attached``/``replica`` fields and for the idle-session sweeper's keep-list
+(:meth:`RedisPresence.live`, one ``SCAN`` per sweep).
 
 Claiming is one atomic ``SET key value EX ttl GET``: the previous value names
 the attachment that has just been superseded (the caller notifies its replica).
@@ -84,6 +86,10 @@ class Presence(Protocol):
         """The current owner value of each attached session (absent when nobody holds it)."""
         ...
 
+    async def live(self) -> set[str]:
+        """Every session with a live entry, on any replica (for the idle-session sweeper)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -101,6 +107,9 @@ class LocalPresence:
 
     async def lookup(self, session_ids: Iterable[str]) -> dict[str, str]:
         return {}
+
+    async def live(self) -> set[str]:
+        return set()
 
     async def aclose(self) -> None:
         return None
@@ -149,8 +158,21 @@ class RedisPresence:
                     out[sid] = text
         return out
 
+    async def live(self) -> set[str]:
+        # SCAN walks the whole keyspace in steps of ``count`` (non-blocking for Redis);
+        # about ceil(keys / 1000) round trips, once per expiry sweep.
+        cut = len(self._prefix)
+        match = _glob_escape(self._prefix) + "*"
+        return {
+            str(_text(key))[cut:] async for key in self._redis.scan_iter(match=match, count=1000)
+        }
+
     async def aclose(self) -> None:
         return None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _text(value: object) -> str | None:

@@ -54,6 +54,20 @@ class SqlExecutor(Protocol):
     async def aclose(self) -> None: ...
 
 
+_RETRIES = 3
+# PostgreSQL deadlock / serialisation failure; MySQL deadlock / lock wait timeout.
+_CONFLICTS = {"40P01", "40001", "1213", "1205"}
+
+
+def _is_conflict(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    args = getattr(orig, "args", ())
+    if code is None and args and isinstance(args[0], int):
+        code = args[0]
+    return str(code) in _CONFLICTS
+
+
 def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and (
         isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
@@ -82,11 +96,17 @@ class AsyncEngineExecutor:
         return await asyncio.shield(task)
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
-        try:
-            async with self._engine.begin() as conn:
-                return await conn.run_sync(fn)
-        except (DBAPIError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        for attempt in range(_RETRIES):
+            try:
+                async with self._engine.begin() as conn:
+                    return await conn.run_sync(fn)
+            except DBAPIError as exc:
+                if _is_conflict(exc) and attempt + 1 < _RETRIES:
+                    continue  # the database chose us as a deadlock victim: run it again
+                raise _unavailable(exc) from exc
+            except OSError as exc:
+                raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:
         try:

@@ -129,6 +129,18 @@ _FRAMES_AFTER = (
     .order_by(_O.c.seq)
 )
 _FRAMES_AFTER_LIMIT = _FRAMES_AFTER.limit(sa.bindparam("lim"))
+_ACTIVE_SESSION = sa.and_(_S.c.id == sa.bindparam("sid"), _S.c.state == schema.ACTIVE)
+_ADVANCE = {"head_seq": _S.c.head_seq + sa.bindparam("n"), "last_active_at": sa.bindparam("now")}
+_ADVANCE_DIALOGUE = {**_ADVANCE, "dialogue": sa.bindparam("dialogue")}
+_APPEND_RETURNING = {
+    False: _S.update().where(_ACTIVE_SESSION).values(_ADVANCE).returning(_S.c.head_seq),
+    True: _S.update().where(_ACTIVE_SESSION).values(_ADVANCE_DIALOGUE).returning(_S.c.head_seq),
+}
+_APPEND_UPDATE = {
+    False: _S.update().where(_ACTIVE_SESSION).values(_ADVANCE),
+    True: _S.update().where(_ACTIVE_SESSION).values(_ADVANCE_DIALOGUE),
+}
+_LOCK_HEAD = sa.select(_S.c.head_seq).where(_ACTIVE_SESSION).with_for_update()
 _SET_HEAD = (
     _S.update().where(_S.c.id == sa.bindparam("b_id")).values(head_seq=sa.bindparam("b_head"))
 )
@@ -341,26 +353,24 @@ class SessionStore:
         """Append durable frames to one session (and save its dialogue state) atomically."""
         now = self._clock()
         n = len(templates)
-        values: dict[str, Any] = {"head_seq": _S.c.head_seq + n, "last_active_at": now}
-        if dialogue is not None:
-            values["dialogue"] = json.dumps(dialogue)
-        where = (_S.c.id == session_id, _S.c.state == schema.ACTIVE)
+        params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
+        with_dialogue = dialogue is not None
+        if with_dialogue:
+            params["dialogue"] = json.dumps(dialogue)
         returning = self._db.update_returning
 
         def tx(conn: Connection) -> list[StoredFrame]:
             if returning:
-                head = conn.execute(
-                    _S.update().where(*where).values(**values).returning(_S.c.head_seq)
-                ).scalar()
+                head = conn.execute(_APPEND_RETURNING[with_dialogue], params).scalar()
                 if head is None:
                     raise NotFoundError(f"session {session_id} not found or closed")
                 first = int(head) - n + 1
             else:
-                row = conn.execute(sa.select(_S.c.head_seq).where(*where).with_for_update()).first()
+                row = conn.execute(_LOCK_HEAD, params).first()
                 if row is None:
                     raise NotFoundError(f"session {session_id} not found or closed")
                 first = int(row[0]) + 1
-                conn.execute(_S.update().where(*where).values(**values))
+                conn.execute(_APPEND_UPDATE[with_dialogue], params)
             frames = [
                 StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)
             ]
@@ -440,23 +450,34 @@ class SessionStore:
 
     async def ack(self, session_id: str, seq: int) -> None:
         """The client has every frame up to ``seq``: drop them from the outbox."""
+        await self.ack_many([(session_id, seq)])
+
+    async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
+        """Apply several sessions' acks in one transaction."""
         now = self._clock()
 
+        ordered = sorted(acks)  # lock sessions in id order, as fan-outs do: no deadlock
+
         def tx(conn: Connection) -> None:
-            result = conn.execute(
-                _S.update()
-                .where(_S.c.id == session_id, _S.c.acked_seq < seq, _S.c.head_seq >= seq)
-                .values(
-                    acked_seq=seq,
-                    floor_seq=sa.case((_S.c.floor_seq < seq, seq), else_=_S.c.floor_seq),
-                    last_active_at=now,
-                )
-            )
-            if not result.rowcount:
-                return  # an old ack, or one beyond the newest frame: nothing to drop
-            conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= seq))
+            for session_id, seq in ordered:
+                self._ack(conn, session_id, seq, now)
 
         await self._db.write(tx)
+
+    @staticmethod
+    def _ack(conn: Connection, session_id: str, seq: int, now: float) -> None:
+        result = conn.execute(
+            _S.update()
+            .where(_S.c.id == session_id, _S.c.acked_seq < seq, _S.c.head_seq >= seq)
+            .values(
+                acked_seq=seq,
+                floor_seq=sa.case((_S.c.floor_seq < seq, seq), else_=_S.c.floor_seq),
+                last_active_at=now,
+            )
+        )
+        if not result.rowcount:
+            return  # an old ack, or one beyond the newest frame: nothing to drop
+        conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= seq))
 
     async def prune(self) -> int:
         """Apply the retention window (count and age) to unacked frames; return rows dropped."""
