@@ -114,6 +114,7 @@ class KafkaIngress:
         self._assigned: set[TopicPartition] = set()
         self._batch_revoked: set[TopicPartition] = set()
         self._pending: dict[TopicPartition, int] = {}
+        self._committing: asyncio.Task[None] | None = None
         self._lag: dict[TopicPartition, int] = {}
         self.last_progress: float = clock()
         self._stall_reported = False
@@ -226,6 +227,7 @@ class KafkaIngress:
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._batch_revoked |= revoked
+        await self._flush_commits()
         self._assigned -= revoked
         done = {tp: off for tp, off in self._pending.items() if tp in revoked}
         if done and self._consumer is not None:
@@ -248,7 +250,9 @@ class KafkaIngress:
         watchdog = asyncio.create_task(self._watchdog(), name="talkwire-kafka-watchdog")
         try:
             await self._consume()
+            await self._flush_commits()
         except asyncio.CancelledError:
+            await cancel_and_wait(self._committing)
             raise
         except BaseException as exc:
             self._failed = exc
@@ -358,7 +362,11 @@ class KafkaIngress:
                     return  # not committed: the next owner re-reads it
         offsets = {tp: o for tp, o in offsets.items() if tp not in self._batch_revoked}
         self._pending.update(offsets)
-        await self._commit(consumer, offsets)
+        # Commit in the background, in order, while the next batch is fetched: the
+        # offsets are already safe to commit (their store transaction is done).
+        self._committing = asyncio.create_task(
+            self._commit_after(self._committing, consumer, offsets)
+        )
         self.batches += 1
         self.records += sum(len(r) for r in batch.values())
         self.dead_lettered += len(dead)
@@ -367,6 +375,23 @@ class KafkaIngress:
             if high is not None:
                 self._lag[tp] = max(0, int(high) - next_offset)
         self._progress()
+
+    async def _commit_after(
+        self,
+        previous: asyncio.Task[None] | None,
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        if previous is not None:
+            await previous
+        await self._commit(consumer, offsets)
+
+    async def _flush_commits(self) -> None:
+        """Wait for the background commits started so far."""
+        task = self._committing
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
