@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
@@ -20,7 +22,16 @@ SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
 
-_Blob = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+class _Bytes(sa.LargeBinary):
+    """``bytes`` passed to the driver as they are (no per-row bind processing)."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
+_Blob = _Bytes().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
 _Text = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 _Seq = sa.BigInteger()
 

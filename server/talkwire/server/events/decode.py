@@ -243,13 +243,19 @@ def event_from_json(data: Any) -> events_pb2.ChangeEvent:
         body["keys"] = _keys(body["keys"], "keys")
     if isinstance(body.get("attributes"), Mapping):
         body["attributes"] = {str(k): str(v) for k, v in body["attributes"].items()}
-    for name in ("before", "after"):
-        if body.get(name) is None:
-            body.pop(name, None)
+    # before/after are the bulk of a record: Struct.update is much cheaper than
+    # json_format's generic walk, so they skip ParseDict.
+    rows = {name: body.pop(name, None) for name in ("before", "after")}
     event = events_pb2.ChangeEvent()
     try:
         json_format.ParseDict(body, event)
-    except json_format.ParseError as exc:
+        for name, row in rows.items():
+            if row is None:
+                continue
+            if not isinstance(row, Mapping):
+                raise DecodeError(f"{name} must be a JSON object, got {type(row).__name__}")
+            getattr(event, name).update(row)
+    except (json_format.ParseError, ValueError, TypeError) as exc:
         raise DecodeError(f"not a talkwire.v1.ChangeEvent: {exc}") from None
     return event
 
