@@ -17,11 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
@@ -118,6 +120,8 @@ class Application:
         self._sweeper: asyncio.Task[None] | None = None
         self._ingress_watch: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._metrics_httpd: WSGIServer | None = None
+        self.metrics_port = 0
         self._closed = False
         self.port = 0
         self.store: SessionStore
@@ -166,7 +170,7 @@ class Application:
             open_hub(self.store, cfg, on_ready=self._set_ready)
         )
         self.connectors = await self._stack.enter_async_context(
-            ConnectorRegistry(connector_sections)
+            ConnectorRegistry(connector_sections, observer=self.metrics.connector_call)
         )
         self.handler = self._build_handler(bot)
         policy = self._policy_override or self._build_policy(policy_section)
@@ -184,6 +188,7 @@ class Application:
         if self.kafka is not None:
             self._ingress_watch = self._tasks.create_task(self._watch_ingress())
         await self._start_grpc(policy)
+        self._start_metrics()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._set_ready(getattr(self.hub, "ready", True))
         for name in (CHAT_SERVICE, admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name):
@@ -301,6 +306,22 @@ class Application:
             await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
             await asyncio.sleep(2.0)
 
+    def _start_metrics(self) -> None:
+        """Serve Prometheus metrics on ``server.metrics_listen`` (HOST:PORT), if set."""
+        listen = self.config.server.metrics_listen
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        try:
+            httpd, _thread = start_http_server(
+                int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.metrics.registry
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"server.metrics_listen: cannot listen on {listen}: {exc}") from exc
+        self._metrics_httpd = httpd
+        self.metrics_port = int(httpd.server_port)
+        log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", self.metrics_port)
+
     async def _watch_writes(self) -> None:
         """End streams whose client stopped reading (``server.write_timeout``); write acks."""
         timeout = self.config.server.write_timeout
@@ -371,6 +392,9 @@ class Application:
             if hasattr(self, "hub"):
                 self.hub.drain()
             await self._server.stop(0.5)
+        if self._metrics_httpd is not None:
+            await asyncio.to_thread(self._metrics_httpd.shutdown)
+            self._metrics_httpd.server_close()
         for task in (self._sweeper, self._ingress_watch, self._watchdog):
             if task is not None:
                 task.cancel()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from talkwire.connectors.registry import CallRecord
+
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -57,6 +59,12 @@ class Metrics:
         self.events.labels("received").inc(received)
         self.events.labels("frames").inc(frames)
         self.events.labels("duplicate").inc(duplicates)
+
+    def connector_call(self, record: CallRecord) -> None:
+        """Observe one connector call (the ConnectorRegistry's observer hook)."""
+        self.connector_seconds.labels(record.connector, record.operation).observe(record.seconds)
+        if record.error is not None:
+            self.connector_errors.labels(record.connector, record.error.code.name).inc()
 
     def push_latency(self, seconds: float) -> None:
         self.event_to_push_seconds.observe(seconds)

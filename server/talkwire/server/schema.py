@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
 
+
 class _Bytes(sa.LargeBinary):
     """``bytes`` passed to the driver as they are (no per-row bind processing)."""
 
