@@ -79,3 +79,13 @@ def tansu() -> Iterator[TansuBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the history checker's counts of every fault test (CI logs show the zeros)."""
+    from tests.support.history import SUMMARIES
+
+    if SUMMARIES:
+        terminalreporter.section("history checker")
+        for line in dict.fromkeys(SUMMARIES):
+            terminalreporter.write_line(line)

@@ -35,6 +35,10 @@ __all__ = ["FrameRecord", "History", "Report", "SessionReport"]
 KINDS = ("lost", "duplicate", "reordered", "gap", "unauthorised")
 
 
+# Every summary of this run, printed at the end of the pytest run (tests/conftest.py).
+SUMMARIES: list[str] = []
+
+
 @dataclass(frozen=True, slots=True)
 class FrameRecord:
     session: str
@@ -90,10 +94,12 @@ class Report:
 
     def summary(self, label: str = "history") -> str:
         counts = " ".join(f"{k}={v}" for k, v in self.counts.items())
-        return (
+        line = (
             f"{label}: sessions={len(self.sessions)} events={self.events} "
             f"frames={self.frames} {counts}"
         )
+        SUMMARIES.append(line)
+        return line
 
     def details(self, limit: int = 10) -> str:
         lines = []
