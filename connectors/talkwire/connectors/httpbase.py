@@ -119,6 +119,17 @@ class HttpConnectorBase:
 
     type = "http"
 
+    def _add(self, name: str, section: Mapping[str, Any], where: str) -> None:
+        """Parse and register one operation (each connector type defines its own)."""
+        raise NotImplementedError
+
+    def _add_operations(self, config: Mapping[str, Any], where: str) -> None:
+        ops = config.get("operations") or {}
+        if not isinstance(ops, Mapping) or not ops:
+            raise ConnectorConfigError(f"{where}.operations", "at least one operation is required")
+        for op_name, section in ops.items():
+            self._add(str(op_name), section, f"{where}.operations.{op_name}")
+
     def __init__(self, name: str, config: Mapping[str, Any], *, url_key: str) -> None:
         self.name = name
         where = f"connectors.{name}"

@@ -135,11 +135,7 @@ class RestConnector(HttpConnectorBase):
         check_keys(config, HTTP_CONNECTION_KEYS | {"base_url"}, where)
         super().__init__(name, config, url_key="base_url")
         self._ops: dict[str, _RestOp] = {}
-        ops = config.get("operations") or {}
-        if not isinstance(ops, Mapping) or not ops:
-            raise ConnectorConfigError(f"{where}.operations", "at least one operation is required")
-        for op_name, section in ops.items():
-            self._add(str(op_name), section, f"{where}.operations.{op_name}")
+        self._add_operations(config, where)
 
     def _add(self, name: str, section: Mapping[str, Any], where: str) -> None:
         check_keys(section, _REST_OP_KEYS, where)
