@@ -89,7 +89,9 @@ async def app(make_app: Any, tmp_path: Path, backend: tuple[Backend, str]) -> Ap
             },
         }
     }
-    config = make_config(tmp_path, connectors=connectors, bot=BOT, server={"handler": "dialogue"})
+    # The recovery loop asks as fast as the open breaker fails: lift the frame rate limit.
+    server = {"handler": "dialogue", "frames_per_second": 10_000, "frame_burst": 10_000}
+    config = make_config(tmp_path, connectors=connectors, bot=BOT, server=server)
     result: Application = await make_app(config)
     return result
 
