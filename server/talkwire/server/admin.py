@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from talkwire.connectors.base import CallContext
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.auth import Authenticator
-from talkwire.server.bus import ClusterHub
 from talkwire.server.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -25,7 +24,7 @@ from talkwire.server.errors import (
     TalkwireError,
     status_for,
 )
-from talkwire.server.frames import now_timestamp
+from talkwire.server.frames import jsonable, now_timestamp
 from talkwire.server.hub import SessionHub
 from talkwire.server.identity import Identity
 from talkwire.server.store import FanoutResult, SessionRecord, SessionStore
@@ -119,8 +118,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def _where(self, session_ids: list[str]) -> dict[str, str] | None:
         """Where each session is attached, from the registry (None: no registry, or Redis down)."""
-        if not isinstance(self._hub, ClusterHub):
-            return None
         try:
             return await self._hub.attached_where(session_ids)
         except (RedisError, OSError) as exc:
@@ -293,15 +290,5 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
 
 def _to_value(value: Any) -> struct_pb2.Value:
     out = struct_pb2.Value()
-    json_format.ParseDict(_plain(value), out)
+    json_format.ParseDict(jsonable(value), out)
     return out
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return str(value)

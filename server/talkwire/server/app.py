@@ -28,7 +28,7 @@ from prometheus_client import start_http_server
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
 from talkwire.server.auth import Authenticator, build_authenticator
-from talkwire.server.bus import ClusterHub, open_hub
+from talkwire.server.bus import open_hub
 from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
 from talkwire.server.config import Config
@@ -338,30 +338,18 @@ class Application:
 
     async def _sweep(self) -> None:
         interval = self.config.server.sweep_interval
-        store_cfg = self.config.store
         while True:
             await asyncio.sleep(interval)
             try:
-                expired = await self.store.expire_idle(
-                    store_cfg.session_ttl, keep=await self._live_ids()
-                )
-                for session_id in expired:
-                    self.hub.close_session(session_id, "expired")
-                await self.store.prune()
-                await self.store.forget_processed(store_cfg.dedup_window)
+                await self.sweep_now()
+                await self.store.forget_processed(self.config.store.dedup_window)
             except Exception:
                 log.exception("sweep failed; retrying in %ss", interval)
-
-    async def _live_ids(self) -> set[str]:
-        """Sessions the expiry must keep: attached here, or on any replica (Redis registry)."""
-        if isinstance(self.hub, ClusterHub):
-            return await self.hub.live_ids()
-        return set(self.hub.attached_ids())
 
     async def sweep_now(self) -> list[str]:
         """Run one expiry + retention pass now; return the sessions that expired."""
         expired = await self.store.expire_idle(
-            self.config.store.session_ttl, keep=await self._live_ids()
+            self.config.store.session_ttl, keep=await self.hub.live_ids()
         )
         for session_id in expired:
             self.hub.close_session(session_id, "expired")

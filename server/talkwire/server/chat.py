@@ -31,7 +31,7 @@ from talkwire.server.errors import (
     UnavailableError,
     status_for,
 )
-from talkwire.server.frames import StoredFrame, encode_template
+from talkwire.server.frames import StoredFrame, encode_template, jsonable
 from talkwire.server.hub import Attachment, SessionHub
 from talkwire.server.identity import Identity
 from talkwire.server.metrics import Metrics
@@ -104,7 +104,7 @@ class TurnContextImpl:
         frame.reply.intent = intent
         _quick_replies(frame.reply.quick_replies, quick_replies)
         if data:
-            frame.reply.data.update(_jsonable(data))
+            frame.reply.data.update(jsonable(data))
 
     def prompt(
         self,
@@ -141,24 +141,6 @@ class TurnContextImpl:
         frame = self._frame()
         frame.subscription.key = key
         frame.subscription.active = False
-
-
-def _jsonable(data: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out[str(key)] = _jsonable(value)
-        elif isinstance(value, list | tuple):
-            out[str(key)] = [_jsonable(v) if isinstance(v, Mapping) else _scalar(v) for v in value]
-        else:
-            out[str(key)] = _scalar(value)
-    return out
-
-
-def _scalar(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def _check_key(key: str) -> None:

@@ -8,13 +8,15 @@ merges on parse, so a fan-out to 10,000 sessions serialises the update once.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from talkwire.v1 import chat_pb2
 
-__all__ = ["StoredFrame", "encode_template", "now_timestamp", "with_seq"]
+__all__ = ["StoredFrame", "encode_template", "jsonable", "now_timestamp", "with_seq"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +56,14 @@ def encode_template(frame: chat_pb2.ConverseResponse, now: float | None = None) 
         frame.sent_at.CopyFrom(now_timestamp(now))
     frame.seq = 0
     return frame.SerializeToString()
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types for a ``Struct``/``Value`` (anything else becomes text)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)

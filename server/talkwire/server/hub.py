@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -26,7 +26,7 @@ from talkwire.server.frames import StoredFrame
 from talkwire.server.identity import Identity
 from talkwire.server.store import SessionStore
 
-__all__ = ["Attachment", "Feed", "FrameSink", "SessionHub"]
+__all__ = ["Attachment", "Feed", "SessionHub"]
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +159,7 @@ class Attachment(Feed):
         self.acked_flushed = 0  # the newest ack written to the store
 
 
-class FrameSink:
-    """What appends frames tell: ``deliver`` wakes whoever streams those sessions here."""
-
-    def deliver(self, frames: Mapping[str, Sequence[StoredFrame]]) -> None:
-        raise NotImplementedError
-
-
-class SessionHub(FrameSink):
+class SessionHub:
     """Owns the live attachments and watchers of this process."""
 
     def __init__(self, store: SessionStore, *, queue_size: int = 256) -> None:
@@ -190,6 +183,14 @@ class SessionHub(FrameSink):
 
     def is_attached(self, session_id: str) -> bool:
         return session_id in self._attachments
+
+    async def live_ids(self) -> set[str]:
+        """Sessions with a live attachment anywhere (one replica: here)."""
+        return set(self._attachments)
+
+    async def attached_where(self, session_ids: Iterable[str]) -> dict[str, str] | None:
+        """``session -> replica`` from an attachment registry; ``None``: there is none."""
+        return None
 
     def attach(self, session_id: str, identity: Identity, *, after_seq: int) -> Attachment:
         """Register a new attachment; an older one of the same session is superseded."""
