@@ -15,6 +15,7 @@ from talkwire.clients import (
     ReconnectExhausted,
     ReconnectPolicy,
     SessionClosed,
+    SessionEnded,
     SessionNotFound,
     SessionPermissionDenied,
     SessionSuperseded,
@@ -169,6 +170,44 @@ async def test_frames_sent_while_disconnected_go_out_after_resume(harness: Serve
         frames = await take(s, 2)
         assert [f.in_reply_to for f in frames] == [first, second]
         assert texts(frames) == ["echo: queued 1", "echo: queued 2"]
+
+
+async def test_resume_without_opened_times_out_and_is_retried(harness: ServerHarness) -> None:
+    """A server that accepts the resume but never answers ``opened`` does not hang the session."""
+    events: list[ConnectionEvent] = []
+    timed_out = asyncio.Event()
+
+    def hook(event: ConnectionEvent) -> None:
+        events.append(event)
+        if event.kind is ConnectionEventKind.RETRYING and event.attempt >= 2:
+            timed_out.set()  # the first resume hung and timed out: this is the retry after it
+
+    async with (
+        client_for(harness, open_timeout=0.2, on_connection_event=hook) as client,
+        await client.open() as s,
+    ):
+        harness.chat.resume_gate.clear()  # resumes are accepted, then wait forever
+        harness.chat.kick(s.session_id, grpc.StatusCode.UNAVAILABLE)
+        await asyncio.wait_for(timed_out.wait(), WAIT)
+        retry = [e for e in events if e.kind is ConnectionEventKind.RETRYING][-1]
+        assert retry.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "opened" in retry.details
+        await harness.chat.push(s.session_id, "after the hang")
+        harness.chat.resume_gate.set()
+        assert texts(await take(s, 1)) == ["after the hang"]
+
+
+async def test_first_resume_without_opened_raises_deadline_exceeded(
+    harness: ServerHarness,
+) -> None:
+    async with client_for(harness) as client, await client.open() as s:
+        sid, token = s.session_id, s.resume_token
+    harness.chat.resume_gate.clear()
+    async with client_for(harness, open_timeout=0.2) as client:
+        with pytest.raises(SessionEnded) as info:
+            await client.resume(sid, token)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    harness.chat.resume_gate.set()
 
 
 async def test_reconnect_after_server_restart_same_port(harness: ServerHarness) -> None:

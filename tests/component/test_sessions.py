@@ -11,11 +11,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talkwire.server.app import Application
 from talkwire.server.frames import encode_template
+from talkwire.server.identity import Identity
 from talkwire.v1 import chat_pb2
 from tests.conftest import make_config
 from tests.support.grpcx import Stream, message, open_frame
 
 ALICE = "alice-token"
+ALICE_IDENTITY = Identity(subject="alice")
 
 
 async def _replies(stream: Stream, n: int) -> list[chat_pb2.ConverseResponse]:
@@ -276,6 +278,20 @@ async def test_health_serving_and_not_serving_on_drain(app: Application) -> None
         drain = asyncio.create_task(app.drain(grace=5))
         assert await s.status() == grpc.StatusCode.UNAVAILABLE
         await drain
+
+
+async def test_attachment_made_during_drain_ends_unavailable(app: Application) -> None:
+    """A resume that passed the draining check just before drain() is not left running."""
+    async with grpc.aio.insecure_channel(app.target) as channel:
+        s = Stream(channel, ALICE)
+        opened = await s.open()
+        s.cancel()
+    app.hub.draining = True  # as drain() does first; this attach raced past the check
+    att = app.hub.attach(opened.session_id, ALICE_IDENTITY, after_seq=0)
+    assert att.ended.is_set()
+    assert att.status is not None
+    assert att.status.code == grpc.StatusCode.UNAVAILABLE
+    app.hub.detach(att)
 
 
 async def _still_serving(channel: grpc.aio.Channel) -> None:

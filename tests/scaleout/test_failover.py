@@ -45,7 +45,7 @@ from tests.events.conftest import create_topics
 from tests.reliability.conftest import Producer, wait_caught_up
 from tests.scaleout.cluster import ADMIN, Replica, replica_config
 from tests.support.broker import TansuBroker
-from tests.support.history import History
+from tests.support.history import History, Report
 
 pytestmark = [
     pytest.mark.redis,
@@ -119,6 +119,9 @@ class Roamer:
         self.alive = alive
         self.drops: list[grpc.StatusCode] = []
         self.error: BaseException | None = None
+        self.ended_cleanly = False
+        self.phase = f"reading on {home}"  # for the failure report
+        self.last_frame_at = 0.0
         history.session(self.sid, first_seq=1)
         self.task = asyncio.create_task(self._run(), name=f"roamer-{self.sid}")
 
@@ -128,12 +131,14 @@ class Roamer:
                 try:
                     async for frame in self.session:
                         now = time.monotonic()
+                        self.last_frame_at = now
                         self.history.record_frame(self.sid, frame)
                         if (
                             frame.WhichOneof("frame") == "subscription"
                             and frame.subscription.active
                         ):
                             self.history.subscribed(self.sid, frame.subscription.key, at=now)
+                    self.ended_cleanly = True  # no replica should end a stream with OK here
                     return
                 except SessionEnded as exc:
                     if exc.code not in MOVE_CODES:
@@ -152,6 +157,7 @@ class Roamer:
             alive = self.alive()
             others = [r for r in alive if r != self.homes[-1]] or alive
             target = others[(hash(self.sid) + attempt) % len(others)]
+            self.phase = f"resuming on {target} (attempt {attempt}) at {time.monotonic():.2f}"
             try:
                 session = await self.clients[target].resume(self.sid, token, last)
             except SessionEnded as exc:
@@ -160,6 +166,7 @@ class Roamer:
                 await asyncio.sleep(0.05)
                 continue
             self.homes.append(target)
+            self.phase = f"reading on {target} since {time.monotonic():.2f}"
             return session
         raise AssertionError("unreachable")
 
@@ -179,6 +186,25 @@ async def _kafka_load(
             history.produced(event_id, key, at=started)
             await asyncio.sleep(0.01)
     return n
+
+
+async def _diagnose(target: str, roamers: list[Roamer], report: Report) -> str:
+    """Where each unclean session stands: the client's view and the server's."""
+    lines = []
+    async with AdminClient(target, token=ADMIN) as admin:
+        for r in roamers:
+            if report.sessions[r.sid].clean:
+                continue
+            info = await admin.get_session(r.sid)
+            lines.append(
+                f"{r.sid}: homes={r.homes} drops={[c.name for c in r.drops]} "
+                f"client last_seq={r.session.last_seq} received={r.session.received_seq} "
+                f"state={r.session.state} phase={r.phase!r} last_frame_at={r.last_frame_at:.2f} "
+                f"task_done={r.task.done()} "
+                f"server head={info.head_seq} acked={info.acked_seq} "
+                f"attached={info.attached} replica={info.replica} subs={list(info.subscriptions)}"
+            )
+    return "\n".join(lines)
 
 
 async def test_sigterm_and_kill_9_under_load_nothing_lost(
@@ -236,6 +262,7 @@ async def test_sigterm_and_kill_9_under_load_nothing_lost(
 
         # 2. kill -9 B under load.
         alive.remove("b")
+        killed_at = time.monotonic()
         cluster["b"].kill()
         assert cluster["b"].proc is not None
         await cluster["b"].proc.wait()
@@ -257,6 +284,11 @@ async def test_sigterm_and_kill_9_under_load_nothing_lost(
         )
         assert not failures, failures[:5]
         assert not [r.error for r in roamers if r.error], [r.error for r in roamers if r.error][:3]
+        assert not [r.sid for r in roamers if r.ended_cleanly], "a stream ended with OK"
+        if not report.clean:
+            now = time.monotonic()
+            print(f"SIGTERM c at {t0:.2f}, kill -9 b at {killed_at:.2f}, now {now:.2f}")
+            print(await _diagnose(cluster["a"].target, roamers, report))
         report.assert_clean()
 
         # Every client ended up on the survivor; those of C and B had to move.

@@ -44,9 +44,15 @@ Semantics (what this library guarantees and what it chose):
 * **Back-pressure.** At most ``max_buffered`` received frames wait for you; past
   that the reader stops reading, the server eventually ends the stream with
   ``RESOURCE_EXHAUSTED`` and the session resumes once you catch up.
+* **Timeouts.** Each attach (the first ``open()``/``resume()`` and every
+  automatic resume) waits at most ``open_timeout`` seconds (default 30) for
+  the server's ``opened``; past that it counts as ``DEADLINE_EXCEEDED``
+  (retried like any retriable status). A dead peer mid-stream is noticed by TCP
+  or by the keepalive pings of :data:`DEFAULT_CHANNEL_OPTIONS`.
 * **Tasks.** Each session owns one background task (reader + reconnect loop),
   which runs one writer task per attachment; ``aclose()`` cancels them and
-  waits for them. ``CancelledError`` is never swallowed.
+  waits for them. ``CancelledError`` is never swallowed. However that task
+  ends, iteration ends with the reason: a consumer never waits on a dead task.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ from talkwire.clients.errors import (
     ProtocolError,
     ReconnectExhausted,
     SessionClosed,
+    SessionEnded,
     TalkwireError,
     session_ended_from,
 )
@@ -199,6 +206,35 @@ def _status(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     return (code if code is not None else grpc.StatusCode.UNKNOWN), exc.details() or ""
 
 
+#: What grpc-python reports when a client write races the server's end of the stream.
+_CORE_WRITE_ERROR = "Internal error from Core"
+_REAL_STATUS_WAIT = 0.5
+
+
+async def _final_status(
+    call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+    exc: grpc.aio.AioRpcError,
+) -> tuple[grpc.StatusCode, str]:
+    """The status the stream really ended with.
+
+    When one of our writes (an ack, a message) reaches gRPC Core just after the
+    server ended the stream, grpc-python records ``INTERNAL "Internal error from
+    Core"`` in place of the server's status; the real one (e.g. ``ABORTED`` for a
+    superseded stream, ``UNAVAILABLE`` for a draining server) replaces it as
+    soon as Core hands it over. Core offers no event for that second status, so
+    look at the call again for a short while before settling for ``INTERNAL``.
+    """
+    code, details = _status(exc)
+    if code is not grpc.StatusCode.INTERNAL or details != _CORE_WRITE_ERROR:
+        return code, details
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_REAL_STATUS_WAIT):
+            # gRPC exposes no event for the status replacing the first one: poll it.
+            while await call.code() is grpc.StatusCode.INTERNAL:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    return await call.code(), await call.details() or ""
+
+
 class ChatClient:
     """A connection to a talkwire server for ``Converse`` sessions.
 
@@ -223,6 +259,7 @@ class ChatClient:
         auto_ack: bool = True,
         max_buffered: int = 1024,
         close_timeout: float = 1.0,
+        open_timeout: float | None = 30.0,
         on_connection_event: ConnectionHook | None = None,
     ) -> None:
         self.target = target
@@ -236,6 +273,9 @@ class ChatClient:
         self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
         if ack_every < 1 or ack_interval < 0 or max_buffered < 1:
             raise ValueError("ack_every and max_buffered must be >= 1, ack_interval >= 0")
+        if open_timeout is not None and open_timeout <= 0:
+            raise ValueError("open_timeout must be > 0 (or None: wait forever)")
+        self.open_timeout = open_timeout
         self.ack_every = ack_every
         self.ack_interval = ack_interval
         self.auto_ack = auto_ack
@@ -534,8 +574,17 @@ class ChatSession:
     ]:
         call = self._stub.Converse(metadata=self._client._metadata)
         try:
-            await call.write(chat_pb2.ConverseRequest(id=_new_id(), open=request))
-            first = await call.read()
+            async with asyncio.timeout(self._client.open_timeout):
+                await call.write(chat_pb2.ConverseRequest(id=_new_id(), open=request))
+                first = await call.read()
+        except TimeoutError:
+            call.cancel()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                f"no opened frame within open_timeout ({self._client.open_timeout:g}s)",
+            ) from None
         except asyncio.InvalidStateError:
             # the call ended before our open went out: read the status
             call.cancel()
@@ -590,7 +639,24 @@ class ChatSession:
         self,
         call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
     ) -> None:
-        """The session's background task: pump the attachment, resume when it drops."""
+        """The session's background task; however it ends, the consumer learns why."""
+        try:
+            await self._attachments(call)
+        finally:
+            if self._error is None:
+                # Not one of the ends _attachments() reports: aclose(), a cancellation
+                # from outside, or a bug. Never leave the consumer waiting on a dead task.
+                self._finish(
+                    SessionClosed("session closed")
+                    if self._closing
+                    else SessionEnded(grpc.StatusCode.CANCELLED, "the session's stream task ended")
+                )
+
+    async def _attachments(
+        self,
+        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+    ) -> None:
+        """Pump the attachment; resume when it drops."""
         policy = self._client.reconnect
         loop = asyncio.get_running_loop()
         current: (
@@ -601,10 +667,13 @@ class ChatSession:
             try:
                 await self._pump(current)
             except grpc.aio.AioRpcError as exc:
-                code, details = _status(exc)
+                code, details = await _final_status(current, exc)
             except ProtocolError as exc:
                 self._finish(exc)
                 return
+            except Exception as exc:  # an unexpected failure: treat it as a dropped stream
+                logger.exception("session %s: the stream failed", self.session_id)
+                code, details = grpc.StatusCode.UNAVAILABLE, f"the stream failed: {exc!r}"
             else:
                 self._finish(SessionClosed("the server ended the session stream"))
                 return

@@ -37,6 +37,12 @@ class _Close:
 
 _CLOSE = _Close()
 
+_DRAINING = "server is shutting down; resume on another server"
+
+
+def _draining_status(message: str = _DRAINING) -> Status:
+    return Status(grpc.StatusCode.UNAVAILABLE, message, True)
+
 
 @dataclass(frozen=True, slots=True)
 class _Transient:
@@ -203,6 +209,9 @@ class SessionHub:
                 Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False)
             )
         self._attachments[session_id] = att
+        if self.draining:
+            # The stream passed the draining check before drain() ended every stream.
+            att.terminate(_draining_status())
         return att
 
     async def claim(self, att: Attachment) -> None:
@@ -295,10 +304,10 @@ class SessionHub:
                 cut += 1
         return cut
 
-    def drain(self, message: str = "server is shutting down; resume on another server") -> None:
+    def drain(self, message: str = _DRAINING) -> None:
         """End every live stream with ``UNAVAILABLE`` (the client resumes elsewhere)."""
         self.draining = True
-        status = Status(grpc.StatusCode.UNAVAILABLE, message, True)
+        status = _draining_status(message)
         for att in list(self._attachments.values()):
             att.terminate(status)
         for feeds in list(self._watchers.values()):
