@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talkwire.server.app import Application
+from talkwire.server.errors import Status
 from talkwire.server.frames import encode_template
+from talkwire.server.hub import Attachment
 from talkwire.server.identity import Identity
 from talkwire.v1 import chat_pb2
 from tests.conftest import make_config
@@ -292,6 +295,35 @@ async def test_attachment_made_during_drain_ends_unavailable(app: Application) -
     assert att.status is not None
     assert att.status.code == grpc.StatusCode.UNAVAILABLE
     app.hub.detach(att)
+
+
+async def test_stream_ended_as_it_attaches_still_gets_its_status(
+    app: Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attachment that ends at once (superseded right at attach) reaches the client as a status.
+
+    Regression: the first response write carries the headers; when it was cancelled
+    half-way grpc.aio never sent the final status and the client hung on a silent stream.
+    """
+    async with grpc.aio.insecure_channel(app.target) as channel:
+        s = Stream(channel, ALICE)
+        opened = await s.open()
+        s.cancel()
+        attach = app.hub.attach
+
+        def attach_and_supersede(*args: Any, **kwargs: Any) -> Attachment:
+            att = attach(*args, **kwargs)
+            att.terminate(Status(grpc.StatusCode.ABORTED, "superseded", False))
+            return att
+
+        monkeypatch.setattr(app.hub, "attach", attach_and_supersede)
+        resume = open_frame(session_id=opened.session_id, resume_token=opened.resume_token)
+        for _ in range(20):
+            again = Stream(channel, ALICE)
+            await again.send(resume)
+            assert await again.status(timeout=10) == grpc.StatusCode.ABORTED
+        monkeypatch.undo()
+        await _still_serving(channel)
 
 
 async def _still_serving(channel: grpc.aio.Channel) -> None:

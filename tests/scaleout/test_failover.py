@@ -63,6 +63,18 @@ NO_RECONNECT = ReconnectPolicy(enabled=False)
 MOVE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
+def _moves(exc: SessionEnded) -> bool:
+    """The stream went away with its replica: resume elsewhere.
+
+    Besides UNAVAILABLE / CANCELLED this accepts grpc-python's ``INTERNAL "Internal
+    error from Core"``: what the client reports instead of the server's status
+    when one of its writes (an ack) races the end of the stream. The library
+    retries it like UNAVAILABLE; the test moves on it the same way.
+    """
+    masked = exc.code == grpc.StatusCode.INTERNAL and exc.details == "Internal error from Core"
+    return exc.code in MOVE_CODES or masked
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def replicas(
     scale_db: str, bus_prefix: str, tmp_path: Path, tansu: TansuBroker
@@ -141,7 +153,7 @@ class Roamer:
                     self.ended_cleanly = True  # no replica should end a stream with OK here
                     return
                 except SessionEnded as exc:
-                    if exc.code not in MOVE_CODES:
+                    if not _moves(exc):
                         raise
                     self.drops.append(exc.code)
                 token, last = self.session.resume_token, self.session.last_seq
@@ -161,7 +173,7 @@ class Roamer:
             try:
                 session = await self.clients[target].resume(self.sid, token, last)
             except SessionEnded as exc:
-                if exc.code not in MOVE_CODES or attempt > 100:
+                if not _moves(exc) or attempt > 100:
                     raise
                 await asyncio.sleep(0.05)
                 continue
@@ -215,7 +227,9 @@ async def test_sigterm_and_kill_9_under_load_nothing_lost(
     alive = list(names)
     history = History()
     clients = {
-        n: ChatClient(r.target, token=ALICE, reconnect=NO_RECONNECT, ack_interval=1.0)
+        n: ChatClient(
+            r.target, token=ALICE, reconnect=NO_RECONNECT, ack_interval=1.0, open_timeout=5.0
+        )
         for n, r in cluster.items()
     }
     pub_keys = [f"pub:{k}" for k in range(KEYS)]
@@ -273,6 +287,8 @@ async def test_sigterm_and_kill_9_under_load_nothing_lost(
         published, retries, failures = producer.published, producer.retries, producer.failures
         producer = None
         kafka_sent = await kafka_task
+        stopped = {r.sid: r.task for r in roamers if r.task.done()}
+        assert not stopped, f"roamers stopped reading: {stopped}"
         report = await wait_caught_up(history, timeout=30)
         print()
         print(report.summary("scaleout-failover"))
@@ -295,7 +311,10 @@ async def test_sigterm_and_kill_9_under_load_nothing_lost(
         assert {r.homes[-1] for r in roamers} == {"a"}
         assert all(len(r.homes) >= 2 for r in roamers if r.homes[0] != "a")
         from_c = [r for r in roamers if r.homes[0] == "c"]
-        assert {code for r in from_c for code in r.drops[:1]} == {grpc.StatusCode.UNAVAILABLE}
+        # C's streams ended UNAVAILABLE (a masked INTERNAL, see _moves, may stand for one).
+        first_drops = {code for r in from_c for code in r.drops[:1]}
+        assert grpc.StatusCode.UNAVAILABLE in first_drops
+        assert first_drops <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL}
         # Each session got frames from both sources, before and after the faults.
         for r in roamers:
             keys = {f.key for f in history.frames(r.sid) if f.event_id}

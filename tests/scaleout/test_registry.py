@@ -28,7 +28,7 @@ from talkwire.server.bus import ClusterHub
 from talkwire.v1 import admin_pb2
 from tests.conftest import make_config
 from tests.scaleout.conftest import _create_db, _drop_db
-from tests.support.grpcx import Stream, metadata_for
+from tests.support.grpcx import Stream, metadata_for, open_frame
 from tests.support.waiting import eventually
 
 pytestmark = [
@@ -158,3 +158,51 @@ async def test_admin_attached_and_expiry_follow_the_registry(
         await eventually(released, message="registry entry released")
         await asyncio.sleep(TTL + 0.5)
         assert live_id in await b.sweep_now()
+
+
+async def test_heartbeat_during_a_takeover_claim_keeps_the_new_stream(
+    two_apps: tuple[Application, Application], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumes a session B still holds; A's heartbeat runs before A's claim reaches Redis.
+
+    The heartbeat must not take B's registry entry for "attached elsewhere, end
+    ours" and cut A's brand-new stream (seen as a silent stall under load when
+    B had just been killed). The claim then supersedes B's stream, and A's
+    stream carries the session on.
+    """
+    from talkwire.v1 import admin_pb2_grpc
+
+    a, b = two_apps
+    hub_a = a.hub
+    assert isinstance(hub_a, ClusterHub)
+    gate = asyncio.Event()
+    claim = hub_a.presence.claim
+
+    async def slow_claim(session_id: str, value: str) -> str | None:
+        await gate.wait()  # the claim is in flight while the heartbeat runs
+        return await claim(session_id, value)
+
+    async with (
+        grpc.aio.insecure_channel(a.target) as ch_a,
+        grpc.aio.insecure_channel(b.target) as ch_b,
+    ):
+        on_b = Stream(ch_b, ALICE)
+        opened = await on_b.open(channel="takeover")
+        monkeypatch.setattr(hub_a.presence, "claim", slow_claim)
+        on_a = Stream(ch_a, ALICE)
+        await on_a.send(open_frame(session_id=opened.session_id, resume_token=opened.resume_token))
+        await eventually(lambda: hub_a.is_attached(opened.session_id), message="attached on A")
+        await hub_a.heartbeat()
+        gate.set()
+        assert (await on_a.recv()).HasField("opened")
+        assert await on_b.status() == grpc.StatusCode.ABORTED  # superseded by A's claim
+        await hub_a.heartbeat()  # and A's entry is A's own now
+        await admin_pb2_grpc.AdminServiceStub(ch_b).Publish(
+            admin_pb2.PublishRequest(
+                session_id=opened.session_id, event={"type": "t", "text": "still on A"}
+            ),
+            metadata=metadata_for(ADMIN),
+        )
+        frame = await on_a.recv()
+        assert frame.update.text == "still on A"
+        on_a.cancel()

@@ -206,35 +206,6 @@ def _status(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     return (code if code is not None else grpc.StatusCode.UNKNOWN), exc.details() or ""
 
 
-#: What grpc-python reports when a client write races the server's end of the stream.
-_CORE_WRITE_ERROR = "Internal error from Core"
-_REAL_STATUS_WAIT = 0.5
-
-
-async def _final_status(
-    call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
-    exc: grpc.aio.AioRpcError,
-) -> tuple[grpc.StatusCode, str]:
-    """The status the stream really ended with.
-
-    When one of our writes (an ack, a message) reaches gRPC Core just after the
-    server ended the stream, grpc-python records ``INTERNAL "Internal error from
-    Core"`` in place of the server's status; the real one (e.g. ``ABORTED`` for a
-    superseded stream, ``UNAVAILABLE`` for a draining server) replaces it as
-    soon as Core hands it over. Core offers no event for that second status, so
-    look at the call again for a short while before settling for ``INTERNAL``.
-    """
-    code, details = _status(exc)
-    if code is not grpc.StatusCode.INTERNAL or details != _CORE_WRITE_ERROR:
-        return code, details
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_REAL_STATUS_WAIT):
-            # gRPC exposes no event for the status replacing the first one: poll it.
-            while await call.code() is grpc.StatusCode.INTERNAL:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-    return await call.code(), await call.details() or ""
-
-
 class ChatClient:
     """A connection to a talkwire server for ``Converse`` sessions.
 
@@ -667,10 +638,17 @@ class ChatSession:
             try:
                 await self._pump(current)
             except grpc.aio.AioRpcError as exc:
-                code, details = await _final_status(current, exc)
+                code, details = _status(exc)
             except ProtocolError as exc:
                 self._finish(exc)
                 return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    raise
+                # grpc raises CancelledError from read() when the *call* was cancelled
+                # locally (not this task): a dropped stream like any other.
+                code, details = grpc.StatusCode.CANCELLED, "the call was cancelled locally"
             except Exception as exc:  # an unexpected failure: treat it as a dropped stream
                 logger.exception("session %s: the stream failed", self.session_id)
                 code, details = grpc.StatusCode.UNAVAILABLE, f"the stream failed: {exc!r}"
@@ -779,8 +757,11 @@ class ChatSession:
         try:
             while True:
                 frame = await call.read()
+                if frame is grpc.aio.EOF:
+                    return  # the server ended the stream with OK
                 if not isinstance(frame, chat_pb2.ConverseResponse):
-                    return  # EOF: the server ended the stream with OK
+                    # grpc hands over None for a message it could not deserialize
+                    raise ProtocolError("the server sent a frame that is not a ConverseResponse")
                 await self._on_frame(frame)
         finally:
             writer.cancel()

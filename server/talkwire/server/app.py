@@ -115,6 +115,7 @@ class Application:
         self._policy_override = policy
         self._stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
+        self._chat: ChatService | None = None
         self._health = HealthServicer()
         self._tasks: asyncio.TaskGroup | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -266,6 +267,7 @@ class Application:
             metrics=self.metrics,
         )
         server.add_generic_rpc_handlers((chat.handler(),))
+        self._chat = chat
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(
                 store=self.store,
@@ -380,6 +382,8 @@ class Application:
             if hasattr(self, "hub"):
                 self.hub.drain()
             await self._server.stop(0.5)
+        if self._chat is not None:
+            await self._chat.aclose()  # the last acks of ended streams, before the store closes
         if self._metrics_httpd is not None:
             await asyncio.to_thread(self._metrics_httpd.shutdown)
             self._metrics_httpd.server_close()

@@ -370,12 +370,14 @@ class ClusterHub(SessionHub):
     async def claim(self, att: Attachment) -> None:
         """Register ``att`` in the registry; supersede an older attachment on another replica."""
         token = uuid.uuid4().hex
-        self._claims[att.session_id] = (att, token)
         try:
             previous = await self.presence.claim(att.session_id, self._value(token))
         except (RedisError, OSError) as exc:
             log.warning("session %s: could not register the attachment: %r", att.session_id, exc)
-            return
+            previous = None  # the heartbeat registers it once Redis answers
+        # Only now: a heartbeat that refreshed this entry before the claim reached Redis
+        # would find the previous owner's value there and end the new attachment.
+        self._claims[att.session_id] = (att, token)
         if previous is None:
             return
         replica, old_token = owner_of(previous)
@@ -510,12 +512,14 @@ class ClusterHub(SessionHub):
 
     async def heartbeat(self) -> None:
         """Refresh our registry entries; end attachments that another replica took over."""
-        entries = [(sid, self._value(token)) for sid, (_, token) in list(self._claims.items())]
-        if not entries:
+        tokens = {sid: token for sid, (_, token) in self._claims.items()}
+        if not tokens:
             return
-        for session_id in await self.presence.refresh(entries):
+        lost = await self.presence.refresh([(s, self._value(t)) for s, t in tokens.items()])
+        for session_id in lost:
             entry = self._claims.get(session_id)
-            if entry is not None:
+            # The entry refreshed, not a newer attachment made here meanwhile.
+            if entry is not None and entry[1] == tokens[session_id]:
                 log.info("session %s: attached on another replica; superseding here", session_id)
                 entry[0].terminate(_superseded())
 

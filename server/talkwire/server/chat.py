@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +196,7 @@ class ChatService:
         self._policy = policy
         self._config = config
         self._metrics = metrics
+        self._pending: set[asyncio.Task[None]] = set()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler; responses are written as pre-serialised bytes."""
@@ -247,17 +248,32 @@ class ChatService:
         finally:
             self._metrics.sessions_attached.dec()
             self._hub.detach(att)
-            if att.ack_seq > att.acked_flushed:
-                try:
-                    await self._store.ack(record.id, att.ack_seq)
-                except TalkwireError:
-                    log.warning("session %s: could not record the last ack", record.id)
-            if not self._hub.is_attached(record.id):
-                try:
-                    await self._store.touch(record.id, replica=None)
-                except TalkwireError:
-                    log.warning("session %s: could not record detach", record.id)
+            # The status goes out now; the bookkeeping writes follow in the background
+            # (a busy store must not keep a client waiting to learn its stream ended).
+            self._background(self._after_detach(att, record.id))
         self._finish(context, att.status)
+
+    async def _after_detach(self, att: Attachment, session_id: str) -> None:
+        if att.ack_seq > att.acked_flushed:
+            try:
+                await self._store.ack(session_id, att.ack_seq)
+            except TalkwireError:
+                log.warning("session %s: could not record the last ack", session_id)
+        if not self._hub.is_attached(session_id):
+            try:
+                await self._store.touch(session_id, replica=None)
+            except TalkwireError:
+                log.warning("session %s: could not record detach", session_id)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def aclose(self) -> None:
+        """Wait for the bookkeeping of streams that have ended (call before the store closes)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     @staticmethod
     def _finish(
@@ -325,9 +341,21 @@ class ChatService:
     ) -> None:
         turns: asyncio.Queue[_Work | None] = asyncio.Queue(self._config.turn_queue_size)
         state: dict[str, Any] = dict(record.dialogue)
+        # ``opened`` is written here, outside the TaskGroup: the first write carries the
+        # response headers, and when grpc.aio has that write cancelled half-way (the
+        # attachment ending at once, e.g. superseded) it never sends the final status:
+        # the client would wait forever on a silent stream.
+        loop = asyncio.get_running_loop()
+        try:
+            att.writing_since = loop.time()
+            await context.write(encode_template(opened))
+            att.writing_since = None
+        except (TalkwireError, grpc.aio.AioRpcError) as exc:
+            att.terminate(status_for(exc))
+            return
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._write_loop(att, encode_template(opened), replay, context))
+                tg.create_task(self._write_loop(att, replay, context))
                 tg.create_task(self._read_loop(att, requests, turns))
                 tg.create_task(self._turn_loop(att, record, state, turns))
                 tg.create_task(_until_ended(att))
@@ -337,7 +365,6 @@ class ChatService:
     async def _write_loop(
         self,
         att: Attachment,
-        opened: bytes,
         replay: list[Any],
         context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
     ) -> None:
@@ -346,9 +373,6 @@ class ChatService:
         loop = asyncio.get_running_loop()
         frames_out = self._metrics.frames_out
         try:
-            att.writing_since = loop.time()
-            await context.write(opened)
-            att.writing_since = None
             async for payload in att.payloads(replay):
                 att.writing_since = loop.time()
                 await context.write(payload)
