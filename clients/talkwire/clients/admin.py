@@ -23,6 +23,7 @@ import grpc
 import grpc.aio
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from talkwire.clients.channel import call_metadata, open_channel
 from talkwire.clients.convert import from_value, to_struct
 from talkwire.clients.errors import SessionClosed, rpc_error_from
 from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, events_pb2
@@ -96,9 +97,7 @@ class AdminClient:
         self.target = target
         self._credentials = credentials
         self._options = list(options)
-        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata) + (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self._metadata = call_metadata(token, metadata)
         self.timeout = timeout
         self._channel: grpc.aio.Channel | None = None
         self._stub: admin_pb2_grpc.AdminServiceAsyncStub | None = None
@@ -127,12 +126,7 @@ class AdminClient:
         if self._closed:
             raise SessionClosed("the AdminClient is closed")
         if self._stub is None:
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=self._options
-                )
-            else:
-                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._channel = open_channel(self.target, self._credentials, self._options)
             self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
         return self._stub
 

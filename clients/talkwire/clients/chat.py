@@ -73,6 +73,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
+from talkwire.clients.channel import call_metadata, open_channel
 from talkwire.clients.convert import to_struct
 from talkwire.clients.errors import (
     ProtocolError,
@@ -238,9 +239,7 @@ class ChatClient:
         merged = dict(DEFAULT_CHANNEL_OPTIONS)
         merged.update(dict(options))
         self._options = list(merged.items())
-        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata) + (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self._metadata = call_metadata(token, metadata)
         self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
         if ack_every < 1 or ack_interval < 0 or max_buffered < 1:
             raise ValueError("ack_every and max_buffered must be >= 1, ack_interval >= 0")
@@ -274,12 +273,7 @@ class ChatClient:
         if self._closed:
             raise SessionClosed("the ChatClient is closed")
         if self._stub is None:
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=self._options
-                )
-            else:
-                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._channel = open_channel(self.target, self._credentials, self._options)
             self._stub = chat_pb2_grpc.ChatServiceStub(self._channel)
         assert self._stub is not None  # noqa: S101 - for the type checker
         return self._stub
