@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from talkwire.clients.events import build_event, encode_event
+from talkwire.server.errors import UnavailableError
 from talkwire.server.events.decode import DecodeError, decode, struct_to_dict
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute, parse_topics
 from talkwire.server.identity import Identity
 from talkwire.server.store import SessionStore
+from talkwire.server.tracing import ROUTE_SPAN, default_tracer
 from talkwire.v1 import chat_pb2, events_pb2
 from tests.events.conftest import RecordingSink
 
@@ -227,3 +233,38 @@ async def test_publish_to_session_and_key(store: SessionStore, sink: RecordingSi
     assert set(result.frames) == {a}
     again = await router.publish(events_pb2.ChangeEvent(id="p2", text="k"), key="order:1")
     assert again.duplicates == ["p2"]
+
+
+async def test_publish_records_a_route_span_and_a_failed_one(
+    store: SessionStore, sink: RecordingSink
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    (a,) = await _sessions(store, "order:3")
+    router = EventRouter(store, sink, tracer=default_tracer(provider))
+    await router.publish(events_pb2.ChangeEvent(id="t1", text="one"), key="order:3")
+    await router.publish(events_pb2.ChangeEvent(id="t1", text="one"), key="order:3")
+    await store.aclose()  # the next publish cannot reach the store
+    with pytest.raises(UnavailableError):
+        await router.publish(events_pb2.ChangeEvent(id="t2", text="two"), key="order:3")
+    spans = [s for s in exporter.get_finished_spans() if s.name == ROUTE_SPAN]
+    outcome = [
+        (
+            s.attributes.get("talkwire.event.sessions"),
+            s.attributes.get("talkwire.event.duplicate"),
+            s.status.status_code,
+        )
+        for s in spans
+        if s.attributes is not None
+    ]
+    assert outcome == [
+        (1, False, StatusCode.UNSET),
+        (0, True, StatusCode.UNSET),
+        (None, None, StatusCode.ERROR),
+    ]
+    assert {s.attributes["talkwire.ingress"] for s in spans if s.attributes} == {"admin"}
+    (frame,) = sink.frames(a)
+    traceparent = chat_pb2.ConverseResponse.FromString(frame.payload).update.traceparent
+    assert spans[0].context is not None
+    assert traceparent.split("-")[2] == f"{spans[0].context.span_id:016x}"

@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from talkwire.clients.events import EventProducer, build_event
 from talkwire.server.errors import UnavailableError
@@ -15,6 +19,7 @@ from talkwire.server.events.kafka import DEAD_LETTER_REASON_HEADER, KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.identity import Identity
 from talkwire.server.store import SessionStore
+from talkwire.server.tracing import ROUTE_SPAN, default_tracer
 from talkwire.v1 import chat_pb2
 from tests.events.conftest import RecordingSink, create_topics
 from tests.support.waiting import eventually
@@ -250,3 +255,59 @@ async def test_second_consumer_takes_over(
         await first.aclose()
     for sid in sessions:
         assert len(await store.frames_after(sid, 0)) == 1
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PRODUCER_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PRODUCER_SPAN}-01"
+
+
+async def test_traceparent_header_continues_through_the_route_span_to_the_frame(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    a, b = await _sessions(store, "order:7", "order:7")
+    router = EventRouter(store, sink, tracer=default_tracer(provider))
+    async with KafkaIngress(_config(kafka_bootstrap, topic), router, store):
+        async with EventProducer(kafka_bootstrap, topic=topic, format="json") as producer:
+            ev = await producer.emit(
+                "order.status_changed",
+                ["order:7"],
+                after={"id": 7, "status": "packed"},
+                traceparent=TRACEPARENT,
+            )
+        await eventually(lambda: sink.frames(a) and sink.frames(b), message="both frames")
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == ROUTE_SPAN]
+    assert span.context is not None
+    assert span.parent is not None
+    assert f"{span.context.trace_id:032x}" == TRACE_ID  # the producer's trace goes on
+    assert f"{span.parent.span_id:016x}" == PRODUCER_SPAN
+    assert span.kind is SpanKind.CONSUMER
+    assert span.attributes is not None
+    assert span.attributes["talkwire.event.id"] == ev.id
+    assert span.attributes["talkwire.event.sessions"] == 2
+    assert span.attributes["talkwire.event.duplicate"] is False
+    assert list(span.attributes["talkwire.event.keys"]) == ["order:7"]  # type: ignore[arg-type]
+    ours = f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+    for session in (a, b):
+        (frame,) = await store.frames_after(session, 0)
+        assert chat_pb2.ConverseResponse.FromString(frame.payload).update.traceparent == ours
+
+
+async def test_without_a_tracer_provider_the_producers_traceparent_is_passed_on(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    (a,) = await _sessions(store, "order:8")
+    async with KafkaIngress(_config(kafka_bootstrap, topic), EventRouter(store, sink), store):
+        async with EventProducer(kafka_bootstrap, topic=topic, format="json") as producer:
+            await producer.emit(
+                "order.status_changed",
+                ["order:8"],
+                after={"id": 8, "status": "packed"},
+                traceparent=TRACEPARENT,
+            )
+        await eventually(lambda: sink.frames(a), message="the update frame")
+    (frame,) = await store.frames_after(a, 0)
+    assert chat_pb2.ConverseResponse.FromString(frame.payload).update.traceparent == TRACEPARENT

@@ -96,6 +96,12 @@ async def app(make_app: Any, tmp_path: Path, backend: tuple[Backend, str]) -> Ap
     return result
 
 
+def _breaker(app: Application) -> float | None:
+    return app.metrics.registry.get_sample_value(
+        "talkwire_connector_breaker_state", {"connector": "erp"}
+    )
+
+
 async def _ask(session: Any) -> Any:
     await session.send("what's my balance")
     while True:
@@ -110,6 +116,7 @@ async def test_down_slow_flapping_backend_keeps_the_session_up(
     b, _ = backend
     async with ChatClient(app.target, token="alice-token") as client:
         session = await client.open()
+        assert _breaker(app) == 0
         assert (await _ask(session)).reply.text == "Your balance is 42.5 EUR."
 
         # Down: clear, retriable errors; after 3 failures the breaker opens and
@@ -123,6 +130,7 @@ async def test_down_slow_flapping_backend_keeps_the_session_up(
         frame = await _ask(session)
         assert frame.error.code == "UNAVAILABLE"
         assert b.calls == calls, "the open breaker must not call the backend"
+        assert _breaker(app) == 2  # talkwire_connector_breaker_state: open
 
         # Recovered: once reset_after has passed, a half-open probe succeeds and
         # the breaker closes (polled with a bounded deadline, no fixed sleep).
@@ -131,6 +139,7 @@ async def test_down_slow_flapping_backend_keeps_the_session_up(
             while (frame := await _ask(session)).WhichOneof("frame") != "reply":
                 assert frame.error.code == "UNAVAILABLE"
         assert frame.reply.text == "Your balance is 42.5 EUR."
+        assert _breaker(app) == 0  # closed again
 
         # Slow: the total deadline cuts the call; the user gets DEADLINE_EXCEEDED.
         b.mode = "slow"

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from talkwire.connectors.base import CallContext, Connector, ConnectorFactory, Operation
+from talkwire.connectors.breaker import BreakerState, CircuitBreaker
 from talkwire.connectors.errors import (
     ConnectorConfigError,
     ConnectorError,
@@ -101,9 +102,11 @@ class ConnectorRegistry:
         cache_max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         observer: Callable[[CallRecord], None] | None = None,
+        on_breaker: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
         self._clock = clock
         self._observer = observer
+        self._on_breaker = on_breaker
         self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._by_key: dict[str, set[tuple[Any, ...]]] = {}
         self._cache_max = cache_max_entries
@@ -127,6 +130,23 @@ class ConnectorRegistry:
                 resolved[kind] = self._load(kind, where, resolved)
             connector = resolved[kind](name, section)
             self._connectors[name] = connector
+            self._watch_breaker(name, connector)
+
+    def _watch_breaker(self, name: str, connector: Connector) -> None:
+        """Report state changes of the connector's circuit breaker, if it has one."""
+        breaker = getattr(connector, "breaker", None)
+        report = self._on_breaker
+        if report is None or not isinstance(breaker, CircuitBreaker):
+            return
+        chained = breaker.on_change
+
+        def on_change(old: BreakerState, new: BreakerState) -> None:
+            report(name, new)
+            if chained is not None:
+                chained(old, new)
+
+        breaker.on_change = on_change
+        report(name, breaker.state)
 
     @staticmethod
     def _unknown(kind: str | None, resolved: Mapping[str, Any]) -> str:

@@ -435,11 +435,17 @@ class Update(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     key: _builtins.str
     type: _builtins.str
     text: _builtins.str
     source: _builtins.str
+    traceparent: _builtins.str
+    """W3C trace context (https://www.w3.org/TR/trace-context/) of the server span that
+    routed the event, or the producer's when the server records no spans; empty
+    without tracing. A gateway can continue the trace to the user's device with it.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -454,10 +460,11 @@ class Update(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         source: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_id", b"event_id", "key", b"key", "occurred_at", b"occurred_at", "source", b"source", "text", b"text", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_id", b"event_id", "key", b"key", "occurred_at", b"occurred_at", "source", b"source", "text", b"text", "traceparent", b"traceparent", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

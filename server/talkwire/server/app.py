@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import TracerProvider
 from prometheus_client import start_http_server
 
 from talkwire.connectors.registry import ConnectorRegistry
@@ -39,6 +40,7 @@ from talkwire.server.events.routing import parse_topics
 from talkwire.server.hub import SessionHub
 from talkwire.server.metrics import Metrics
 from talkwire.server.store import Retention, SessionStore
+from talkwire.server.tracing import default_tracer
 from talkwire.server.turns import AllowAllPolicy, EchoHandler, SubscriptionPolicy, TurnHandler
 from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2
 
@@ -108,9 +110,12 @@ class Application:
         *,
         handler: TurnHandler | None = None,
         policy: SubscriptionPolicy | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        # None: the process-wide OpenTelemetry provider (a no-op without an SDK).
+        self._tracer = default_tracer(tracer_provider)
         self._handler_override = handler
         self._policy_override = policy
         self._stack = contextlib.AsyncExitStack()
@@ -171,7 +176,11 @@ class Application:
             open_hub(self.store, cfg, on_ready=self._set_ready)
         )
         self.connectors = await self._stack.enter_async_context(
-            ConnectorRegistry(connector_sections, observer=self.metrics.connector_call)
+            ConnectorRegistry(
+                connector_sections,
+                observer=self.metrics.connector_call,
+                on_breaker=self.metrics.breaker_state,
+            )
         )
         self.handler = self._build_handler(bot)
         policy = self._policy_override or self._build_policy(policy_section)
@@ -181,6 +190,7 @@ class Application:
             topics=parse_topics(cfg.events.get("topics") or {}),
             invalidate=self.connectors.invalidate,
             metrics=self.metrics,
+            tracer=self._tracer,
         )
         await self._start_ingress()
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())

@@ -9,6 +9,7 @@ from talkwire.connectors.registry import CallRecord
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class Metrics:
@@ -53,6 +54,12 @@ class Metrics:
         self.connector_errors = Counter(
             "talkwire_connector_errors", "Connector call errors", ["connector", "code"], registry=r
         )
+        self.connector_breaker = Gauge(
+            "talkwire_connector_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["connector"],
+            registry=r,
+        )
 
     def events_routed(self, received: int, frames: int, duplicates: int) -> None:
         """Count a routed batch (the EventRouter reports through this)."""
@@ -65,6 +72,10 @@ class Metrics:
         self.connector_seconds.labels(record.connector, record.operation).observe(record.seconds)
         if record.error is not None:
             self.connector_errors.labels(record.connector, record.error.code.name).inc()
+
+    def breaker_state(self, connector: str, state: str) -> None:
+        """Record a connector's breaker state (the ConnectorRegistry's on_breaker hook)."""
+        self.connector_breaker.labels(connector).set(_BREAKER_LEVEL.get(state, 0))
 
     def push_latency(self, seconds: float) -> None:
         self.event_to_push_seconds.observe(seconds)

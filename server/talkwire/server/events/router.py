@@ -28,10 +28,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from opentelemetry.trace import Tracer
+
 from talkwire.server.events.decode import struct_to_dict
 from talkwire.server.events.routing import TopicRoute, event_context
 from talkwire.server.frames import StoredFrame, encode_template
 from talkwire.server.store import FanoutEvent, FanoutResult, SessionStore
+from talkwire.server.tracing import RouteSpans, default_tracer
 from talkwire.v1 import chat_pb2, events_pb2
 
 __all__ = ["EventRouter", "FrameSink", "RouterMetrics", "update_frame"]
@@ -59,12 +62,18 @@ class _NullSink:
 
 
 def update_frame(
-    event: events_pb2.ChangeEvent, *, key: str, text: str, now: float | None = None
+    event: events_pb2.ChangeEvent,
+    *,
+    key: str,
+    text: str,
+    now: float | None = None,
+    traceparent: str = "",
 ) -> bytes:
     """The serialised ``ConverseResponse{update}`` template (no seq) for ``event``."""
     frame = chat_pb2.ConverseResponse()
     update = frame.update
     update.event_id = event.id
+    update.traceparent = traceparent
     update.key = key
     update.type = event.type
     update.text = text
@@ -90,8 +99,10 @@ class EventRouter:
         invalidate: Callable[[Iterable[str]], object] | None = None,
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
+        self._tracer = tracer if tracer is not None else default_tracer()
         self.sink: FrameSink = sink if sink is not None else _NullSink()
         self.topics: dict[str, TopicRoute] = dict(topics or {})
         self._invalidate = invalidate
@@ -99,7 +110,7 @@ class EventRouter:
         self._clock = clock
 
     def prepare(
-        self, event: events_pb2.ChangeEvent, route: TopicRoute | None
+        self, event: events_pb2.ChangeEvent, route: TopicRoute | None, *, traceparent: str = ""
     ) -> FanoutEvent | None:
         """Filter and key one event; ``None`` when the filters drop it or it has no keys."""
         if route is None:
@@ -120,24 +131,29 @@ class EventRouter:
             return None
         return FanoutEvent(
             event_id=event.id,
-            template=update_frame(event, key=keys[0], text=text),
+            template=update_frame(event, key=keys[0], text=text, traceparent=traceparent),
             keys=tuple(keys),
         )
 
     async def route(
-        self, items: Sequence[tuple[events_pb2.ChangeEvent, TopicRoute | None]]
+        self,
+        items: Sequence[tuple[events_pb2.ChangeEvent, TopicRoute | None]],
+        *,
+        ingress: str = "kafka",
     ) -> FanoutResult:
         """Route a batch in one store transaction, then wake the live attachments."""
         prepared: list[FanoutEvent] = []
         occurred: dict[str, float] = {}
+        spans = RouteSpans(self._tracer)
         for event, route in items:
-            fan = self.prepare(event, route)
+            fan = self.prepare(event, route, traceparent=spans.start(event, ingress=ingress))
             if fan is None:
                 continue
+            spans.keys(fan.keys)
             prepared.append(fan)
             if event.HasField("occurred_at"):
                 occurred[event.id] = event.occurred_at.ToNanoseconds() / 1e9
-        return await self._fanout(prepared, occurred, received=len(items))
+        return await self._traced(spans, prepared, occurred, received=len(items))
 
     async def publish(
         self,
@@ -156,9 +172,12 @@ class EventRouter:
         keys = [key] if key else list(dict.fromkeys(k for k in event.keys if k))
         text = event.text or event.type
         frame_key = keys[0] if keys else ""
+        spans = RouteSpans(self._tracer)
+        traceparent = spans.start(event, ingress="admin")
+        spans.keys(keys or [f"session:{session_id}"])
         fan = FanoutEvent(
             event_id=event.id,
-            template=update_frame(event, key=frame_key, text=text),
+            template=update_frame(event, key=frame_key, text=text, traceparent=traceparent),
             keys=tuple(keys) if not session_id else (),
             session_id=session_id or None,
         )
@@ -167,7 +186,23 @@ class EventRouter:
             if event.HasField("occurred_at")
             else {}
         )
-        return await self._fanout([fan], occurred, received=1)
+        return await self._traced(spans, [fan], occurred, received=1)
+
+    async def _traced(
+        self,
+        spans: RouteSpans,
+        prepared: list[FanoutEvent],
+        occurred: Mapping[str, float],
+        *,
+        received: int,
+    ) -> FanoutResult:
+        try:
+            result = await self._fanout(prepared, occurred, received=received)
+        except BaseException as exc:
+            spans.end(error=exc)
+            raise
+        spans.end(result.delivered, result.duplicates)
+        return result
 
     async def _fanout(
         self, prepared: list[FanoutEvent], occurred: Mapping[str, float], *, received: int

@@ -311,7 +311,7 @@ class WebhookIngress:
             if self.settings.produce_to:
                 await self._produce(event)
             else:
-                result = await self.router.route([(event, self.settings.route)])
+                result = await self.router.route([(event, self.settings.route)], ingress="webhook")
                 duplicate = event.id in result.duplicates
                 delivered = result.delivered.get(event.id, 0)
             if await self.store.seen_delivery(delivery):

@@ -1,0 +1,99 @@
+"""OpenTelemetry spans on the event path: producer ``traceparent`` -> route -> pushed frame.
+
+talkwire depends on the OpenTelemetry API only. Spans are recorded when the
+process has an SDK tracer provider: install ``opentelemetry-sdk`` plus an
+exporter and run ``opentelemetry-instrument talkwire serve`` (configured by the
+standard ``OTEL_*`` environment variables), or pass a provider to
+:class:`~talkwire.server.app.Application`. Without one every span is a no-op
+and costs a few microseconds.
+
+One span per routed event, ``talkwire.route`` (kind ``CONSUMER``), whose parent
+is the W3C ``traceparent`` the producer sent (a Kafka record header or the
+event's ``attributes["traceparent"]``). It covers filtering, the store
+transaction and waking the live attachments, and records the event id, type,
+keys, how many sessions got a frame and whether it was a duplicate. The pushed
+``Update`` frame carries ``traceparent`` so a channel gateway can continue the
+trace to the user's device: the route span's context when it is recorded, else
+the producer's, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from talkwire.v1 import events_pb2
+
+__all__ = ["ROUTE_SPAN", "RouteSpans", "default_tracer"]
+
+ROUTE_SPAN = "talkwire.route"
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def default_tracer(provider: trace.TracerProvider | None = None) -> Tracer:
+    """The tracer of ``provider``, else of the process-wide provider (a no-op without an SDK)."""
+    return trace.get_tracer("talkwire", tracer_provider=provider)
+
+
+def _parent(traceparent: str) -> Context | None:
+    return _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+
+
+def _traceparent(span: Span) -> str:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
+class RouteSpans:
+    """The ``talkwire.route`` spans of one batch, ended together with :meth:`end`."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+        self._spans: list[tuple[str, Span]] = []
+
+    def start(self, event: events_pb2.ChangeEvent, *, ingress: str) -> str:
+        """Start the span of ``event``; return the ``traceparent`` its frame should carry."""
+        incoming = event.attributes.get("traceparent", "")
+        span = self._tracer.start_span(
+            ROUTE_SPAN,
+            context=_parent(incoming),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "talkwire.ingress": ingress,
+                "talkwire.event.id": event.id,
+                "talkwire.event.type": event.type,
+                "talkwire.event.source": event.source,
+            },
+        )
+        if not span.is_recording():
+            return incoming
+        self._spans.append((event.id, span))
+        return _traceparent(span)
+
+    def keys(self, keys: Sequence[str]) -> None:
+        """The subscription keys of the event started last."""
+        if self._spans:
+            self._spans[-1][1].set_attribute("talkwire.event.keys", list(keys))
+
+    def end(
+        self,
+        delivered: dict[str, int] | None = None,
+        duplicates: Sequence[str] = (),
+        error: BaseException | None = None,
+    ) -> None:
+        """End every span: with the outcome per event, or with ``error`` for the whole batch."""
+        dup = set(duplicates)
+        for event_id, span in self._spans:
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            else:
+                span.set_attribute("talkwire.event.sessions", (delivered or {}).get(event_id, 0))
+                span.set_attribute("talkwire.event.duplicate", event_id in dup)
+            span.end()
+        self._spans.clear()
