@@ -31,7 +31,14 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 #: Fast, patient reconnects for tests: the server is back within seconds.
 POLICY = ReconnectPolicy(initial_backoff=0.05, max_backoff=0.5, max_attempts=None, max_elapsed=90)
 
-RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# A publish that reached a server while it shut down may end CANCELLED (grpc cancels
+# calls it had accepted but not yet handed to a handler): its outcome is unknown, and
+# retrying with the same event id is safe (the router deduplicates).
+RETRY_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 def scale(small: Any, large: Any) -> Any:
