@@ -14,9 +14,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from talkwire.clients.events import EventProducer, build_event
-from talkwire.server.errors import UnavailableError
+from talkwire.server.errors import ConfigError, UnavailableError
 from talkwire.server.events.kafka import DEAD_LETTER_REASON_HEADER, KafkaIngress
 from talkwire.server.events.router import EventRouter
+from talkwire.server.events.settings import KafkaSettings
 from talkwire.server.identity import Identity
 from talkwire.server.store import SessionStore
 from talkwire.server.tracing import ROUTE_SPAN, default_tracer
@@ -311,3 +312,36 @@ async def test_without_a_tracer_provider_the_producers_traceparent_is_passed_on(
         await eventually(lambda: sink.frames(a), message="the update frame")
     (frame,) = await store.frames_after(a, 0)
     assert chat_pb2.ConverseResponse.FromString(frame.payload).update.traceparent == TRACEPARENT
+
+
+async def test_commit_interval_commits_stored_offsets_while_running(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    (a,) = await _sessions(store, "order:9")
+    cfg = _config(kafka_bootstrap, topic, commit_interval=0.3)
+    tp = TopicPartition(topic, 0)
+    async with KafkaIngress(cfg, EventRouter(store, sink), store) as ingress:
+        async with EventProducer(kafka_bootstrap, topic=topic, format="json") as producer:
+            for i in range(5):
+                await producer.emit(
+                    "order.status_changed", ["order:9"], after={"id": 9, "status": f"s{i}"}
+                )
+        await eventually(lambda: ingress.records >= 5, message="five records stored")
+
+        async def committed() -> bool:
+            return await _committed(kafka_bootstrap, cfg["group_id"], tp) == 5
+
+        # Not only at stop: the periodic committer catches up while the consumer runs.
+        await eventually(committed, message="offset 5 committed")
+        assert ingress.healthy
+    assert len(await store.frames_after(a, 0)) == 5
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("commit_interval", -1), ("commit_interval", "soon"), ("max_records", 0), ("colour", 1)],
+)
+def test_bad_events_settings_name_the_key(key: str, value: object) -> None:
+    section = {"bootstrap": "127.0.0.1:9092", "topics": {"t": {"format": "json"}}, key: value}
+    with pytest.raises(ConfigError, match=rf"events\.{key}"):
+        KafkaSettings.from_config(section)

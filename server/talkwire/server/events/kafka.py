@@ -115,6 +115,7 @@ class KafkaIngress:
         self._batch_revoked: set[TopicPartition] = set()
         self._pending: dict[TopicPartition, int] = {}
         self._committing: asyncio.Task[None] | None = None
+        self._commit_now = asyncio.Event()
         self._lag: dict[TopicPartition, int] = {}
         self.last_progress: float = clock()
         self._stall_reported = False
@@ -364,9 +365,13 @@ class KafkaIngress:
         self._pending.update(offsets)
         # Commit in the background, in order, while the next batch is fetched: the
         # offsets are already safe to commit (their store transaction is done).
-        self._committing = asyncio.create_task(
-            self._commit_after(self._committing, consumer, offsets)
-        )
+        if self.settings.commit_interval > 0:
+            if self._committing is None or self._committing.done():
+                self._committing = asyncio.create_task(self._commit_periodically(consumer))
+        else:
+            self._committing = asyncio.create_task(
+                self._commit_after(self._committing, consumer, offsets)
+            )
         self.batches += 1
         self.records += sum(len(r) for r in batch.values())
         self.dead_lettered += len(dead)
@@ -386,8 +391,18 @@ class KafkaIngress:
             await previous
         await self._commit(consumer, offsets)
 
+    async def _commit_periodically(self, consumer: AIOKafkaConsumer) -> None:
+        """``commit_interval`` > 0: commit the newest stored offsets every interval."""
+        while self._pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.commit_interval):
+                    await self._commit_now.wait()  # a flush (revoke, stop) cuts the wait short
+            self._commit_now.clear()
+            await self._commit(consumer, dict(self._pending))
+
     async def _flush_commits(self) -> None:
-        """Wait for the background commits started so far."""
+        """Commit what is stored now and wait for the background commits started so far."""
+        self._commit_now.set()
         task = self._committing
         if task is not None:
             with contextlib.suppress(Exception):

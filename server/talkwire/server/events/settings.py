@@ -10,6 +10,10 @@ Example::
       dead_letter_topic: talkwire.dead-letters   # else the store's dead_letters table
       max_records: 500                       # per getmany batch
       poll_timeout: 0.5                      # seconds per getmany
+      commit_interval: 0                     # 0: commit offsets after every stored batch;
+                                             # > 0: at most every this many seconds (fewer
+                                             # broker round trips; a crash re-reads more,
+                                             # deduplicated by event id)
       retry_initial: 0.2                     # store-unavailable backoff (doubles) ...
       retry_max: 5.0                         # ... up to this
       stall_after: 30.0                      # watchdog: no progress for this long -> unhealthy
@@ -153,6 +157,7 @@ _KEYS = frozenset(
         "dead_letter_topic",
         "max_records",
         "poll_timeout",
+        "commit_interval",
         "retry_initial",
         "retry_max",
         "stall_after",
@@ -184,6 +189,7 @@ class KafkaSettings:
     dead_letter_topic: str = ""
     max_records: int = 500
     poll_timeout: float = 0.5
+    commit_interval: float = 0.0
     retry_initial: float = 0.2
     retry_max: float = 5.0
     stall_after: float = 30.0
@@ -216,6 +222,16 @@ class KafkaSettings:
         max_records = section.get("max_records", 500)
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
             raise ConfigError(f"{where}.max_records: expected a positive integer")
+        commit_interval = section.get("commit_interval", 0)
+        if (
+            isinstance(commit_interval, bool)
+            or not isinstance(commit_interval, int | float)
+            or commit_interval < 0
+        ):
+            raise ConfigError(
+                f"{where}.commit_interval: expected a number of seconds >= 0, "
+                f"got {commit_interval!r}"
+            )
         dlt = str(section.get("dead_letter_topic", "") or "")
         if dlt and dlt in topics:
             raise ConfigError(f"{where}.dead_letter_topic: must not be one of the consumed topics")
@@ -228,6 +244,7 @@ class KafkaSettings:
             dead_letter_topic=dlt,
             max_records=max_records,
             poll_timeout=_number(section, "poll_timeout", 0.5, where),
+            commit_interval=float(commit_interval),
             retry_initial=_number(section, "retry_initial", 0.2, where),
             retry_max=_number(section, "retry_max", 5.0, where),
             stall_after=_number(section, "stall_after", 30.0, where),
