@@ -268,3 +268,23 @@ async def test_publish_records_a_route_span_and_a_failed_one(
     traceparent = chat_pb2.ConverseResponse.FromString(frame.payload).update.traceparent
     assert spans[0].context is not None
     assert traceparent.split("-")[2] == f"{spans[0].context.span_id:016x}"
+
+
+async def test_route_spans_keep_their_own_keys_beside_unsampled_events(
+    store: SessionStore, sink: RecordingSink
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()  # parent-based: an unsampled producer trace records nothing
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    await _sessions(store, "order:a", "order:b")
+    unsampled = events_pb2.ChangeEvent(id="b", keys=["order:b"], text="b")
+    unsampled.attributes["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    router = EventRouter(store, sink, tracer=default_tracer(provider))
+    result = await router.route(
+        [(events_pb2.ChangeEvent(id="a", keys=["order:a"], text="a"), None), (unsampled, None)]
+    )
+    assert result.delivered == {"a": 1, "b": 1}
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == ROUTE_SPAN]
+    assert span.attributes is not None
+    assert span.attributes["talkwire.event.id"] == "a"
+    assert list(span.attributes["talkwire.event.keys"]) == ["order:a"]  # type: ignore[arg-type]

@@ -206,3 +206,52 @@ async def test_heartbeat_during_a_takeover_claim_keeps_the_new_stream(
         frame = await on_a.recv()
         assert frame.update.text == "still on A"
         on_a.cancel()
+
+
+async def test_out_of_order_claims_on_one_replica_keep_the_newest_registered(
+    two_apps: tuple[Application, Application], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two resumes of one session on A whose registry claims return in the opposite order.
+
+    The older one's late claim must not replace the newer attachment's entry: A
+    keeps the newest attachment registered, so a later resume on B still
+    supersedes it (one live attachment per session across replicas).
+    """
+    a, b = two_apps
+    hub_a = a.hub
+    assert isinstance(hub_a, ClusterHub)
+    gate = asyncio.Event()
+    claim = hub_a.presence.claim
+    calls = 0
+
+    async def first_claim_late(session_id: str, value: str) -> str | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+        return await claim(session_id, value)
+
+    async with (
+        grpc.aio.insecure_channel(a.target) as ch_a,
+        grpc.aio.insecure_channel(b.target) as ch_b,
+    ):
+        first = Stream(ch_a, ALICE)
+        opened = await first.open(channel="order")
+        resume = open_frame(session_id=opened.session_id, resume_token=opened.resume_token)
+        monkeypatch.setattr(hub_a.presence, "claim", first_claim_late)
+        older = Stream(ch_a, ALICE)
+        await older.send(resume)
+        await eventually(lambda: calls == 1, message="the older claim in flight")
+        newer = Stream(ch_a, ALICE)
+        await newer.send(resume)
+        assert (await newer.recv()).HasField("opened")
+        gate.set()  # the older claim lands now, after the newer one
+        assert await older.status() == grpc.StatusCode.ABORTED
+        monkeypatch.undo()
+        await hub_a.heartbeat()
+        on_b = Stream(ch_b, ALICE)
+        await on_b.send(resume)
+        assert (await on_b.recv()).HasField("opened")
+        assert await newer.status() == grpc.StatusCode.ABORTED  # superseded across replicas
+        on_b.cancel()
+        first.cancel()

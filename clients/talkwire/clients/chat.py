@@ -607,6 +607,11 @@ class ChatSession:
         """The session's background task; however it ends, the consumer learns why."""
         try:
             await self._attachments(call)
+        except Exception as exc:  # a bug or an unexpected gRPC error: end with its cause
+            logger.exception("session %s: the stream task failed", self.session_id)
+            self._finish(
+                SessionEnded(grpc.StatusCode.UNKNOWN, f"the session's stream task failed: {exc!r}")
+            )
         finally:
             if self._error is None:
                 # Not one of the ends _attachments() reports: aclose(), a cancellation

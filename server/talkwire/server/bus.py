@@ -369,20 +369,28 @@ class ClusterHub(SessionHub):
 
     async def claim(self, att: Attachment) -> None:
         """Register ``att`` in the registry; supersede an older attachment on another replica."""
-        token = uuid.uuid4().hex
+        sid, token = att.session_id, uuid.uuid4().hex
+        value = self._value(token)
         try:
-            previous = await self.presence.claim(att.session_id, self._value(token))
+            previous = await self.presence.claim(sid, value)
         except (RedisError, OSError) as exc:
-            log.warning("session %s: could not register the attachment: %r", att.session_id, exc)
+            log.warning("session %s: could not register the attachment: %r", sid, exc)
             previous = None  # the heartbeat registers it once Redis answers
+        except BaseException:
+            self._spawn(self.presence.release(sid, value))  # the SET may have landed
+            raise
+        if self._attachments.get(sid) is not att or att.ended.is_set():
+            # Superseded meanwhile (e.g. a newer attach here whose claim returned first).
+            self._spawn(self.presence.release(sid, value))
+            return
         # Only now: a heartbeat that refreshed this entry before the claim reached Redis
         # would find the previous owner's value there and end the new attachment.
-        self._claims[att.session_id] = (att, token)
+        self._claims[sid] = (att, token)
         if previous is None:
             return
         replica, old_token = owner_of(previous)
         if replica != self.replica:
-            await self.bus.notify_supersede(att.session_id, replica, old_token)
+            await self.bus.notify_supersede(sid, replica, old_token)
 
     async def live_ids(self) -> set[str]:
         """Sessions with a live attachment on ANY replica: the registry plus our own.

@@ -9,6 +9,7 @@ them to end the attachment decides the final status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping, MutableMapping, Sequence
@@ -44,6 +45,7 @@ __all__ = ["ChatService", "TurnContextImpl"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "talkwire.v1.ChatService"
+_BOOKKEEPING_WAIT = 5.0  # seconds ChatService.aclose waits for detach writes
 
 
 class _Ended(Exception):
@@ -254,16 +256,15 @@ class ChatService:
         self._finish(context, att.status)
 
     async def _after_detach(self, att: Attachment, session_id: str) -> None:
-        if att.ack_seq > att.acked_flushed:
-            try:
+        try:
+            if att.ack_seq > att.acked_flushed:
                 await self._store.ack(session_id, att.ack_seq)
-            except TalkwireError:
-                log.warning("session %s: could not record the last ack", session_id)
-        if not self._hub.is_attached(session_id):
-            try:
+            if not self._hub.is_attached(session_id):
                 await self._store.touch(session_id, replica=None)
-            except TalkwireError:
-                log.warning("session %s: could not record detach", session_id)
+        except TalkwireError as exc:
+            log.warning("session %s: could not record the detach: %s", session_id, exc)
+        except Exception:  # background bookkeeping: report it, never lose it silently
+            log.exception("session %s: recording the detach failed", session_id)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -271,9 +272,11 @@ class ChatService:
         task.add_done_callback(self._pending.discard)
 
     async def aclose(self) -> None:
-        """Wait for the bookkeeping of streams that have ended (call before the store closes)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Wait (up to 5 s) for the bookkeeping of ended streams; call before the store closes."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_BOOKKEEPING_WAIT):
+                while self._pending:  # a handler unwinding late may add one more
+                    await asyncio.gather(*self._pending, return_exceptions=True)
 
     @staticmethod
     def _finish(

@@ -19,6 +19,7 @@ the producer's, unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from opentelemetry import trace
@@ -31,6 +32,7 @@ from talkwire.v1 import events_pb2
 __all__ = ["ROUTE_SPAN", "RouteSpans", "default_tracer"]
 
 ROUTE_SPAN = "talkwire.route"
+log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -55,6 +57,7 @@ class RouteSpans:
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
         self._spans: list[tuple[str, Span]] = []
+        self._current: Span | None = None  # the span of the event started last, if recorded
 
     def start(self, event: events_pb2.ChangeEvent, *, ingress: str) -> str:
         """Start the span of ``event``; return the ``traceparent`` its frame should carry."""
@@ -71,14 +74,16 @@ class RouteSpans:
             },
         )
         if not span.is_recording():
+            self._current = None
             return incoming
+        self._current = span
         self._spans.append((event.id, span))
         return _traceparent(span)
 
     def keys(self, keys: Sequence[str]) -> None:
         """The subscription keys of the event started last."""
-        if self._spans:
-            self._spans[-1][1].set_attribute("talkwire.event.keys", list(keys))
+        if self._current is not None:
+            self._current.set_attribute("talkwire.event.keys", list(keys))
 
     def end(
         self,
@@ -86,14 +91,22 @@ class RouteSpans:
         duplicates: Sequence[str] = (),
         error: BaseException | None = None,
     ) -> None:
-        """End every span: with the outcome per event, or with ``error`` for the whole batch."""
+        """End every span: with the outcome per event, or with ``error`` for the whole batch.
+
+        Never raises: a broken span processor must not fail a batch that is stored.
+        """
         dup = set(duplicates)
-        for event_id, span in self._spans:
-            if error is not None:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            else:
-                span.set_attribute("talkwire.event.sessions", (delivered or {}).get(event_id, 0))
-                span.set_attribute("talkwire.event.duplicate", event_id in dup)
-            span.end()
-        self._spans.clear()
+        spans, self._spans, self._current = self._spans, [], None
+        for event_id, span in spans:
+            try:
+                if error is not None:
+                    span.record_exception(error)
+                    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                else:
+                    span.set_attribute(
+                        "talkwire.event.sessions", (delivered or {}).get(event_id, 0)
+                    )
+                    span.set_attribute("talkwire.event.duplicate", event_id in dup)
+                span.end()
+            except Exception:
+                log.exception("ending a trace span failed")

@@ -258,6 +258,7 @@ class KafkaIngress:
         except BaseException as exc:
             self._failed = exc
             log.exception("kafka ingress stopped on an unexpected error")
+            await cancel_and_wait(self._committing)
             raise
         finally:
             await cancel_and_wait(watchdog)
@@ -398,7 +399,10 @@ class KafkaIngress:
                 async with asyncio.timeout(self.settings.commit_interval):
                     await self._commit_now.wait()  # a flush (revoke, stop) cuts the wait short
             self._commit_now.clear()
-            await self._commit(consumer, dict(self._pending))
+            try:
+                await self._commit(consumer, dict(self._pending))
+            except Exception:  # keep committing: the next round retries the newest offsets
+                log.exception("kafka offset commit failed")
 
     async def _flush_commits(self) -> None:
         """Commit what is stored now and wait for the background commits started so far."""

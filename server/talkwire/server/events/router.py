@@ -142,18 +142,24 @@ class EventRouter:
         ingress: str = "kafka",
     ) -> FanoutResult:
         """Route a batch in one store transaction, then wake the live attachments."""
-        prepared: list[FanoutEvent] = []
-        occurred: dict[str, float] = {}
         spans = RouteSpans(self._tracer)
-        for event, route in items:
-            fan = self.prepare(event, route, traceparent=spans.start(event, ingress=ingress))
-            if fan is None:
-                continue
-            spans.keys(fan.keys)
-            prepared.append(fan)
-            if event.HasField("occurred_at"):
-                occurred[event.id] = event.occurred_at.ToNanoseconds() / 1e9
-        return await self._traced(spans, prepared, occurred, received=len(items))
+        try:
+            prepared: list[FanoutEvent] = []
+            occurred: dict[str, float] = {}
+            for event, route in items:
+                fan = self.prepare(event, route, traceparent=spans.start(event, ingress=ingress))
+                if fan is None:
+                    continue
+                spans.keys(fan.keys)
+                prepared.append(fan)
+                if event.HasField("occurred_at"):
+                    occurred[event.id] = event.occurred_at.ToNanoseconds() / 1e9
+            result = await self._fanout(prepared, occurred, received=len(items))
+        except BaseException as exc:
+            spans.end(error=exc)
+            raise
+        spans.end(result.delivered, result.duplicates)
+        return result
 
     async def publish(
         self,
@@ -173,31 +179,21 @@ class EventRouter:
         text = event.text or event.type
         frame_key = keys[0] if keys else ""
         spans = RouteSpans(self._tracer)
-        traceparent = spans.start(event, ingress="admin")
-        spans.keys(keys or [f"session:{session_id}"])
-        fan = FanoutEvent(
-            event_id=event.id,
-            template=update_frame(event, key=frame_key, text=text, traceparent=traceparent),
-            keys=tuple(keys) if not session_id else (),
-            session_id=session_id or None,
-        )
-        occurred = (
-            {event.id: event.occurred_at.ToNanoseconds() / 1e9}
-            if event.HasField("occurred_at")
-            else {}
-        )
-        return await self._traced(spans, [fan], occurred, received=1)
-
-    async def _traced(
-        self,
-        spans: RouteSpans,
-        prepared: list[FanoutEvent],
-        occurred: Mapping[str, float],
-        *,
-        received: int,
-    ) -> FanoutResult:
         try:
-            result = await self._fanout(prepared, occurred, received=received)
+            traceparent = spans.start(event, ingress="admin")
+            spans.keys(keys or [f"session:{session_id}"])
+            fan = FanoutEvent(
+                event_id=event.id,
+                template=update_frame(event, key=frame_key, text=text, traceparent=traceparent),
+                keys=tuple(keys) if not session_id else (),
+                session_id=session_id or None,
+            )
+            occurred = (
+                {event.id: event.occurred_at.ToNanoseconds() / 1e9}
+                if event.HasField("occurred_at")
+                else {}
+            )
+            result = await self._fanout([fan], occurred, received=1)
         except BaseException as exc:
             spans.end(error=exc)
             raise
