@@ -160,6 +160,22 @@ async def test_admin_attached_and_expiry_follow_the_registry(
         assert live_id in await b.sweep_now()
 
 
+class FirstClaimGate:
+    """Holds replica A's next registry claim in flight until :attr:`gate` is set."""
+
+    def __init__(self, hub: ClusterHub, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = asyncio.Event()
+        self.calls = 0
+        self._claim = hub.presence.claim
+        monkeypatch.setattr(hub.presence, "claim", self._claim_late)
+
+    async def _claim_late(self, session_id: str, value: str) -> str | None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        return await self._claim(session_id, value)
+
+
 async def test_heartbeat_during_a_takeover_claim_keeps_the_new_stream(
     two_apps: tuple[Application, Application], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,25 +191,18 @@ async def test_heartbeat_during_a_takeover_claim_keeps_the_new_stream(
     a, b = two_apps
     hub_a = a.hub
     assert isinstance(hub_a, ClusterHub)
-    gate = asyncio.Event()
-    claim = hub_a.presence.claim
-
-    async def slow_claim(session_id: str, value: str) -> str | None:
-        await gate.wait()  # the claim is in flight while the heartbeat runs
-        return await claim(session_id, value)
-
     async with (
         grpc.aio.insecure_channel(a.target) as ch_a,
         grpc.aio.insecure_channel(b.target) as ch_b,
     ):
         on_b = Stream(ch_b, ALICE)
         opened = await on_b.open(channel="takeover")
-        monkeypatch.setattr(hub_a.presence, "claim", slow_claim)
+        held = FirstClaimGate(hub_a, monkeypatch)  # A's claim is in flight while the heartbeat runs
         on_a = Stream(ch_a, ALICE)
         await on_a.send(open_frame(session_id=opened.session_id, resume_token=opened.resume_token))
         await eventually(lambda: hub_a.is_attached(opened.session_id), message="attached on A")
         await hub_a.heartbeat()
-        gate.set()
+        held.gate.set()
         assert (await on_a.recv()).HasField("opened")
         assert await on_b.status() == grpc.StatusCode.ABORTED  # superseded by A's claim
         await hub_a.heartbeat()  # and A's entry is A's own now
@@ -220,17 +229,6 @@ async def test_out_of_order_claims_on_one_replica_keep_the_newest_registered(
     a, b = two_apps
     hub_a = a.hub
     assert isinstance(hub_a, ClusterHub)
-    gate = asyncio.Event()
-    claim = hub_a.presence.claim
-    calls = 0
-
-    async def first_claim_late(session_id: str, value: str) -> str | None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await gate.wait()
-        return await claim(session_id, value)
-
     async with (
         grpc.aio.insecure_channel(a.target) as ch_a,
         grpc.aio.insecure_channel(b.target) as ch_b,
@@ -238,14 +236,14 @@ async def test_out_of_order_claims_on_one_replica_keep_the_newest_registered(
         first = Stream(ch_a, ALICE)
         opened = await first.open(channel="order")
         resume = open_frame(session_id=opened.session_id, resume_token=opened.resume_token)
-        monkeypatch.setattr(hub_a.presence, "claim", first_claim_late)
+        held = FirstClaimGate(hub_a, monkeypatch)
         older = Stream(ch_a, ALICE)
         await older.send(resume)
-        await eventually(lambda: calls == 1, message="the older claim in flight")
+        await eventually(lambda: held.calls == 1, message="the older claim in flight")
         newer = Stream(ch_a, ALICE)
         await newer.send(resume)
         assert (await newer.recv()).HasField("opened")
-        gate.set()  # the older claim lands now, after the newer one
+        held.gate.set()  # the older claim lands now, after the newer one
         assert await older.status() == grpc.StatusCode.ABORTED
         monkeypatch.undo()
         await hub_a.heartbeat()

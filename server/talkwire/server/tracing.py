@@ -20,7 +20,8 @@ the producer's, unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import TracebackType
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -52,12 +53,30 @@ def _traceparent(span: Span) -> str:
 
 
 class RouteSpans:
-    """The ``talkwire.route`` spans of one batch, ended together with :meth:`end`."""
+    """The ``talkwire.route`` spans of one batch, ended together when the ``with`` block ends.
+
+    ``with RouteSpans(tracer) as spans:`` ... :meth:`start` per event, then
+    :meth:`outcome` once the batch is stored; leaving the block by an exception
+    ends every span with that error instead.
+    """
 
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
         self._spans: list[tuple[str, Span]] = []
         self._current: Span | None = None  # the span of the event started last, if recorded
+        self._delivered: Mapping[str, int] = {}
+        self._duplicates: Sequence[str] = ()
+
+    def __enter__(self) -> RouteSpans:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._end(exc)
 
     def start(self, event: events_pb2.ChangeEvent, *, ingress: str) -> str:
         """Start the span of ``event``; return the ``traceparent`` its frame should carry."""
@@ -85,17 +104,16 @@ class RouteSpans:
         if self._current is not None:
             self._current.set_attribute("talkwire.event.keys", list(keys))
 
-    def end(
-        self,
-        delivered: dict[str, int] | None = None,
-        duplicates: Sequence[str] = (),
-        error: BaseException | None = None,
-    ) -> None:
+    def outcome(self, delivered: Mapping[str, int], duplicates: Sequence[str]) -> None:
+        """What the batch did: sessions reached per event id, and the duplicate ids."""
+        self._delivered, self._duplicates = delivered, duplicates
+
+    def _end(self, error: BaseException | None) -> None:
         """End every span: with the outcome per event, or with ``error`` for the whole batch.
 
         Never raises: a broken span processor must not fail a batch that is stored.
         """
-        dup = set(duplicates)
+        dup = set(self._duplicates)
         spans, self._spans, self._current = self._spans, [], None
         for event_id, span in spans:
             try:
@@ -103,9 +121,7 @@ class RouteSpans:
                     span.record_exception(error)
                     span.set_status(Status(StatusCode.ERROR, type(error).__name__))
                 else:
-                    span.set_attribute(
-                        "talkwire.event.sessions", (delivered or {}).get(event_id, 0)
-                    )
+                    span.set_attribute("talkwire.event.sessions", self._delivered.get(event_id, 0))
                     span.set_attribute("talkwire.event.duplicate", event_id in dup)
                 span.end()
             except Exception:

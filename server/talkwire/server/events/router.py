@@ -142,8 +142,7 @@ class EventRouter:
         ingress: str = "kafka",
     ) -> FanoutResult:
         """Route a batch in one store transaction, then wake the live attachments."""
-        spans = RouteSpans(self._tracer)
-        try:
+        with RouteSpans(self._tracer) as spans:
             prepared: list[FanoutEvent] = []
             occurred: dict[str, float] = {}
             for event, route in items:
@@ -155,10 +154,7 @@ class EventRouter:
                 if event.HasField("occurred_at"):
                     occurred[event.id] = event.occurred_at.ToNanoseconds() / 1e9
             result = await self._fanout(prepared, occurred, received=len(items))
-        except BaseException as exc:
-            spans.end(error=exc)
-            raise
-        spans.end(result.delivered, result.duplicates)
+            spans.outcome(result.delivered, result.duplicates)
         return result
 
     async def publish(
@@ -178,8 +174,7 @@ class EventRouter:
         keys = [key] if key else list(dict.fromkeys(k for k in event.keys if k))
         text = event.text or event.type
         frame_key = keys[0] if keys else ""
-        spans = RouteSpans(self._tracer)
-        try:
+        with RouteSpans(self._tracer) as spans:
             traceparent = spans.start(event, ingress="admin")
             spans.keys(keys or [f"session:{session_id}"])
             fan = FanoutEvent(
@@ -194,10 +189,7 @@ class EventRouter:
                 else {}
             )
             result = await self._fanout([fan], occurred, received=1)
-        except BaseException as exc:
-            spans.end(error=exc)
-            raise
-        spans.end(result.delivered, result.duplicates)
+            spans.outcome(result.delivered, result.duplicates)
         return result
 
     async def _fanout(
