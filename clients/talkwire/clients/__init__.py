@@ -4,15 +4,7 @@ Imports only ``talkwire.v1`` and third-party packages, never the server.
 """
 
 from talkwire.clients.admin import AdminClient, change_event
-from talkwire.clients.chat import (
-    RETRIABLE_CODES,
-    ChatClient,
-    ChatSession,
-    ConnectionEvent,
-    ConnectionEventKind,
-    ReconnectPolicy,
-    SessionState,
-)
+from talkwire.clients.chat import ChatClient, ChatSession, SessionState
 from talkwire.clients.convert import from_struct, from_value, to_struct, to_value
 from talkwire.clients.errors import (
     InvalidArgument,
@@ -28,8 +20,16 @@ from talkwire.clients.errors import (
     TalkwireError,
     Unauthenticated,
 )
+from talkwire.clients.reconnect import (
+    NEVER_RETRIED,
+    RETRIABLE_CODES,
+    ConnectionEvent,
+    ConnectionEventKind,
+    ReconnectPolicy,
+)
 
 __all__ = [
+    "NEVER_RETRIED",
     "RETRIABLE_CODES",
     "AdminClient",
     "ChatClient",

@@ -21,11 +21,15 @@ Semantics (what this library guarantees and what it chose):
   and ``CANCELLED`` not caused by us -- a dropped connection or a restarted
   server shows up as one of these), the session re-attaches with ``open{session_id,
   resume_token, last_seq=<highest seq received>}`` after an exponential backoff
-  with full jitter (:class:`ReconnectPolicy`). The server replays what is
-  missing; dedup makes the replay invisible. Other statuses end iteration with
-  a typed :class:`~talkwire.clients.errors.SessionEnded`. Observe reconnects
-  with ``session.reconnects`` and the ``on_connection_event`` hook.
-  The very first ``open()``/``resume()`` is not retried: it fails fast.
+  with full jitter (:class:`~talkwire.clients.reconnect.ReconnectPolicy`). The
+  server replays what is missing; dedup makes the replay invisible. Other
+  statuses end iteration with a typed
+  :class:`~talkwire.clients.errors.SessionEnded`; an authentication failure
+  (``UNAUTHENTICATED`` -> ``Unauthenticated``, ``PERMISSION_DENIED`` ->
+  ``SessionPermissionDenied``) always does, at once, whatever the policy says.
+  Observe reconnects with ``session.reconnects`` and the
+  ``on_connection_event`` hook. The very first ``open()``/``resume()`` is not
+  retried: it fails fast.
 * **Automatic ack.** The library acks the highest seq *delivered to you* (yielded
   by the iterator), not merely received: frames still buffered in the client
   are not acked, so a process that dies with a full buffer can resume from
@@ -64,11 +68,10 @@ import dataclasses
 import enum
 import inspect
 import logging
-import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import grpc
 import grpc.aio
@@ -83,8 +86,18 @@ from talkwire.clients.errors import (
     TalkwireError,
     session_ended_from,
 )
+from talkwire.clients.reconnect import (
+    RETRIABLE_CODES,
+    Backoff,
+    ConnectionEvent,
+    ConnectionEventKind,
+    ConnectionHook,
+    ReconnectPolicy,
+)
 from talkwire.v1 import chat_pb2, chat_pb2_grpc
 
+# RETRIABLE_CODES, ConnectionEvent(Kind) and ReconnectPolicy live in
+# talkwire.clients.reconnect; they stay importable from here.
 __all__ = [
     "DEFAULT_CHANNEL_OPTIONS",
     "RETRIABLE_CODES",
@@ -98,17 +111,6 @@ __all__ = [
 
 logger = logging.getLogger("talkwire.clients.chat")
 
-#: Stream-ending statuses after which the session resumes automatically.
-RETRIABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.CANCELLED,
-    }
-)
-
 #: Channel options used unless overridden by ``options=``. Keepalive pings every
 #: 5 minutes (the gRPC server default minimum, so servers do not answer GOAWAY
 #: "too many pings"), and a short channel reconnect backoff so a restarted
@@ -121,70 +123,7 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """When and how fast a dropped session stream is resumed.
-
-    The n-th consecutive attempt (n = 0, 1, ...) waits a random time in
-    ``[0, min(max_backoff, initial_backoff * multiplier**n)]`` ("full jitter").
-    The counters restart after each successful resume. The session gives up
-    with :class:`~talkwire.clients.errors.ReconnectExhausted` after
-    ``max_attempts`` attempts or ``max_elapsed`` seconds since the drop
-    (``None`` = no limit).
-    """
-
-    enabled: bool = True
-    initial_backoff: float = 0.2
-    max_backoff: float = 10.0
-    multiplier: float = 2.0
-    max_attempts: int | None = 20
-    max_elapsed: float | None = 300.0
-    retriable_codes: frozenset[grpc.StatusCode] = RETRIABLE_CODES
-
-    def __post_init__(self) -> None:
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
-            raise ValueError("backoffs must be >= 0 and multiplier >= 1")
-
-    def backoff_cap(self, attempt: int) -> float:
-        """The upper bound of the delay before attempt number ``attempt`` (from 0)."""
-        try:
-            grown = self.initial_backoff * self.multiplier**attempt
-        except OverflowError:
-            grown = self.max_backoff
-        return min(self.max_backoff, grown)
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """A full-jitter delay before attempt number ``attempt`` (from 0)."""
-        return (rng or _RNG).uniform(0.0, self.backoff_cap(attempt))
-
-
-_RNG = random.Random()  # noqa: S311 - jitter only, not security relevant
-
-
-class ConnectionEventKind(enum.StrEnum):
-    DISCONNECTED = "disconnected"  # the stream ended with a retriable status
-    RETRYING = "retrying"  # about to wait ``delay`` and attempt a resume
-    RESUMED = "resumed"  # re-attached; ``replayed`` frames follow
-    GAVE_UP = "gave_up"  # the reconnect policy is exhausted
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ConnectionEvent:
-    """Passed to the ``on_connection_event`` hook."""
-
-    kind: ConnectionEventKind
-    session_id: str
-    code: grpc.StatusCode | None = None
-    details: str = ""
-    attempt: int = 0
-    delay: float = 0.0
-    replayed: int = 0
-    last_seq: int = 0
-    reconnects: int = 0
-
-
-ConnectionHook = Callable[[ConnectionEvent], Awaitable[None] | None]
+_Call: TypeAlias = grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse]
 
 
 class SessionState(enum.StrEnum):
@@ -198,13 +137,25 @@ class _End:
     error: TalkwireError
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Drop:
+    """How an attachment's stream ended, when the session might resume after it."""
+
+    code: grpc.StatusCode
+    details: str
+
+    @classmethod
+    def of(cls, exc: grpc.aio.AioRpcError) -> _Drop:
+        code = exc.code()
+        return cls(code if code is not None else grpc.StatusCode.UNKNOWN, exc.details() or "")
+
+    def ended(self) -> SessionEnded:
+        """The typed error of a session that ends here."""
+        return session_ended_from(self.code, self.details)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _status(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
-    code = exc.code()
-    return (code if code is not None else grpc.StatusCode.UNKNOWN), exc.details() or ""
 
 
 class ChatClient:
@@ -335,9 +286,7 @@ class ChatSession:
         self._space = asyncio.Event()
         self._outbound: collections.deque[chat_pb2.ConverseRequest] = collections.deque()
         self._outbound_ready = asyncio.Event()
-        self._call: (
-            grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse] | None
-        ) = None
+        self._call: _Call | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._error: TalkwireError | None = None
@@ -386,8 +335,7 @@ class ChatSession:
         try:
             call, opened = await self._connect(request)
         except grpc.aio.AioRpcError as exc:
-            code, details = _status(exc)
-            raise session_ended_from(code, details) from None
+            raise _Drop.of(exc).ended() from None
         self._on_opened(opened)
         self._client._sessions.add(self)
         self._task = asyncio.create_task(
@@ -531,12 +479,7 @@ class ChatSession:
 
     # -- the connection machinery ----------------------------------------------
 
-    async def _connect(
-        self, request: chat_pb2.Open
-    ) -> tuple[
-        grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
-        chat_pb2.Opened,
-    ]:
+    async def _connect(self, request: chat_pb2.Open) -> tuple[_Call, chat_pb2.Opened]:
         call = self._stub.Converse(metadata=self._client._metadata)
         try:
             async with asyncio.timeout(self._client.open_timeout):
@@ -589,21 +532,7 @@ class ChatSession:
             self._state = SessionState.CLOSED
             self._inbox.put_nowait(_End(error))
 
-    async def _emit(self, event: ConnectionEvent) -> None:
-        hook = self._client.on_connection_event
-        if hook is None:
-            return
-        try:
-            result = hook(event)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:  # a broken hook must not kill the session
-            logger.exception("on_connection_event hook failed")
-
-    async def _run(
-        self,
-        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
-    ) -> None:
+    async def _run(self, call: _Call) -> None:
         """The session's background task; however it ends, the consumer learns why."""
         try:
             await self._attachments(call)
@@ -622,134 +551,127 @@ class ChatSession:
                     else SessionEnded(grpc.StatusCode.CANCELLED, "the session's stream task ended")
                 )
 
-    async def _attachments(
-        self,
-        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
-    ) -> None:
-        """Pump the attachment; resume when it drops."""
-        policy = self._client.reconnect
-        loop = asyncio.get_running_loop()
-        current: (
-            grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse] | None
-        ) = call
-        while True:
-            assert current is not None  # noqa: S101 - for the type checker
-            try:
-                await self._pump(current)
-            except grpc.aio.AioRpcError as exc:
-                code, details = _status(exc)
-            except ProtocolError as exc:
-                self._finish(exc)
-                return
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._closing or (task is not None and task.cancelling()):
-                    raise
-                # grpc raises CancelledError from read() when the *call* was cancelled
-                # locally (not this task): a dropped stream like any other.
-                code, details = grpc.StatusCode.CANCELLED, "the call was cancelled locally"
-            except Exception as exc:  # an unexpected failure: treat it as a dropped stream
-                logger.exception("session %s: the stream failed", self.session_id)
-                code, details = grpc.StatusCode.UNAVAILABLE, f"the stream failed: {exc!r}"
-            else:
-                self._finish(SessionClosed("the server ended the session stream"))
-                return
-            finally:
-                self._call = None
-                current.cancel()
-            if self._closing:
-                self._finish(SessionClosed("session closed"))
-                return
-            if not policy.enabled or code not in policy.retriable_codes:
-                self._finish(session_ended_from(code, details))
-                return
-            # -- reconnect loop --
-            self._state = SessionState.RECONNECTING
-            logger.info(
-                "session %s dropped (%s: %s); resuming", self.session_id, code.name, details
-            )
-            await self._emit(
-                ConnectionEvent(
-                    ConnectionEventKind.DISCONNECTED,
-                    self.session_id,
-                    code=code,
-                    details=details,
-                    last_seq=self._received_seq,
-                    reconnects=self.reconnects,
-                )
-            )
-            started = loop.time()
-            attempt = 0
-            current = None
-            while current is None:
-                delay = policy.delay(attempt)
-                out_of_time = (
-                    policy.max_elapsed is not None
-                    and loop.time() + delay - started > policy.max_elapsed
-                )
-                if (policy.max_attempts is not None and attempt >= policy.max_attempts) or (
-                    out_of_time
-                ):
-                    await self._emit(
-                        ConnectionEvent(
-                            ConnectionEventKind.GAVE_UP,
-                            self.session_id,
-                            code=code,
-                            details=details,
-                            attempt=attempt,
-                            last_seq=self._received_seq,
-                            reconnects=self.reconnects,
-                        )
-                    )
-                    self._finish(ReconnectExhausted(code, details, attempts=attempt))
-                    return
-                attempt += 1
-                await self._emit(
-                    ConnectionEvent(
-                        ConnectionEventKind.RETRYING,
-                        self.session_id,
-                        code=code,
-                        details=details,
-                        attempt=attempt,
-                        delay=delay,
-                        last_seq=self._received_seq,
-                        reconnects=self.reconnects,
-                    )
-                )
-                await asyncio.sleep(delay)
-                try:
-                    current, opened = await self._connect(self._resume_request())
-                except grpc.aio.AioRpcError as exc:
-                    code, details = _status(exc)
-                    if code not in policy.retriable_codes:
-                        self._finish(session_ended_from(code, details))
-                        return
-                except ProtocolError as exc:
-                    self._finish(exc)
-                    return
-            self.reconnects += 1
-            self._on_opened(opened)
-            logger.info(
-                "session %s resumed after seq %d (%d replayed)",
-                self.session_id,
-                self._received_seq,
-                opened.replayed,
-            )
-            await self._emit(
-                ConnectionEvent(
-                    ConnectionEventKind.RESUMED,
-                    self.session_id,
-                    attempt=attempt,
-                    replayed=opened.replayed,
-                    last_seq=self._received_seq,
-                    reconnects=self.reconnects,
-                )
-            )
+    async def _attachments(self, call: _Call) -> None:
+        """Pump each attachment in turn; after a drop, resume as the reconnect policy says."""
+        current: _Call | None = call
+        while current is not None:
+            end = await self._until_dropped(current)
+            if isinstance(end, _Drop) and self._closing:
+                end = SessionClosed("session closed")
+            drop = self._resumable(end)
+            current = None if drop is None else await self._reconnect(drop)
 
-    async def _pump(
+    async def _until_dropped(self, call: _Call) -> _Drop | TalkwireError:
+        """Pump one attachment until it ends: how it dropped, or why the session is over."""
+        try:
+            await self._pump(call)
+        except grpc.aio.AioRpcError as exc:
+            return _Drop.of(exc)
+        except ProtocolError as exc:
+            return exc
+        except asyncio.CancelledError:
+            if self._cancelled_from_outside():
+                raise
+            # grpc raises CancelledError from read() when the *call* was cancelled
+            # locally (not this task): a dropped stream like any other.
+            return _Drop(grpc.StatusCode.CANCELLED, "the call was cancelled locally")
+        except Exception as exc:  # an unexpected failure: treat it as a dropped stream
+            logger.exception("session %s: the stream failed", self.session_id)
+            return _Drop(grpc.StatusCode.UNAVAILABLE, f"the stream failed: {exc!r}")
+        finally:
+            self._call = None
+            call.cancel()
+        return SessionClosed("the server ended the session stream")
+
+    def _cancelled_from_outside(self) -> bool:
+        task = asyncio.current_task()
+        return self._closing or (task is not None and task.cancelling() > 0)
+
+    def _resumable(self, end: _Drop | TalkwireError) -> _Drop | None:
+        """``end`` if the reconnect policy resumes after it; else end the session with it."""
+        if isinstance(end, TalkwireError):
+            self._finish(end)
+            return None
+        if not self._client.reconnect.retries(end.code):
+            self._finish(end.ended())
+            return None
+        return end
+
+    async def _reconnect(self, drop: _Drop) -> _Call | None:
+        """Resume after ``drop`` with backoff: the new call, or ``None`` once the session ended."""
+        self._state = SessionState.RECONNECTING
+        logger.info(
+            "session %s dropped (%s: %s); resuming", self.session_id, drop.code.name, drop.details
+        )
+        await self._notify(ConnectionEventKind.DISCONNECTED, drop)
+        backoff = Backoff(self._client.reconnect, asyncio.get_running_loop().time)
+        while (delay := backoff.next_delay()) is not None:
+            await self._notify(
+                ConnectionEventKind.RETRYING, drop, attempt=backoff.attempts, delay=delay
+            )
+            await asyncio.sleep(delay)
+            outcome = await self._try_resume(backoff.attempts)
+            if not isinstance(outcome, _Drop | TalkwireError):
+                return outcome
+            retry = self._resumable(outcome)
+            if retry is None:
+                return None
+            drop = retry
+        await self._notify(ConnectionEventKind.GAVE_UP, drop, attempt=backoff.attempts)
+        self._finish(ReconnectExhausted(drop.code, drop.details, attempts=backoff.attempts))
+        return None
+
+    async def _try_resume(self, attempt: int) -> _Call | _Drop | TalkwireError:
+        """One resume attempt: the new call, how it failed, or a protocol error."""
+        try:
+            call, opened = await self._connect(self._resume_request())
+        except grpc.aio.AioRpcError as exc:
+            return _Drop.of(exc)
+        except ProtocolError as exc:
+            return exc
+        self.reconnects += 1
+        self._on_opened(opened)
+        logger.info(
+            "session %s resumed after seq %d (%d replayed)",
+            self.session_id,
+            self._received_seq,
+            opened.replayed,
+        )
+        await self._notify(ConnectionEventKind.RESUMED, attempt=attempt, replayed=opened.replayed)
+        return call
+
+    async def _notify(
         self,
-        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
+        kind: ConnectionEventKind,
+        drop: _Drop | None = None,
+        *,
+        attempt: int = 0,
+        delay: float = 0.0,
+        replayed: int = 0,
     ) -> None:
+        """Pass a :class:`ConnectionEvent` to the hook; a broken hook never kills the session."""
+        hook = self._client.on_connection_event
+        if hook is None:
+            return
+        event = ConnectionEvent(
+            kind,
+            self.session_id,
+            code=None if drop is None else drop.code,
+            details="" if drop is None else drop.details,
+            attempt=attempt,
+            delay=delay,
+            replayed=replayed,
+            last_seq=self._received_seq,
+            reconnects=self.reconnects,
+        )
+        try:
+            result = hook(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_connection_event hook failed")
+
+    async def _pump(self, call: _Call) -> None:
         """Run one attachment: a writer task, and the reader here. Returns on a clean end."""
         self._call = call
         writer = asyncio.create_task(self._writer(call), name=f"talkwire-writer-{self.session_id}")
@@ -789,10 +711,7 @@ class ChatSession:
             self._received_seq = seq
         self._inbox.put_nowait(frame)
 
-    async def _writer(
-        self,
-        call: grpc.aio.StreamStreamCall[chat_pb2.ConverseRequest, chat_pb2.ConverseResponse],
-    ) -> None:
+    async def _writer(self, call: _Call) -> None:
         """Write queued frames in order; fire the batched ack timer; half-close on aclose()."""
         loop = asyncio.get_running_loop()
         while True:

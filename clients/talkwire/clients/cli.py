@@ -35,14 +35,10 @@ import grpc
 from google.protobuf import json_format
 
 from talkwire.clients.admin import AdminClient
-from talkwire.clients.chat import (
-    ChatClient,
-    ChatSession,
-    ConnectionEvent,
-    ConnectionEventKind,
-)
+from talkwire.clients.chat import ChatClient, ChatSession
 from talkwire.clients.convert import from_struct
 from talkwire.clients.errors import RpcError, TalkwireError
+from talkwire.clients.reconnect import ConnectionEvent, ConnectionEventKind
 from talkwire.v1 import admin_pb2, chat_pb2
 
 __all__ = [

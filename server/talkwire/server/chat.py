@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "talkwire.v1.ChatService"
 _BOOKKEEPING_WAIT = 5.0  # seconds ChatService.aclose waits for detach writes
+_REFUSAL_WAIT = 2.0  # seconds a refused stream waits for its open frame before the status
 
 
 class _Ended(Exception):
@@ -227,9 +228,12 @@ class ChatService:
         context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
     ) -> None:
         try:
-            if self._hub.draining:
-                raise UnavailableError("server is shutting down; connect to another server")
-            identity = self._auth.authenticate(context.invocation_metadata() or ())
+            identity = self._admit(context)
+        except TalkwireError as exc:
+            await _read_open_frame(requests)
+            self._finish(context, status_for(exc))
+            return
+        try:
             first = await self._first_frame(requests)
             record, token = await self._open(identity, first)
         except TalkwireError as exc:
@@ -254,6 +258,14 @@ class ChatService:
             # (a busy store must not keep a client waiting to learn its stream ended).
             self._background(self._after_detach(att, record.id))
         self._finish(context, att.status)
+
+    def _admit(
+        self, context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes]
+    ) -> Identity:
+        """The caller's identity, from the call metadata alone (no frame read yet)."""
+        if self._hub.draining:
+            raise UnavailableError("server is shutting down; connect to another server")
+        return self._auth.authenticate(context.invocation_metadata() or ())
 
     async def _after_detach(self, att: Attachment, session_id: str) -> None:
         try:
@@ -522,6 +534,22 @@ def _opened(
         )
     )
     return opened
+
+
+async def _read_open_frame(requests: AsyncIterator[chat_pb2.ConverseRequest]) -> None:
+    """Before refusing a stream, take in the open frame its client is already writing.
+
+    Every client writes its open frame the moment the call starts. A status sent
+    before that frame arrived closes the stream under the client's write, and
+    grpc-python then reports ``INTERNAL "Internal error from Core"`` in place of
+    the status we sent (``UNAUTHENTICATED`` for most of 300 opens started at
+    once). Once the frame has arrived here the client's write has completed, and
+    the status reaches it as sent. A caller that writes nothing gets its status
+    after ``_REFUSAL_WAIT`` seconds.
+    """
+    with contextlib.suppress(StopAsyncIteration, TimeoutError):
+        async with asyncio.timeout(_REFUSAL_WAIT):
+            await anext(requests)
 
 
 async def _until_ended(att: Attachment) -> None:
