@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from talkwire.server.app import Application
 from talkwire.server.errors import ConfigError
@@ -21,7 +22,7 @@ from talkwire.server.identity import Identity
 from talkwire.server.store import SessionStore
 from talkwire.v1 import chat_pb2
 from tests.conftest import make_config
-from tests.events.conftest import RecordingSink
+from tests.events.conftest import RecordingSink, create_topics
 from tests.support.databases import temp_database
 from tests.support.grpcx import Stream
 
@@ -272,3 +273,30 @@ async def test_a_new_body_under_a_used_delivery_id_pushes_nothing(
         ]
         assert len(await hook_app.store.frames_after(session_id, 1)) == 2
         s.cancel()
+
+
+async def test_produce_to_refuses_a_used_delivery_id_before_producing(
+    store: SessionStore, kafka_bootstrap: str, topic_name: str
+) -> None:
+    await create_topics(kafka_bootstrap, topic_name)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    cfg = {"listen": "127.0.0.1:0", "secrets": [CURRENT], "produce_to": topic_name}
+    try:
+        async with WebhookIngress(cfg, EventRouter(store), store, producer=producer) as hook:
+            now = int(time.time())
+            first = await _post(hook, _body(), ts=now - 5, delivery="p-1")
+            assert first.status_code == 202, first.text
+            retry = await _post(hook, _body(), ts=now, delivery="p-1")  # re-signed retry
+            assert retry.status_code == 409, retry.text
+            other = await _post(hook, _body(id="evt-other"), ts=now, delivery="p-1")
+            assert other.status_code == 409, other.text
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic_name, 0)
+        assert (await consumer.end_offsets([tp]))[tp] == 1  # produced once
+    finally:
+        await consumer.stop()
