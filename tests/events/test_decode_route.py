@@ -384,6 +384,15 @@ def test_mongo_update_with_update_description_only() -> None:
     assert got.attributes["debezium.removed_fields"] == "eta"
 
 
+def test_mongo_1x_oplog_update_with_a_patch() -> None:
+    patch = _ejson({"$v": 1, "$set": {"status": "shipped"}, "$unset": {"eta": True}})
+    filter_ = _ejson({"_id": {"$oid": _OID}})
+    got = decode("debezium", _mongo("u", patch=patch, filter=filter_), None)
+    assert got is not None
+    assert struct_to_dict(got.after) == {"_id": _OID, "status": "shipped"}
+    assert got.attributes["debezium.removed_fields"] == "eta"
+
+
 def test_mongo_update_with_the_full_document_and_a_pre_image() -> None:
     before = _ejson({"_id": {"$oid": _OID}, "status": "packed"})
     after = _ejson({"_id": {"$oid": _OID}, "status": "shipped"})
