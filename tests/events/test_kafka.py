@@ -199,11 +199,11 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def fanout(self, events: Any) -> Any:
+    async def fanout(self, events: Any, **kwargs: Any) -> Any:
         if self.down:
             self.failures += 1
             raise UnavailableError("session store unavailable: simulated outage")
-        return await self._store.fanout(events)
+        return await self._store.fanout(events, **kwargs)
 
 
 async def test_store_unavailable_is_retried_and_not_committed(

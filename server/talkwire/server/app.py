@@ -21,8 +21,6 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 from prometheus_client import start_http_server
 
@@ -37,8 +35,10 @@ from talkwire.server.errors import ConfigError
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import parse_topics
+from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
 from talkwire.server.metrics import Metrics
+from talkwire.server.reflection import enable_reflection
 from talkwire.server.store import Retention, SessionStore
 from talkwire.server.tracing import default_tracer
 from talkwire.server.turns import AllowAllPolicy, EchoHandler, SubscriptionPolicy, TurnHandler
@@ -289,12 +289,11 @@ class Application:
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        enable_reflection(
             (
                 chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
             server,
         )

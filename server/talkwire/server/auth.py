@@ -96,6 +96,30 @@ class StaticTokenAuthenticator:
         raise UnauthenticatedError("invalid token")
 
 
+def _roles_from_claim(value: object, claim: str, subject: str) -> frozenset[str]:
+    """The roles a verified token's ``claim`` grants.
+
+    A list of strings, or one space-separated string (as OAuth scopes are);
+    a missing or null claim grants nothing. Any other shape (a mapping, a
+    number, a list holding anything but strings) grants nothing at all and is
+    logged with its type only, never the token or the claim's values.
+    """
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(r, str) for r in value):
+        return frozenset(r for r in value if r)
+    log.warning(
+        "token of %r: claim %r is a %s, not a list of strings or a space-separated string; "
+        "it grants no roles",
+        subject,
+        claim,
+        type(value).__name__,
+    )
+    return frozenset()
+
+
 class JwtAuthenticator:
     """Verifies JWTs with PyJWT; ``alg=none`` is never accepted."""
 
@@ -158,13 +182,11 @@ class JwtAuthenticator:
             raise UnauthenticatedError("token expired") from exc
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError(f"invalid token: {exc}") from exc
-        roles = claims.get(cfg.roles_claim) or []
-        if isinstance(roles, str):
-            roles = roles.split()
+        subject = str(claims[cfg.subject_claim])
         return Identity(
-            subject=str(claims[cfg.subject_claim]),
+            subject=subject,
             claims=claims,
-            roles=frozenset(str(r) for r in roles),
+            roles=_roles_from_claim(claims.get(cfg.roles_claim), cfg.roles_claim, subject),
         )
 
 

@@ -32,7 +32,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from talkwire.server import schema
-from talkwire.server.errors import FailedPreconditionError, NotFoundError, OutOfRangeError
+from talkwire.server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    OutOfRangeError,
+)
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
 from talkwire.server.sqlexec import SqlExecutor, open_executor
@@ -566,21 +571,34 @@ class SessionStore:
 
     # -- events -----------------------------------------------------------
 
-    async def fanout(self, events: Sequence[FanoutEvent]) -> FanoutResult:
+    async def fanout(
+        self, events: Sequence[FanoutEvent], *, delivery_id: str | None = None
+    ) -> FanoutResult:
         """Append each not-yet-processed event to its sessions' outboxes in one transaction.
 
         An event id seen before (in this batch or an earlier one) makes no frame:
         it is reported in ``duplicates``. Raises ``UnavailableError`` when the
         store cannot be reached; nothing is then recorded and the caller retries.
+
+        With ``delivery_id`` (a webhook delivery) the id is claimed in the same
+        transaction, even when ``events`` is empty: a delivery id recorded
+        before raises ``AlreadyExistsError`` and nothing is written, and a failed
+        transaction records neither the delivery nor its events.
         """
-        if not events:
+        if not events and delivery_id is None:
             return FanoutResult()
         now = self._clock()
-        return await self._db.write(lambda conn: self._fanout_tx(conn, events, now))
+        return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
 
     def _fanout_tx(
-        self, conn: Connection, events: Sequence[FanoutEvent], now: float
+        self,
+        conn: Connection,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None = None,
     ) -> FanoutResult:
+        if delivery_id is not None:
+            self._claim_delivery(conn, delivery_id, now)
         result = FanoutResult()
         fresh = self._claim_events(conn, events, now, result)
         targets = self._resolve_targets(conn, fresh)
@@ -676,14 +694,28 @@ class SessionStore:
             conn.execute(_SET_HEAD, [{"b_id": k, "b_head": v} for k, v in heads.items()])
         return heads
 
+    @staticmethod
+    def _claim_delivery(conn: Connection, delivery_id: str, now: float) -> None:
+        # First statement of its transaction: a unique violation (a replay, or a
+        # concurrent request with the same id) aborts the transaction before it wrote anything.
+        try:
+            conn.execute(_PE.insert(), {"event_id": f"delivery:{delivery_id}", "processed_at": now})
+        except IntegrityError:
+            raise AlreadyExistsError("delivery already processed (replay)") from None
+
     async def seen_delivery(self, delivery_id: str) -> bool:
         """Record a webhook delivery id; True when it had been recorded before (a replay)."""
-        row = {"event_id": f"delivery:{delivery_id}", "processed_at": self._clock()}
+        now = self._clock()
         try:
-            await self._db.write(lambda conn: conn.execute(_PE.insert(), row))
-        except IntegrityError:
+            await self._db.write(lambda conn: self._claim_delivery(conn, delivery_id, now))
+        except AlreadyExistsError:
             return True
         return False
+
+    async def delivery_recorded(self, delivery_id: str) -> bool:
+        """Whether a webhook delivery id has been recorded (read only)."""
+        stmt = sa.select(_PE.c.event_id).where(_PE.c.event_id == f"delivery:{delivery_id}")
+        return await self._db.read(lambda conn: conn.execute(stmt).first() is not None)
 
     async def forget_processed(self, older_than: float) -> int:
         """Drop processed event ids older than ``older_than`` seconds (dedup window)."""
