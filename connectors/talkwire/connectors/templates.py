@@ -200,14 +200,12 @@ class Field:
 
 _Part = str | Field
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-]+\Z")
-_HEAD = re.compile(r"[A-Za-z_]")
 
 
 def _is_path(path: str) -> bool:
+    """``name`` or ``name.part.0``: parts are identifiers, digits or ``a-b``; never ``0.x``."""
     parts = path.split(".")
-    if not _HEAD.match(parts[0]) and not parts[0][:1].isidentifier():
-        return False
-    return all(p.isidentifier() or _SEGMENT.match(p) for p in parts)
+    return parts[0][:1].isidentifier() and all(p.isidentifier() or _SEGMENT.match(p) for p in parts)
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
@@ -407,6 +405,10 @@ class Template:
 
     def _eval(self, field: Field, values: Mapping[str, Any], strict: bool | None) -> Any:
         value = lookup(values, field.path)
+        if not field.filters:
+            if value is MISSING and (self.mode.strict if strict is None else strict):
+                raise TemplateValueError(f"no value for {{{field.path}}}", field=field.path)
+            return value
         if (
             value is MISSING
             and (self.mode.strict if strict is None else strict)
