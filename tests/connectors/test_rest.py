@@ -73,6 +73,21 @@ async def test_get_with_path_query_and_mapping(http: MiniHttpServer) -> None:
     assert http.requests[0].query == {"verbose": "false", "who": "c-100"}
 
 
+async def test_both_subject_spellings_send_the_subject(http: MiniHttpServer) -> None:
+    ops = {
+        "who": {
+            "path": "/who/{user.subject}",
+            "query": {"sub": "{user.sub}", "subject": "{user.subject}"},
+            "result": "value",
+        }
+    }
+    async with rest(http.base_url, ops) as conn:
+        with pytest.raises(ResultNotFoundError):
+            await conn.invoke("who", {}, CallContext(subject="c-100", claims={"sub": "jwt"}))
+    assert http.requests[0].target.split("?")[0] == "/who/c-100"
+    assert http.requests[0].query == {"sub": "c-100", "subject": "c-100"}
+
+
 async def test_path_params_are_quoted(http: MiniHttpServer) -> None:
     ops = {"get": {"path": "/things/{name}", "params": ["name"], "result": "value"}}
     async with rest(http.base_url, ops) as conn:

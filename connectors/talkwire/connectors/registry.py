@@ -32,6 +32,7 @@ from typing import Any, Self
 
 from talkwire.connectors.base import CallContext, Connector, ConnectorFactory, Operation
 from talkwire.connectors.breaker import BreakerState, CircuitBreaker
+from talkwire.connectors.caller import context_scope
 from talkwire.connectors.errors import (
     ConnectorConfigError,
     ConnectorError,
@@ -311,21 +312,12 @@ class ConnectorRegistry:
 
     # -- cache -----------------------------------------------------------------
 
-    @staticmethod
-    def _user(ctx: CallContext | None) -> dict[str, Any]:
-        if ctx is None:
-            return {}
-        user = dict(ctx.claims)
-        if ctx.subject:
-            user["sub"] = ctx.subject
-        return user
-
     def _cache_key(
         self, connector: str, op: Operation, values: Mapping[str, Any], ctx: CallContext | None
     ) -> tuple[Any, ...]:
         claims: tuple[Any, ...] = ()
         if op.claims:
-            user = self._user(ctx)
+            user = context_scope(ctx)
             claims = tuple(_freeze(user.get(c)) for c in op.claims)
         return (connector, op.name, _freeze(values), claims)
 
@@ -341,7 +333,7 @@ class ConnectorRegistry:
         rendered: builtins.list[str] = []
         if op.cache_keys:
             tv = dict(values)
-            tv["user"] = self._user(ctx)
+            tv["user"] = context_scope(ctx)
             for t in op.cache_keys:
                 try:
                     rendered.append(compile_template(t).render(tv))

@@ -15,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from redis.exceptions import RedisError
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.auth import Authenticator
 from talkwire.server.errors import (
@@ -264,10 +265,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             subject = request.subject or identity.subject
             if claims is None:
                 claims = dict(identity.claims) if subject == identity.subject else {}
-            claims.setdefault("sub", subject)
             ctx = CallContext(
                 subject=subject,
-                claims=claims,
+                claims=caller_scope(subject, claims),
                 deadline=_deadline(context),
                 idempotency_key=request.idempotency_key or None,
             )

@@ -13,8 +13,8 @@
             params: {order_id: "{order_id}"}
             expect: {customer_id: "{user.customer_id}"}
 
-A rule's ``key`` is a pattern: ``{user.X}`` (the caller's claim ``X``;
-``{user.sub}`` is the subject) must equal that part of the key; any other
+A rule's ``key`` is a pattern (no filters): ``{user.X}`` (the caller's claim
+``X``; ``{user.sub}`` is the subject) must equal that part of the key; any other
 ``{name}`` binds the text there (non-empty, no ``:``) as a variable. A rule
 without ``check`` allows every key it matches. With ``check``, the connector
 operation is invoked with the rendered ``params`` (as the caller) and must
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.errors import ConnectorError
 from talkwire.connectors.templates import (
     MISSING,
@@ -54,8 +55,6 @@ __all__ = ["ConfigPolicy", "PolicyRule", "from_config"]
 
 log = logging.getLogger(__name__)
 
-_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\}")
-
 
 class Invoker(Protocol):
     """What the policy needs from the connector registry."""
@@ -70,9 +69,7 @@ class Invoker(Protocol):
 
 
 def _identity_values(identity: Identity) -> dict[str, Any]:
-    user = dict(identity.claims)
-    user.setdefault("sub", identity.subject)
-    return {"user": user, "subject": identity.subject}
+    return {"user": caller_scope(identity.subject, identity.claims), "subject": identity.subject}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +94,10 @@ class PolicyRule:
         if not isinstance(pattern, str) or not pattern:
             raise ConfigError(f"{where}.key: expected a key pattern such as 'order:{{order_id}}'")
         try:
-            compile_template(pattern)
+            template = compile_template(pattern, filters=False)
         except TemplateError as exc:
             raise ConfigError(f"{where}.key: {exc}") from None
-        parts: list[str | tuple[str]] = []
-        pos = 0
-        for m in _FIELD.finditer(pattern):
-            if m.start() > pos:
-                parts.append(pattern[pos : m.start()])
-            parts.append((m.group(1),))
-            pos = m.end()
-        if pos < len(pattern):
-            parts.append(pattern[pos:])
+        parts = [p if isinstance(p, str) else (p.path,) for p in template.parts]
         check = section.get("check")
         if check is None:
             return cls(pattern=pattern, parts=tuple(parts))
@@ -212,7 +201,9 @@ class ConfigPolicy:
         except TemplateError as exc:
             log.info("policy %s: cannot render check (%s): deny", rule.pattern, exc)
             return False
-        ctx = CallContext(subject=identity.subject, claims=dict(identity.claims))
+        ctx = CallContext(
+            subject=identity.subject, claims=caller_scope(identity.subject, identity.claims)
+        )
         try:
             result = await self.registry.invoke(rule.connector, rule.operation, params, ctx)
         except ConnectorError as exc:

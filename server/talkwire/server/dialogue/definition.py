@@ -39,9 +39,10 @@ Structure (every key is optional unless marked; see ``talkwire/server/demo/bot.y
       llm: {base_url: ..., model: ..., api_key_env: ..., enabled: true, ...}   # optional
 
 Template values: the intent's slots by name (also under ``slots``), ``user``
-(the caller's claims, plus ``subject``), ``result`` (the action's result),
-``session`` (``id``, ``locale``). Parameter templates that are one field keep the
-value's type. See :mod:`talkwire.server.dialogue.templates` for the filters.
+(the caller's claims, the subject as ``user.sub``), ``result`` (the action's
+result), ``session`` (``id``, ``locale``). Parameter templates that are one field
+keep the value's type. Bot templates render leniently (a missing value is empty);
+see :mod:`talkwire.connectors.templates` for the filters.
 
 Validation errors raise :class:`~talkwire.server.errors.ConfigError` naming the
 dotted key and, when the definition came from YAML, the file and line.
@@ -58,7 +59,7 @@ from typing import Any
 
 import yaml
 
-from talkwire.server.dialogue.templates import Template, TemplateSyntaxError, compile_template
+from talkwire.connectors.templates import LENIENT, Template, TemplateSyntaxError, compile_template
 from talkwire.server.errors import ConfigError
 
 __all__ = [
@@ -264,7 +265,7 @@ class BotDefinition:
         return _Parser(self.source, self.lines).where(path)
 
     def message(self, key: str) -> Template:
-        return self.messages.get(key) or compile_template(DEFAULT_MESSAGES[key])
+        return self.messages.get(key) or compile_template(DEFAULT_MESSAGES[key], mode=LENIENT)
 
 
 # --------------------------------------------------------------------------- parser
@@ -343,7 +344,7 @@ class _Parser:
             return None
         text = self.string(value, path)
         try:
-            return compile_template(text)
+            return compile_template(text, mode=LENIENT)
         except TemplateSyntaxError as exc:
             raise self.fail(path, f"bad template: {exc}") from None
 

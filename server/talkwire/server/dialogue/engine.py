@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.errors import (
     ConnectorError,
     ConnectorNotFoundError,
@@ -44,6 +45,7 @@ from talkwire.connectors.errors import (
     RejectedInputError,
     ResultNotFoundError,
 )
+from talkwire.connectors.templates import Template, json_safe, lookup
 from talkwire.server.dialogue.actions import (
     ActionContext,
     CustomAction,
@@ -60,7 +62,6 @@ from talkwire.server.dialogue.definition import (
 )
 from talkwire.server.dialogue.matcher import IntentSpec, Matcher, MatchResult, load_matcher
 from talkwire.server.dialogue.slots import MISSING, extract, validate
-from talkwire.server.dialogue.templates import Template, json_safe, lookup
 from talkwire.server.errors import ConfigError, PermissionDeniedError
 from talkwire.server.turns import QuickReply, Turn, TurnContext
 
@@ -459,14 +460,12 @@ class DialogueEngine:
 
     def _call_context(self, ctx: TurnContext, action: ActionDef | None) -> CallContext:
         ident = ctx.identity
-        claims = dict(ident.claims)
-        claims.setdefault("sub", ident.subject)
         key = None
         if action is not None:
             key = f"{ctx.session_id}:{_FRAME_ID.get()}:{action.label}"
         return CallContext(
             subject=ident.subject,
-            claims=claims,
+            claims=caller_scope(ident.subject, ident.claims),
             deadline=time.monotonic() + self.action_timeout,
             idempotency_key=key,
         )
@@ -515,11 +514,9 @@ class DialogueEngine:
 
     def _values(self, ctx: TurnContext, slots: Mapping[str, Any]) -> dict[str, Any]:
         ident = ctx.identity
-        user = dict(ident.claims)
-        user.setdefault("subject", ident.subject)
         values: dict[str, Any] = dict(slots)
         values["slots"] = dict(slots)
-        values["user"] = user
+        values["user"] = caller_scope(ident.subject, ident.claims)
         values["session"] = {"id": ctx.session_id, "locale": ctx.locale}
         return values
 
