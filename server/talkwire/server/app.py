@@ -156,29 +156,50 @@ class Application:
         await self.aclose()
 
     async def _start(self) -> None:
-        """Start the components in order; each one entered is closed in reverse by aclose."""
+        """Start the components in order; aclose stops them in the reverse order."""
         cfg = self.config
-        stack = self._stack
         self.authenticator = build_authenticator(cfg.auth)
         connector_sections, bot, policy_section = await self._sections()
+        await self._open_state(connector_sections)
+        self._build_turns(bot, policy_section)
+        await self._open_services()
+        await self._start_grpc(self.chat)
+        self._stack.push_async_callback(self._stop_grpc)
+        self._start_metrics()
+        await self._mark_serving()
+        # Chat is served from here on; the consumer joins its group on its own.
+        await self._start_ingress()
+        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._stack.callback(self._stop_watching)
+        if self.kafka is not None:
+            self._ingress_watch = self._tasks.create_task(self._watch_ingress())
+        log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
+        log.info("%s", self._describe(bot, policy_section))
+
+    async def _open_state(self, connector_sections: Mapping[str, Any]) -> None:
+        """The store, the hub with its cluster, the connectors."""
+        cfg = self.config
         _ensure_sqlite_dir(cfg.store.url)
-        self.store = await stack.enter_async_context(
+        self.store = await self._stack.enter_async_context(
             SessionStore(
                 cfg.store.url,
                 retention=Retention(cfg.store.retention_frames, cfg.store.retention_age),
                 pool_size=cfg.store.pool_size,
             )
         )
-        self.hub = await stack.enter_async_context(
+        self.hub = await self._stack.enter_async_context(
             open_hub(self.store, cfg, on_bus_state=self._set_ready)
         )
-        self.connectors = await stack.enter_async_context(
+        self.connectors = await self._stack.enter_async_context(
             ConnectorRegistry(
                 connector_sections,
                 observer=self.metrics.connector_call,
                 on_breaker=self.metrics.breaker_state,
             )
         )
+
+    def _build_turns(self, bot: Any, policy_section: Mapping[str, Any]) -> None:
+        """The turn handler, the subscription policy (no section: deny all), the router."""
         self.handler = self._build_handler(bot)
         self.policy = self._policy_override or ConfigPolicy.from_config(
             policy_section, self.connectors
@@ -186,12 +207,16 @@ class Application:
         self.router = EventRouter(
             self.store,
             self.hub,
-            topics=parse_topics(cfg.events.get("topics") or {}),
+            topics=parse_topics(self.config.events.get("topics") or {}),
             invalidate=self.connectors.invalidate,
             metrics=self.metrics,
             tracer=self._tracer,
         )
-        self.chat = await stack.enter_async_context(
+
+    async def _open_services(self) -> None:
+        """The chat service (with its write watchdog) and the expiry sweeper."""
+        cfg = self.config
+        self.chat = await self._stack.enter_async_context(
             ChatService(
                 store=self.store,
                 hub=self.hub,
@@ -202,7 +227,7 @@ class Application:
                 metrics=self.metrics,
             )
         )
-        self.sweeper = await stack.enter_async_context(
+        self.sweeper = await self._stack.enter_async_context(
             Sweeper(
                 self.store,
                 self.hub,
@@ -211,18 +236,6 @@ class Application:
                 dedup_window=cfg.store.dedup_window,
             )
         )
-        await self._start_grpc(self.chat)
-        stack.push_async_callback(self._stop_grpc)
-        self._start_metrics()
-        await self._mark_serving()
-        # Chat is served from here on; the consumer joins its group on its own.
-        await self._start_ingress()
-        self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
-        stack.callback(self._stop_watching)
-        if self.kafka is not None:
-            self._ingress_watch = self._tasks.create_task(self._watch_ingress())
-        log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
-        log.info("%s", self._describe(bot, policy_section))
 
     async def _sections(self) -> tuple[Mapping[str, Any], Any, Mapping[str, Any]]:
         """The connector, bot and policy sections: the config's, or the demo's under them."""
@@ -401,9 +414,9 @@ class Application:
 def _describe_policy(policy: SubscriptionPolicy, section: Mapping[str, Any]) -> str:
     if not isinstance(policy, ConfigPolicy):
         return type(policy).__name__
-    default = "allow" if policy.default_allow else "deny"
     if not section:
         return "none configured: every subscription is denied (add a policy section)"
+    default = "allow" if policy.default_allow else "deny"
     return f"{len(policy.rules)} rule(s), default {default}"
 
 

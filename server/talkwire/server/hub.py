@@ -13,7 +13,8 @@ The hub works with a :class:`~talkwire.server.cluster.Cluster`: on one replica
 a ``LocalCluster`` (nothing to tell anyone), with several a ``RedisCluster``
 that claims attachments in the registry, wakes other replicas and catches local
 feeds up from the store. The hub calls it at four points (claim, detach,
-deliver, close); the cluster calls back through :class:`LocalSessions`.
+deliver, close); the cluster calls back through
+:class:`~talkwire.server.cluster.LocalSessions`, which the hub provides.
 """
 
 from __future__ import annotations
