@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from talkwire.connectors.demo.crm import create_demo_crm
-from talkwire.connectors.demo.erp import run_uvicorn
 from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.demo.crm import create_demo_crm
+from talkwire.server.demo.erp import run_uvicorn
 
 ORDER_SQL = (
     "SELECT id AS order_id, item, status, eta, total FROM orders "

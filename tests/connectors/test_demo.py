@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from talkwire.connectors.base import CallContext
-from talkwire.connectors.demo.config import demo_connector_sections
-from talkwire.connectors.demo.crm import create_demo_crm
-from talkwire.connectors.demo.erp import serve_demo_erp
 from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.demo.connectors import demo_connector_sections
+from talkwire.server.demo.crm import create_demo_crm
+from talkwire.server.demo.erp import serve_demo_erp
 
 
 async def test_demo_crm_and_erp(tmp_path: Path) -> None:

@@ -177,8 +177,8 @@ async def test_connector_failure_is_a_friendly_retriable_error(
     # an ERP that is not listening: the REST connector fails with UNAVAILABLE
     import socket
 
-    from talkwire.connectors.demo.config import demo_connector_sections
     from talkwire.connectors.registry import ConnectorRegistry
+    from talkwire.server.demo.connectors import demo_connector_sections
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,8 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from talkwire.clients.emit import add_emit_command
+from talkwire.server.demo.events import demo_events, demo_events_config
 from talkwire.server.events.decode import decode, struct_to_dict
-from talkwire.server.events.demo import demo_events, demo_events_config
 from tests.events.conftest import create_topics
 
 

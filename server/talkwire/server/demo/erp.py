@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from talkwire.connectors.demo.crm import create_demo_crm, sqlite_url
+from talkwire.server.demo.crm import create_demo_crm, sqlite_url
 
 __all__ = ["create_erp_app", "serve_demo_erp"]
 

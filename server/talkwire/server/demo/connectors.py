@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from talkwire.connectors.demo.crm import sqlite_url
+from talkwire.server.demo.crm import sqlite_url
 
 __all__ = ["demo_connector_sections"]
 
