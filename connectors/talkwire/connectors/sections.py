@@ -256,11 +256,12 @@ class Section:
 
     def where(self, key: str | int | None = None) -> str:
         """``"events.bootstrp (talkwire.yaml, line 12)"``: the dotted key and its line."""
-        dotted = self.key if key is None else self.child_key(key)
+        name = self.key if key is None else self.child_key(key)
         found = locate(self.raw, key)
-        return f"{dotted} {found}" if found else dotted
+        return f"{name} {found}" if found else name
 
     def child_key(self, key: str | int) -> str:
+        """The dotted key of ``key`` in this section (``"events.topics"``, ``"rules[0]"``)."""
         if isinstance(key, int):
             return f"{self.key}[{key}]"
         return f"{self.key}.{key}" if self.key else key
@@ -284,19 +285,10 @@ class Section:
 
     # -- raw access
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.raw
-
     def get(self, key: str, default: Any = None) -> Any:
+        """The raw value of ``key``; absent or null -> ``default``."""
         value = self.raw.get(key, default)
         return default if value is None else value
-
-    def require(self, key: str, what: str = "") -> Any:
-        """The value of ``key``; missing or null is an error."""
-        value = self.raw.get(key)
-        if value is None:
-            raise self.error(key, f"required{f' ({what})' if what else ''}")
-        return value
 
     # -- typed getters
 
@@ -382,7 +374,7 @@ class Section:
                 raise self.error(name, f"expected a mapping, got {type(value).__name__}")
             yield str(name), self._child(value, self.child_key(str(name)))
 
-    def items(self, key: str) -> list[Any]:
+    def list_of(self, key: str) -> list[Any]:
         """The list under ``key`` (absent -> empty)."""
         value = self.raw.get(key)
         if value is None:
@@ -419,7 +411,7 @@ class Section:
     def secrets(self, key: str, *, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
         """A list of secrets (one string is a list of one), each by the one rule."""
         raw = self.raw.get(key)
-        values = [raw] if isinstance(raw, str) else self.items(key)
+        values = [raw] if isinstance(raw, str) else self.list_of(key)
         out: list[str] = []
         for i, value in enumerate(values):
             try:

@@ -238,7 +238,7 @@ class ConfigPolicy:
 def from_config(section: Mapping[str, Any] | None, registry: Invoker | None = None) -> ConfigPolicy:
     """The policy for the ``policy`` section (deny everything when it is absent)."""
     sec = Section(section, "policy", known=("default", "rules"))
-    rules = [sec.item("rules", i) for i in range(len(sec.items("rules")))]
+    rules = [sec.item("rules", i) for i in range(len(sec.list_of("rules")))]
     return ConfigPolicy(
         [PolicyRule.from_config(rule, rule.key) for rule in rules],
         registry,
