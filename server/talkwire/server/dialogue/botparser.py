@@ -35,6 +35,58 @@ from talkwire.server.errors import ConfigError
 
 __all__ = ["load_bot", "load_bot_text"]
 
+# The keys each part of the bot section allows (see the structure in definition.py).
+_SLOT_KEYS = (
+    "type",
+    "required",
+    "pattern",
+    "values",
+    "lookup",
+    "prompt",
+    "prompt_quick_replies",
+    "validate",
+    "invalid",
+    "default",
+    "description",
+)
+_INTENT_KEYS = (
+    "label",
+    "description",
+    "examples",
+    "patterns",
+    "slots",
+    "action",
+    "reply",
+    "not_found",
+    "quick_replies",
+    "subscribe",
+    "suggest",
+)
+_LLM_KEYS = (
+    "enabled",
+    "base_url",
+    "model",
+    "api_key_env",
+    "mode",
+    "tools",
+    "bind",
+    "system_prompt",
+    "timeout",
+    "max_rounds",
+    "history",
+    "temperature",
+)
+_BOT_KEYS = (
+    "name",
+    "matcher",
+    "messages",
+    "fallback",
+    "help",
+    "slots",
+    "intents",
+    "llm",
+    "max_attempts",
+)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED_SLOT_NAMES = frozenset({"user", "result", "slots", "session", "index", "row", "value"})
 
@@ -152,23 +204,7 @@ class _Parser:
     def slot(self, name: str, value: Any, path: Path_) -> SlotDef:
         if not _NAME_RE.match(name) or name in _RESERVED_SLOT_NAMES:
             raise self.fail(path, f"bad or reserved slot name {name!r}")
-        m = self.mapping(
-            value,
-            path,
-            (
-                "type",
-                "required",
-                "pattern",
-                "values",
-                "lookup",
-                "prompt",
-                "prompt_quick_replies",
-                "validate",
-                "invalid",
-                "default",
-                "description",
-            ),
-        )
+        m = self.mapping(value, path, _SLOT_KEYS)
         stype = self.string(m.get("type", "text"), (*path, "type"))
         if stype not in SLOT_TYPES:
             raise self.fail(
@@ -262,23 +298,7 @@ class _Parser:
     ) -> IntentDef:
         if not _NAME_RE.match(name):
             raise self.fail(path, f"bad intent name {name!r} (use [a-z][a-z0-9_]*)")
-        m = self.mapping(
-            value,
-            path,
-            (
-                "label",
-                "description",
-                "examples",
-                "patterns",
-                "slots",
-                "action",
-                "reply",
-                "not_found",
-                "quick_replies",
-                "subscribe",
-                "suggest",
-            ),
-        )
+        m = self.mapping(value, path, _INTENT_KEYS)
         slots: list[SlotDef] = []
         sp = (*path, "slots")
         raw_slots = m.get("slots")
@@ -328,24 +348,7 @@ class _Parser:
         )
 
     def llm(self, value: Any, path: Path_) -> LlmConfig | None:
-        m = self.mapping(
-            value,
-            path,
-            (
-                "enabled",
-                "base_url",
-                "model",
-                "api_key_env",
-                "mode",
-                "tools",
-                "bind",
-                "system_prompt",
-                "timeout",
-                "max_rounds",
-                "history",
-                "temperature",
-            ),
-        )
+        m = self.mapping(value, path, _LLM_KEYS)
         enabled = self.boolean(m.get("enabled"), (*path, "enabled"), True)
         for req in ("base_url", "model"):
             if req not in m:
@@ -377,21 +380,7 @@ class _Parser:
 
     def bot(self, value: Any) -> BotDefinition:
         root: Path_ = ("bot",)
-        m = self.mapping(
-            value,
-            root,
-            (
-                "name",
-                "matcher",
-                "messages",
-                "fallback",
-                "help",
-                "slots",
-                "intents",
-                "llm",
-                "max_attempts",
-            ),
-        )
+        m = self.mapping(value, root, _BOT_KEYS)
         shared: dict[str, SlotDef] = {}
         for sname, sdef in self.mapping(m.get("slots"), (*root, "slots")).items():
             shared[sname] = self.slot(sname, sdef, (*root, "slots", sname))

@@ -31,7 +31,7 @@ Example::
         erp.orders: {format: json, keys: ["order:{after.id}"], update_text: "..."}
 
 Secrets (``password``, webhook ``secrets``) may be written ``env:NAME`` or
-``file:PATH`` (the one rule of :func:`talkwire.connectors.sections.resolve_secret`:
+``file:PATH`` (the one rule of :func:`talkwire.connectors.sections.secret_value`:
 an unset or empty variable is an error naming the key); they are resolved once
 at start and never logged. ``enabled: false`` keeps a validated section off.
 """
@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from talkwire.connectors.sections import Section, resolve_secret
+from talkwire.connectors.sections import Section
 from talkwire.server.events.routing import TopicRoute, parse_topics
 
-__all__ = ["KafkaSettings", "SecuritySettings", "resolve_secret"]
+__all__ = ["KafkaSettings", "SecuritySettings"]
 
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
