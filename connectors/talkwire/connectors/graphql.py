@@ -6,7 +6,7 @@ Example::
       shop:
         type: graphql
         url: https://shop.example.com/graphql
-        auth: {type: bearer, token_env: SHOP_TOKEN}
+        auth: {type: bearer, token: env:SHOP_TOKEN}
         operations:
           order:
             document: "query Order($id: ID!) { order(id: $id) { id status eta } }"

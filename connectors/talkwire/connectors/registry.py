@@ -39,6 +39,7 @@ from talkwire.connectors.errors import (
     ConnectorNotFoundError,
     OperationNotFoundError,
 )
+from talkwire.connectors.sections import line_of, locate, split_key
 from talkwire.connectors.spec import parameters_schema, validate_params
 from talkwire.connectors.templates import TemplateError, compile_template
 
@@ -125,11 +126,19 @@ class ConnectorRegistry:
             if not isinstance(section, Mapping):
                 raise ConnectorConfigError(where, "must be a mapping with a 'type'")
             kind = section.get("type")
+            at = locate(section, "type") or locate(sections, name)
             if not isinstance(kind, str) or not kind:
-                raise ConnectorConfigError(f"{where}.type", self._unknown(None, resolved))
+                raise ConnectorConfigError(
+                    f"{where}.type", self._unknown(None, resolved), location=at
+                )
             if kind not in resolved:
-                resolved[kind] = self._load(kind, where, resolved)
-            connector = resolved[kind](name, section)
+                resolved[kind] = self._load(kind, where, resolved, at)
+            try:
+                connector = resolved[kind](name, section)
+            except ConnectorConfigError as exc:
+                # Connectors name the dotted key; the line is found here, once for all.
+                path = split_key(exc.key)[1:]
+                raise exc.located(line_of(sections, path)) from None
             self._connectors[name] = connector
             self._watch_breaker(name, connector)
 
@@ -155,10 +164,12 @@ class ConnectorRegistry:
         what = f"unknown connector type {kind!r}" if kind else "a connector type is required"
         return f"{what}; available types: {', '.join(types) or 'none'}"
 
-    def _load(self, kind: str, where: str, resolved: Mapping[str, Any]) -> ConnectorFactory:
+    def _load(
+        self, kind: str, where: str, resolved: Mapping[str, Any], at: str = ""
+    ) -> ConnectorFactory:
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
         if not matches:
-            raise ConnectorConfigError(f"{where}.type", self._unknown(kind, resolved))
+            raise ConnectorConfigError(f"{where}.type", self._unknown(kind, resolved), location=at)
         factory: ConnectorFactory = matches[0].load()
         return factory
 

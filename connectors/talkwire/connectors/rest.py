@@ -7,7 +7,7 @@ Example::
         type: rest
         base_url: https://erp.example.com/api
         auth: {type: oauth2, token_url: https://erp.example.com/oauth/token,
-               client_id: talkwire, client_secret_env: ERP_SECRET}
+               client_id: talkwire, client_secret: env:ERP_SECRET}
         timeout: 5
         retries: {attempts: 3, base_delay: 0.1}
         breaker: {failures: 5, reset_after: 30}

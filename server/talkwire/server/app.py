@@ -50,7 +50,7 @@ from talkwire.server.config import Config
 from talkwire.server.errors import ConfigError
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
-from talkwire.server.events.routing import parse_topics
+from talkwire.server.events.settings import KafkaSettings
 from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
 from talkwire.server.metrics import Metrics
@@ -207,7 +207,6 @@ class Application:
         self.router = EventRouter(
             self.store,
             self.hub,
-            topics=parse_topics(self.config.events.get("topics") or {}),
             invalidate=self.connectors.invalidate,
             metrics=self.metrics,
             tracer=self._tracer,
@@ -291,16 +290,21 @@ class Application:
 
     async def _start_ingress(self) -> None:
         self.kafka: KafkaIngress | None = None
-        if self.config.events.get("bootstrap"):
+        # Any events section is validated whole (a typo such as ``bootstrp`` is an error,
+        # not Kafka silently off); ``enabled: false`` keeps a valid one off.
+        events = KafkaSettings.from_config(self.config.events) if self.config.events else None
+        if events is not None and events.enabled:
             self.kafka = await self._stack.enter_async_context(
-                KafkaIngress(self.config.events, self.router, self.store)
+                KafkaIngress(events, self.router, self.store)
             )
         if self.config.webhooks:
-            from talkwire.server.events.webhooks import WebhookIngress
+            from talkwire.server.events.webhooks import WebhookIngress, WebhookSettings
 
-            self.webhooks = await self._stack.enter_async_context(
-                WebhookIngress(self.config.webhooks, self.router, self.store)
-            )
+            hooks = WebhookSettings(self.config.webhooks)
+            if hooks.enabled:
+                self.webhooks = await self._stack.enter_async_context(
+                    WebhookIngress(hooks, self.router, self.store)
+                )
 
     async def _start_grpc(self, chat: ChatService) -> None:
         cfg = self.config

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from talkwire.server.errors import ConfigError
+from talkwire.connectors.sections import Section
 
 __all__ = ["Bus", "BusHandler", "BusSettings", "RedisBus"]
 
@@ -63,34 +63,19 @@ class BusSettings:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any]) -> BusSettings:
-        known = {"kind", "url", "prefix", "sweep_interval", "presence_ttl"}
+        """Validate the ``bus`` section; errors name the key (and its YAML line)."""
+        sec = Section(raw, "bus", known=("kind", "url", "prefix", "sweep_interval", "presence_ttl"))
         defaults = cls()
-        for key in raw:
-            if key not in known:
-                raise ConfigError(f"bus.{key}: unknown key (known: {', '.join(sorted(known))})")
-        kind = str(raw.get("kind", defaults.kind))
-        if kind not in ("inprocess", "redis"):
-            raise ConfigError(f"bus.kind: expected inprocess or redis, got {kind!r}")
-        url = str(raw.get("url", defaults.url))
+        kind = sec.text("kind", defaults.kind, choices=("inprocess", "redis"))
+        url = sec.text("url", defaults.url)
         if kind == "redis" and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"bus.url: expected a redis://, rediss:// or unix:// URL, got {url!r}"
-            )
-        values: dict[str, float] = {}
-        for key, default in (
-            ("sweep_interval", defaults.sweep_interval),
-            ("presence_ttl", defaults.presence_ttl),
-        ):
-            value = raw.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"bus.{key}: expected a positive number, got {value!r}")
-            values[key] = float(value)
+            raise sec.error("url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
         return cls(
             kind=kind,
             url=url,
-            prefix=str(raw.get("prefix", defaults.prefix)),
-            sweep_interval=values["sweep_interval"],
-            presence_ttl=values["presence_ttl"],
+            prefix=sec.text("prefix", defaults.prefix),
+            sweep_interval=sec.number("sweep_interval", defaults.sweep_interval, positive=True),
+            presence_ttl=sec.number("presence_ttl", defaults.presence_ttl, positive=True),
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from talkwire.server.config import Config, load_config
-from talkwire.server.errors import TalkwireError
+from talkwire.server.errors import ConfigError, TalkwireError
 
 __all__ = ["main", "serve"]
 
@@ -34,7 +34,12 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _setup_logging(level: str, fmt: str) -> None:
+    if level.lower() not in _LOG_LEVELS:
+        raise ConfigError(f"--log-level: unknown level {level!r} (one of {', '.join(_LOG_LEVELS)})")
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
@@ -97,7 +102,7 @@ async def _db_upgrade(config: Config) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="talkwire", description=__doc__)
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", help=", ".join(_LOG_LEVELS))
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -127,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``talkwire`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level, args.log_format)
     try:
+        _setup_logging(args.log_level, args.log_format)
         if args.command in ("serve", "demo", "db"):
             overrides = {"server": {"listen": args.listen}} if getattr(args, "listen", None) else {}
             config = load_config(getattr(args, "config", None), overrides=overrides)
@@ -142,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = args.handler
         result = handler(args)
         return int(result or 0)
-    except TalkwireError as exc:
+    except (TalkwireError, ConfigError) as exc:
         print(f"talkwire: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from talkwire.server import schema
 from talkwire.server.errors import (
     AlreadyExistsError,
+    ConfigError,
     FailedPreconditionError,
     NotFoundError,
     OutOfRangeError,
@@ -41,6 +42,7 @@ from talkwire.server.errors import (
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
 from talkwire.server.sqlexec import SqlExecutor, open_executor
+from talkwire.server.storeurl import missing_database
 
 __all__ = [
     "FanoutEvent",
@@ -192,8 +194,21 @@ class SessionStore:
         await self.aclose()
 
     async def start(self) -> None:
-        """Create the schema if it does not exist yet (``talkwire db upgrade`` does the same)."""
-        await self.upgrade()
+        """Create the schema if it does not exist yet (``talkwire db upgrade`` does the same).
+
+        A database that does not exist is a :class:`ConfigError` naming ``store.url``
+        (talkwire creates tables, never databases).
+        """
+        try:
+            await self.upgrade()
+        except Exception as exc:
+            if not missing_database(exc):
+                raise
+            name = sa.make_url(self.url).database
+            raise ConfigError(
+                f"store.url: database {name!r} does not exist; create it first "
+                "(talkwire creates the tables, not the database)"
+            ) from None
 
     async def upgrade(self) -> int:
         """Create or upgrade the schema; return the schema version now in place."""
@@ -395,9 +410,6 @@ class SessionStore:
             return frames
 
         return await self._db.write(tx)
-
-    async def save_dialogue(self, session_id: str, dialogue: Mapping[str, Any]) -> None:
-        await self.append(session_id, (), dialogue=dialogue)
 
     async def frames_after(
         self, session_id: str, after_seq: int, *, limit: int | None = None

@@ -101,8 +101,6 @@ class KafkaIngress:
         self.router = router
         self.store = store
         self._routes: dict[str, TopicRoute] = dict(self.settings.topics)
-        for name, route in self._routes.items():
-            router.topics.setdefault(name, route)
         self._clock = clock
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None

@@ -95,7 +95,6 @@ class EventRouter:
         store: SessionStore,
         sink: FrameSink | None = None,
         *,
-        topics: Mapping[str, TopicRoute] | None = None,
         invalidate: Callable[[Iterable[str]], object] | None = None,
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -104,7 +103,6 @@ class EventRouter:
         self.store = store
         self._tracer = tracer if tracer is not None else default_tracer()
         self.sink: FrameSink = sink if sink is not None else _NullSink()
-        self.topics: dict[str, TopicRoute] = dict(topics or {})
         self._invalidate = invalidate
         self._metrics = metrics
         self._clock = clock
@@ -241,9 +239,6 @@ class EventRouter:
                     metrics.push_latency(max(0.0, now - at))
         except Exception:
             log.exception("router metrics failed")
-
-    def route_for(self, topic: str) -> TopicRoute | None:
-        return self.topics.get(topic)
 
     @staticmethod
     def describe(event: events_pb2.ChangeEvent) -> dict[str, Any]:

@@ -59,12 +59,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from talkwire.connectors.sections import Section
 from talkwire.server.errors import AlreadyExistsError, ConfigError, UnavailableError
 from talkwire.server.events.decode import DecodeError, decode
 from talkwire.server.events.kafka import cancel_and_wait
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute
-from talkwire.server.events.settings import resolve_secret
 from talkwire.server.store import FanoutResult, SessionStore
 from talkwire.v1 import events_pb2
 
@@ -106,43 +106,25 @@ class WebhookSettings:
     """The validated ``webhooks:`` section."""
 
     def __init__(self, section: Mapping[str, Any], where: str = "webhooks") -> None:
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        for key in section:
-            if key not in _KEYS:
-                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_KEYS))})")
-        listen = str(section.get("listen", "127.0.0.1:8081"))
+        sec = Section(section, where, known=_KEYS)
+        listen = sec.text("listen", "127.0.0.1:8081")
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit():
-            raise ConfigError(f"{where}.listen: expected host:port, got {listen!r}")
+            raise sec.error("listen", f"expected host:port, got {listen!r}")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
-        self.path = str(section.get("path", "/events"))
-        raw = section.get("secrets")
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list) or not raw:
-            raise ConfigError(f"{where}.secrets: one or two secrets are required")
-        if len(raw) > 2:
-            raise ConfigError(f"{where}.secrets: at most two active secrets (current, previous)")
-        self.secrets: tuple[bytes, ...] = tuple(
-            resolve_secret(v, f"{where}.secrets[{i}]").encode() for i, v in enumerate(raw)
-        )
-        tolerance = section.get("tolerance", 300)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or tolerance <= 0:
-            raise ConfigError(f"{where}.tolerance: expected a positive number of seconds")
-        self.tolerance = float(tolerance)
-        size = section.get("max_body_bytes", 256 * 1024)
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ConfigError(f"{where}.max_body_bytes: expected a positive integer")
-        self.max_body_bytes = size
-        route_keys = {
-            k: section[k]
-            for k in ("keys", "ops", "fields", "update_text", "type", "source")
-            if k in section
-        }
-        self.route = TopicRoute.from_config("webhook", route_keys, where=where)
-        self.produce_to = str(section.get("produce_to", "") or "")
+        self.path = sec.text("path", "/events")
+        secrets = sec.secrets("secrets")
+        if not secrets:
+            raise sec.error("secrets", "one or two secrets are required")
+        if len(secrets) > 2:
+            raise sec.error("secrets", "at most two active secrets (current, previous)")
+        self.secrets: tuple[bytes, ...] = tuple(v.encode() for v in secrets)
+        self.tolerance = sec.number("tolerance", 300.0, positive=True)
+        self.max_body_bytes = sec.integer("max_body_bytes", 256 * 1024, minimum=1)
+        self.route = TopicRoute.from_config("webhook", sec)
+        self.produce_to = sec.text("produce_to", "")
+        self.enabled = sec.flag("enabled", True)
 
     def __repr__(self) -> str:  # never show the secrets
         return f"WebhookSettings(listen={self.host}:{self.port}, secrets=<{len(self.secrets)}>)"
