@@ -157,3 +157,17 @@ def test_inline_bot_error_names_the_line(tmp_path: Path) -> None:
         f"talkwire: bot.intents.hello.replly ({tmp_path / 'talkwire.yaml'}, line 7): "
         "unknown key (known: action, "
     )
+
+
+def test_static_token_roles_of_the_wrong_shape(tmp_path: Path) -> None:
+    # A mapping such as {admin: false} must never be read as the role "admin".
+    config = tmp_path / "talkwire.yaml"
+    config.write_text(
+        "server: {listen: '127.0.0.1:0', handler: echo}\n"
+        "auth:\n  kind: static\n  tokens: {t-123: {subject: ops, roles: {admin: false}}}\n"
+    )
+    code, err = _run("serve", "--config", str(config), cwd=tmp_path)
+    assert code == 2
+    assert err == [
+        "talkwire: auth.tokens.t-12....roles: must be a list of strings or a space-separated string"
+    ]

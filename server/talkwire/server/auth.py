@@ -104,6 +104,17 @@ def _roles_from_claim(value: object, claim: str, subject: str) -> frozenset[str]
     return frozenset()
 
 
+def _configured_roles(value: object, key: str) -> frozenset[str]:
+    """A static token's ``roles``: a list of strings or a space-separated string, else refused."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list | tuple) and all(isinstance(r, str) for r in value):
+        return frozenset(r for r in value if r)
+    raise ConfigError(f"{key}: must be a list of strings or a space-separated string")
+
+
 class JwtAuthenticator:
     """Verifies JWTs with PyJWT; ``alg=none`` is never accepted."""
 
@@ -198,7 +209,7 @@ def build_authenticator(config: AuthConfig) -> Authenticator:
             subject = str(spec["subject"])
             claims = {"sub": subject, **dict(spec.get("claims") or {})}
             tokens[resolve_secret(raw_token, f"auth.tokens.{shown}")] = Identity(
-                subject, claims, frozenset(spec.get("roles") or ())
+                subject, claims, _configured_roles(spec.get("roles"), f"auth.tokens.{shown}.roles")
             )
         return StaticTokenAuthenticator(tokens)
     if config.kind == "jwt":
