@@ -503,6 +503,9 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     for p in (s_list, s_get, s_close):
         _add_connection_flags(p)
         p.set_defaults(func=_runner(sessions_command), handler=_runner(sessions_command))
+    from talkwire.clients.outbound_cli import add_outbound_commands
+
+    add_outbound_commands(subparsers, sessions_sub)
 
     connectors = subparsers.add_parser("connectors", help="list / invoke connectors (admin)")
     connectors_sub = connectors.add_subparsers(dest="connectors_command", required=True)

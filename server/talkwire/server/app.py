@@ -47,13 +47,15 @@ from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
 from talkwire.server.cluster import open_hub
 from talkwire.server.config import Config
-from talkwire.server.errors import ConfigError
+from talkwire.server.errors import ConfigError, TalkwireError
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.settings import KafkaSettings
 from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
 from talkwire.server.metrics import Metrics
+from talkwire.server.outbound.service import OutboundService, recorder_for
+from talkwire.server.outbound.settings import OutboundSettings
 from talkwire.server.policy import ConfigPolicy
 from talkwire.server.reflection import enable_reflection
 from talkwire.server.store import Retention, SessionStore
@@ -69,6 +71,7 @@ READY_SERVICE = "talkwire.ready"
 log = logging.getLogger(__name__)
 
 EVENTS_HEALTH = "talkwire.events"
+OUTBOUND_HEALTH = "talkwire.outbound"
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:
@@ -118,6 +121,7 @@ class Application:
         self._health = HealthServicer()
         self._tasks: asyncio.TaskGroup | None = None
         self._ingress_watch: asyncio.Task[None] | None = None
+        self._outbound_watch: asyncio.Task[None] | None = None
         self.metrics_port = 0
         self._draining = False
         self._closed = False
@@ -131,6 +135,7 @@ class Application:
         self.policy: SubscriptionPolicy
         self.chat: ChatService
         self.sweeper: Sweeper
+        self.outbound: OutboundService
 
     @property
     def target(self) -> str:
@@ -173,6 +178,8 @@ class Application:
         self._stack.callback(self._stop_watching)
         if self.kafka is not None:
             self._ingress_watch = self._tasks.create_task(self._watch_ingress())
+        if self.outbound.sinks:
+            self._outbound_watch = self._tasks.create_task(self._watch_outbound())
         log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
         log.info("%s", self._describe(bot, policy_section))
 
@@ -180,11 +187,13 @@ class Application:
         """The store, the hub with its cluster, the connectors."""
         cfg = self.config
         _ensure_sqlite_dir(cfg.store.url)
+        self.outbound_settings = OutboundSettings.from_config(cfg.outbound)
         self.store = await self._stack.enter_async_context(
             SessionStore(
                 cfg.store.url,
                 retention=Retention(cfg.store.retention_frames, cfg.store.retention_age),
                 pool_size=cfg.store.pool_size,
+                events=recorder_for(self.outbound_settings),
             )
         )
         self.hub = await self._stack.enter_async_context(
@@ -233,6 +242,14 @@ class Application:
                 interval=cfg.server.sweep_interval,
                 session_ttl=cfg.store.session_ttl,
                 dedup_window=cfg.store.dedup_window,
+            )
+        )
+        self.outbound = await self._stack.enter_async_context(
+            OutboundService(
+                self.outbound_settings,
+                self.store,
+                self.connectors,
+                on_outcome=self.metrics.outbound_outcome,
             )
         )
 
@@ -317,6 +334,7 @@ class Application:
                 authenticator=self.authenticator,
                 publisher=self.router,
                 connectors=self.connectors,
+                outbound=self.outbound,
             ),
             server,
         )
@@ -355,7 +373,30 @@ class Application:
             await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
             await asyncio.sleep(2.0)
 
+    async def _watch_outbound(self) -> None:
+        """Outbox depth and age per sink (metrics), and health ``talkwire.outbound``:
+        NOT_SERVING while a sink's breaker is open or its oldest event is stale."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        stale = self.outbound.settings.relay.stale_after
+        while True:
+            try:
+                sinks = await self.outbound.status()
+            except TalkwireError as exc:
+                log.warning("outbound status unavailable: %s", exc)
+                sinks = []
+            for s in sinks:
+                self.metrics.outbound_pending.labels(s.name).set(s.pending)
+                self.metrics.outbound_oldest_seconds.labels(s.name).set(s.oldest_pending_seconds)
+            healthy = bool(sinks) and all(
+                s.breaker != "open" and s.oldest_pending_seconds <= stale for s in sinks
+            )
+            await self._health.set(OUTBOUND_HEALTH, serving if healthy else not_serving)
+            await asyncio.sleep(2.0)
+
     def _stop_watching(self) -> None:
+        if self._outbound_watch is not None:
+            self._outbound_watch.cancel()
         if self._ingress_watch is not None:
             self._ingress_watch.cancel()
 

@@ -577,7 +577,10 @@ class ChatService:
         changed = working != state
         try:
             frames = await self._store.append(
-                record.id, templates, dialogue=working if changed else None
+                record.id,
+                templates,
+                dialogue=working if changed else None,
+                turn=_turn_bytes(request),
             )
         except TalkwireError as exc:
             self._transient_error(att, request.id, UnavailableError(exc.message))
@@ -644,6 +647,14 @@ def _decode_request(data: bytes) -> chat_pb2.ConverseRequest:
         return chat_pb2.ConverseRequest.FromString(data)
     except DecodeError:
         return UNDECODABLE
+
+
+def _turn_bytes(request: chat_pb2.ConverseRequest) -> bytes | None:
+    """The user frame recorded as ``turn.received`` (messages and actions only)."""
+    return request.SerializeToString() if request.WhichOneof("frame") in _TURNS else None
+
+
+_TURNS = frozenset({"message", "action"})
 
 
 def _turn_of(request: chat_pb2.ConverseRequest) -> Turn:

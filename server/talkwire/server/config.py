@@ -118,13 +118,14 @@ class Config:
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     policy: Mapping[str, Any] = field(default_factory=dict)
     bus: Mapping[str, Any] = field(default_factory=dict)
+    outbound: Mapping[str, Any] = field(default_factory=dict)
     demo: bool = False
     source: str = ""
 
 
 _T = TypeVar("_T")
 _SECTIONS = {"server": ServerConfig, "store": StoreConfig, "auth": AuthConfig}
-_RAW = ("connectors", "events", "webhooks", "policy", "bus")
+_RAW = ("connectors", "events", "webhooks", "policy", "bus", "outbound")
 
 
 def _read(section: Section, key: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
@@ -227,6 +228,7 @@ def load_config(
         webhooks=raw.get("webhooks") or {},
         policy=raw.get("policy") or {},
         bus=raw.get("bus") or {},
+        outbound=raw.get("outbound") or {},
         demo=top.flag("demo", path is None and "bot" not in raw),
         source=source,
     )

@@ -9,8 +9,11 @@ from sqlalchemy.dialects import mysql
 
 __all__ = [
     "SCHEMA_VERSION",
+    "conversation_events",
     "dead_letters",
     "metadata",
+    "outbound_dead",
+    "outbound_pending",
     "outbox",
     "processed_events",
     "schema_info",
@@ -18,7 +21,9 @@ __all__ = [
     "subscriptions",
 ]
 
-SCHEMA_VERSION = 1
+# 1: sessions, frames, subscriptions, dedup, dead letters.
+# 2: conversation events and the outbound outbox (new tables only: create_all adds them).
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -105,4 +110,47 @@ dead_letters = sa.Table(
     sa.Column("payload", _Blob, nullable=True),
     sa.Column("headers", _Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+_EventId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+# Conversation events (talkwire.v1.ConversationEvent), kept for transcripts. ``id`` orders a
+# session's events: every writer of a session's events holds that session's row lock (or
+# SQLite's single writer), so ids of one session grow in commit order.
+conversation_events = sa.Table(
+    "talkwire_conversation_events",
+    metadata,
+    sa.Column("id", _EventId, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("seq", _Seq, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # frame.appended: the ConverseResponse; turn.received: the ConverseRequest; else JSON.
+    sa.Column("body", _Blob, nullable=False),
+    sa.Index("ix_talkwire_conversation_events_session", "session_id", "id"),
+)
+
+# The outbound outbox: one row per (sink, event) not yet delivered, written in the
+# transaction that wrote the event; the relay deletes it once the sink has the event.
+outbound_pending = sa.Table(
+    "talkwire_outbound_pending",
+    metadata,
+    sa.Column("sink", sa.String(64), primary_key=True),
+    sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_talkwire_outbound_pending_session", "sink", "session_id", "event_id"),
+)
+
+# Deliveries given up on (attempts or age exhausted, or refused by the receiver).
+outbound_dead = sa.Table(
+    "talkwire_outbound_dead",
+    metadata,
+    sa.Column("sink", sa.String(64), primary_key=True),
+    sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("reason", _Text, nullable=False),
+    sa.Column("dead_at", sa.Float, nullable=False),
 )

@@ -11,6 +11,11 @@ Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
 every frame before it.
+
+Every operation that changes what a conversation is (open, resume, turn, frame,
+subscription, close, expiry) also writes its conversation event through
+:attr:`SessionStore.events` in the same transaction (the outbound outbox; see
+:mod:`talkwire.server.outbound.record`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from talkwire.server.errors import (
 )
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
+from talkwire.server.outbound import record as kinds
+from talkwire.server.outbound.record import EventRecorder, EventRow
 from talkwire.server.sqlexec import SqlExecutor, open_executor
 from talkwire.server.storeurl import missing_database
 
@@ -165,8 +172,11 @@ class SessionStore:
         pool_size: int = 10,
         echo: bool = False,
         executor: SqlExecutor | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.url = url
+        self.events = events or EventRecorder(clock=clock)
+        """Writes conversation events; call ``events.record(conn, ...)`` inside a transaction."""
         self.retention = retention or Retention()
         self._clock = clock
         self._db = executor or open_executor(url, pool_size=pool_size, echo=echo)
@@ -176,6 +186,11 @@ class SessionStore:
     @property
     def dialect(self) -> str:
         return self._db.dialect
+
+    @property
+    def db(self) -> SqlExecutor:
+        """The executor (the outbound outbox runs its own queries through it)."""
+        return self._db
 
     async def __aenter__(self) -> Self:
         try:
@@ -226,7 +241,11 @@ class SessionStore:
                     f"database schema version {version} is newer than this talkwire "
                     f"({schema.SCHEMA_VERSION}); upgrade talkwire"
                 )
-            return version
+            if version < schema.SCHEMA_VERSION:  # every migration so far only adds tables
+                conn.execute(
+                    info.update().where(info.c.id == 1).values(version=schema.SCHEMA_VERSION)
+                )
+            return schema.SCHEMA_VERSION
 
         return await self._db.write(tx)
 
@@ -268,7 +287,15 @@ class SessionStore:
             "dialogue": "{}",
             "replica": replica,
         }
-        await self._db.write(lambda conn: conn.execute(_INSERT_SESSION, values))
+        opened: dict[str, Any] = {"subject": identity.subject, "channel": channel}
+        opened.update(locale=locale, attributes=dict(attributes or {}))
+        session_id = str(values["id"])
+
+        def tx(conn: Connection) -> None:
+            conn.execute(_INSERT_SESSION, values)
+            self.events.record(conn, session_id, kinds.SESSION_OPENED, data=opened, now=now)
+
+        await self._db.write(tx)
         return self._record(values), token
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -290,11 +317,12 @@ class SessionStore:
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
             record = check(None if row is None else self._record(row))
+            now = self._clock()
             conn.execute(
-                _S.update()
-                .where(_S.c.id == session_id)
-                .values(last_active_at=self._clock(), replica=replica)
+                _S.update().where(_S.c.id == session_id).values(last_active_at=now, replica=replica)
             )
+            data = {"replica": replica or ""}
+            self.events.record(conn, session_id, kinds.SESSION_RESUMED, data=data, now=now)
             return record
 
         return await self._db.write(tx)
@@ -341,6 +369,8 @@ class SessionStore:
             )
             if not result.rowcount:
                 return False
+            kind = kinds.SESSION_EXPIRED if state == schema.EXPIRED else kinds.SESSION_CLOSED
+            self.events.record(conn, session_id, kind, data={}, now=now)
             conn.execute(_SUB.delete().where(_SUB.c.session_id == session_id))
             conn.execute(_O.delete().where(_O.c.session_id == session_id))
             return True
@@ -369,8 +399,13 @@ class SessionStore:
         templates: Sequence[bytes],
         *,
         dialogue: Mapping[str, Any] | None = None,
+        turn: bytes | None = None,
     ) -> list[StoredFrame]:
-        """Append durable frames to one session (and save its dialogue state) atomically."""
+        """Append durable frames to one session (and save its dialogue state) atomically.
+
+        ``turn`` is the serialised user frame (``ConverseRequest``) that caused them: it
+        is recorded as a ``turn.received`` event before the frames' ``frame.appended``.
+        """
         now = self._clock()
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
@@ -407,9 +442,22 @@ class SessionStore:
                         for f in frames
                     ],
                 )
+            self._record_frames(conn, session_id, frames, now, turn)
             return frames
 
         return await self._db.write(tx)
+
+    def _record_frames(
+        self,
+        conn: Connection,
+        session_id: str,
+        frames: Sequence[StoredFrame],
+        now: float,
+        turn: bytes | None = None,
+    ) -> None:
+        rows = [EventRow(session_id, kinds.TURN_RECEIVED, turn)] if turn is not None else []
+        rows += [EventRow(session_id, kinds.FRAME_APPENDED, f.payload, f.seq) for f in frames]
+        self.events.record_many(conn, rows, now=now)
 
     async def frames_after(
         self, session_id: str, after_seq: int, *, limit: int | None = None
@@ -540,16 +588,39 @@ class SessionStore:
 
     async def subscribe(self, session_id: str, key: str) -> bool:
         """Subscribe; False if it already existed."""
-        row = {"key": key, "session_id": session_id, "created_at": self._clock()}
+        now = self._clock()
+        row = {"key": key, "session_id": session_id, "created_at": now}
+
+        def tx(conn: Connection) -> None:
+            self._lock_session(conn, session_id, now)
+            conn.execute(_SUB.insert(), row)
+            data = {"key": key, "active": True}
+            self.events.record(conn, session_id, kinds.SUBSCRIPTION_CHANGED, data=data, now=now)
+
         try:
-            await self._db.write(lambda conn: conn.execute(_SUB.insert(), row))
+            await self._db.write(tx)
         except IntegrityError:
             return False
         return True
 
     async def unsubscribe(self, session_id: str, key: str) -> bool:
         stmt = _SUB.delete().where(_SUB.c.session_id == session_id, _SUB.c.key == key)
-        return await self._db.write(lambda conn: bool(conn.execute(stmt).rowcount))
+        now = self._clock()
+
+        def tx(conn: Connection) -> bool:
+            self._lock_session(conn, session_id, now)
+            if not conn.execute(stmt).rowcount:
+                return False
+            data = {"key": key, "active": False}
+            self.events.record(conn, session_id, kinds.SUBSCRIPTION_CHANGED, data=data, now=now)
+            return True
+
+        return await self._db.write(tx)
+
+    @staticmethod
+    def _lock_session(conn: Connection, session_id: str, now: float) -> None:
+        """Take the session's row lock: its events then get ids in commit order."""
+        conn.execute(_S.update().where(_S.c.id == session_id).values(last_active_at=now))
 
     async def subscriptions(self, session_id: str) -> list[str]:
         stmt = sa.select(_SUB.c.key).where(_SUB.c.session_id == session_id).order_by(_SUB.c.key)
@@ -632,6 +703,7 @@ class SessionStore:
                 StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
             ]
             result.frames[session_id] = frames
+            self._record_frames(conn, session_id, frames, now)
             rows.extend(
                 {"session_id": session_id, "seq": f.seq, "created_at": now, "payload": f.payload}
                 for f in frames
