@@ -12,8 +12,8 @@ from talkwire.server.identity import Identity
 from talkwire.server.outbound.service import OutboundService, recorder_for
 from talkwire.server.outbound.settings import OutboundSettings
 from talkwire.server.store import FanoutEvent, SessionStore
-from tests.support.history import OutboundHistory
 from talkwire.v1 import chat_pb2
+from tests.support.history import OutboundHistory
 
 
 @asynccontextmanager
