@@ -3,11 +3,12 @@
 Headers: ``ce_specversion: 1.0``, ``ce_id`` (the stable event id), ``ce_source``,
 ``ce_type: io.talkwire.conversation.<kind>``, ``ce_subject`` (session id), ``ce_time``
 and ``content-type`` (``application/protobuf`` or ``application/json``). The producer
-is idempotent (``enable_idempotence``, ``acks=all``); one key means one partition, so
-a session's events keep their order.
+is idempotent (``enable_idempotence``, ``acks=all``; ``idempotence: false`` for brokers
+without ``InitProducerId``, such as Tansu); one key means one partition, and aiokafka
+keeps one batch per partition in flight, so a session's events keep their order.
 
 Keys: ``bootstrap``, ``topic``, ``format`` (protobuf | json), ``source``,
-``client_id``, ``security`` (as ``events.security``), ``timeout``.
+``client_id``, ``security`` (as ``events.security``), ``timeout``, ``idempotence``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from talkwire.v1 import conversation_pb2
 __all__ = ["KAFKA_KEYS", "KafkaSink", "cloudevent_headers"]
 
 KAFKA_KEYS = frozenset(
-    {"bootstrap", "topic", "format", "source", "client_id", "security", "timeout"}
+    {"bootstrap", "topic", "format", "source", "client_id", "security", "timeout", "idempotence"}
 )
 
 
@@ -67,6 +68,7 @@ class KafkaSink:
         self.source = sec.text("source", "talkwire")
         self.client_id = sec.text("client_id", f"talkwire-outbound-{self.name}")
         self.timeout = sec.number("timeout", 10.0, positive=True)
+        self.idempotence = sec.flag("idempotence", True)
         self.security = SecuritySettings.from_config(
             sec.section("security"), where=sec.child_key("security")
         )
@@ -81,7 +83,7 @@ class KafkaSink:
         return AIOKafkaProducer(
             bootstrap_servers=list(self.bootstrap),
             client_id=self.client_id,
-            enable_idempotence=True,
+            enable_idempotence=self.idempotence,
             acks="all",
             linger_ms=2,
             request_timeout_ms=int(self.timeout * 1000),
