@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from talkwire.connectors.breaker import CircuitBreaker
 from talkwire.server.events.settings import SecuritySettings
@@ -45,9 +47,15 @@ def cloudevent_headers(
         ("ce_source", source.encode()),
         ("ce_type", f"io.talkwire.conversation.{event.kind}".encode()),
         ("ce_subject", event.session_id.encode()),
-        ("ce_time", event.occurred_at.ToJsonString().encode()),
+        ("ce_time", _rfc3339(event.occurred_at.seconds, event.occurred_at.nanos)),
         ("content-type", content_type.encode()),
     ]
+
+
+def _rfc3339(seconds: int, nanos: int) -> bytes:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
+    ).encode()
 
 
 class KafkaSink:
@@ -77,6 +85,7 @@ class KafkaSink:
         )
         self._content_type = "application/json" if self.json else "application/protobuf"
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
         self._closed = False
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -111,46 +120,59 @@ class KafkaSink:
             return json.dumps(to_json(event), separators=(",", ":")).encode()
         return event.SerializeToString()
 
+    async def _partitions(self, producer: AIOKafkaProducer) -> list[int]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return sorted(await producer.partitions_for(self.topic))
+        except (KafkaError, TimeoutError) as exc:
+            raise DeliveryError(f"topic metadata unavailable: {exc!r}", retriable=True) from None
+
     async def deliver(self, batch: SessionBatch) -> dict[str, Outcome]:
         producer = await self._ready()
+        partitions = await self._partitions(producer)
         sent: dict[str, list[asyncio.Future[Any]]] = {}
         failed: dict[str, DeliveryError] = {}
         for session_id, events in batch.items():
             futures = sent.setdefault(session_id, [])
             key = session_id.encode()
+            # The key's partition once per session (the default murmur2 partitioner).
+            partition = self._partitioner(key, partitions, partitions)
             for event in events:
+                headers = cloudevent_headers(
+                    event, source=self.source, content_type=self._content_type
+                )
                 try:
                     futures.append(
                         await producer.send(
                             self.topic,
                             self._value(event),
                             key=key,
-                            headers=cloudevent_headers(
-                                event, source=self.source, content_type=self._content_type
-                            ),
+                            partition=partition,
+                            headers=headers,
                         )
                     )
                 except KafkaError as exc:
                     failed[session_id] = DeliveryError(f"send failed: {exc!r}", retriable=True)
                     break
-        out: dict[str, Outcome] = {}
-        for session_id, futures in sent.items():
-            out[session_id] = await self._settled(futures, failed.get(session_id))
+        everything = [f for futures in sent.values() for f in futures]
+        if everything:
+            await asyncio.wait(everything, timeout=self.timeout)
+        out = {sid: self._settled(futures, failed.get(sid)) for sid, futures in sent.items()}
         if any(o.error for o in out.values()):
             await self._reset()
         return out
 
-    async def _settled(
-        self, futures: list[asyncio.Future[Any]], error: DeliveryError | None
-    ) -> Outcome:
+    @staticmethod
+    def _settled(futures: list[asyncio.Future[Any]], error: DeliveryError | None) -> Outcome:
+        """The acknowledged prefix of one session's records."""
         done = 0
         for fut in futures:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await fut
-            except (KafkaError, TimeoutError) as exc:
-                for rest in futures[done + 1 :]:
+            if not fut.done():
+                for rest in futures[done:]:
                     rest.cancel()
+                return Outcome(done, DeliveryError("not acknowledged in time", retriable=True))
+            if fut.cancelled() or fut.exception() is not None:
+                exc = None if fut.cancelled() else fut.exception()
                 return Outcome(done, DeliveryError(f"not acknowledged: {exc!r}", retriable=True))
             done += 1
         return Outcome(done, error)

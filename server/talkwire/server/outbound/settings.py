@@ -3,7 +3,8 @@
 ::
 
     outbound:
-      relay: {poll_interval: 0.05, batch: 100, sessions: 200, record: true, stale_after: 60}
+      relay: {poll_interval: 0.05, linger: 0.01, batch: 100, sessions: 200, record: true,
+              stale_after: 60}
       analytics:                       # a sink name (1-64 of [A-Za-z0-9_-])
         type: kafka
         bootstrap: 127.0.0.1:9092
@@ -47,6 +48,7 @@ _TYPES = ("kafka", "webhook", "connector")
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     poll_interval: float = 0.05
+    linger: float = 0.01
     batch: int = 100
     sessions: int = 200
     record: bool = True
@@ -123,10 +125,12 @@ class OutboundSettings:
         """Validate the section; an error names the key (``outbound.crm_hook.url``)."""
         top = Section(raw or {}, where)
         r = top.section(
-            "relay", known={"poll_interval", "batch", "sessions", "record", "stale_after"}
+            "relay",
+            known={"poll_interval", "linger", "batch", "sessions", "record", "stale_after"},
         )
         relay = RelaySettings(
             poll_interval=r.number("poll_interval", 0.05, positive=True),
+            linger=r.number("linger", 0.01, minimum=0.0),
             batch=r.integer("batch", 100, minimum=1),
             sessions=r.integer("sessions", 200, minimum=1),
             record=r.flag("record", True),
