@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from talkwire.server.errors import ConfigError
@@ -181,3 +183,23 @@ def test_kinds_are_an_open_set() -> None:
     )
     route = settings.sinks[0].route
     assert route.takes("handoff.queued") and not route.takes("frame.appended")
+
+
+def test_serve_refuses_a_misconfigured_sink_in_one_line(tmp_path: Path) -> None:
+    from tests.config.test_cli_errors import _serve
+
+    code, lines = _serve(
+        tmp_path,
+        f"""
+        server: {{listen: '127.0.0.1:0', handler: echo}}
+        store: {{url: 'sqlite+aiosqlite:///{tmp_path}/s.db'}}
+        outbound:
+          crm_hook:
+            type: webhook
+            secret: s
+        """,
+    )
+    assert code == 2
+    assert lines[-1].startswith("talkwire: outbound.crm_hook.url (")
+    assert lines[-1].endswith("required http(s) URL")
+    assert not any("Traceback" in line for line in lines)

@@ -100,8 +100,10 @@ class KafkaSink:
         )
 
     async def start(self) -> None:
-        """Nothing to do: the producer connects on the first delivery (a broker down at
-        start only makes the outbox grow)."""
+        """Connect the producer now, so the first events do not wait for it; a broker that
+        is down at start is not an error (the outbox grows; deliveries connect later)."""
+        with contextlib.suppress(DeliveryError):
+            await self._ready()
 
     async def _ready(self) -> AIOKafkaProducer:
         if self._producer is None:
