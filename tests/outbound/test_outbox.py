@@ -203,3 +203,20 @@ def test_serve_refuses_a_misconfigured_sink_in_one_line(tmp_path: Path) -> None:
     assert lines[-1].startswith("talkwire: outbound.crm_hook.url (")
     assert lines[-1].endswith("required http(s) URL")
     assert not any("Traceback" in line for line in lines)
+
+
+async def test_old_events_are_pruned_unless_a_sink_waits_for_them(
+    store_url: str, receiver: WebhookReceiver
+) -> None:
+    import time
+
+    from talkwire.server.outbound.outbox import OutboundOutbox
+
+    url = store_url
+    await receiver.stop()  # the sink's events stay pending
+    section = hook(receiver.url, on=["session.opened"])
+    async with outbound_store(url, section) as (store, service):
+        sid = await converse(store, 2)
+        later = OutboundOutbox(store.db, clock=lambda: time.time() + 10**7)
+        assert await later.prune(86400) == 4  # the turns and frames; not the pending one
+        assert [e.kind for e in await service.outbox.session_events(sid)] == ["session.opened"]

@@ -183,6 +183,17 @@ class OutboundOutbox:
         )
         return await self._db.read(lambda conn: [_event(r) for r in conn.execute(query)])
 
+    async def prune(self, older_than: float) -> int:
+        """Drop events older than ``older_than`` seconds that no sink still waits for
+        (pending or dead-lettered); return how many."""
+        cutoff = self._clock() - older_than
+        stmt = _E.delete().where(
+            _E.c.created_at < cutoff,
+            _E.c.id.not_in(sa.select(_P.c.event_id)),
+            _E.c.id.not_in(sa.select(_D.c.event_id)),
+        )
+        return await self._db.write(lambda conn: int(conn.execute(stmt).rowcount or 0))
+
     async def session_events(self, session_id: str) -> list[StoredEvent]:
         """Every event of a session (the history checker and the connector sink read it)."""
         query = sa.select(_E).where(_E.c.session_id == session_id).order_by(_E.c.id)

@@ -10,12 +10,14 @@ sinks (a misconfigured one is a :class:`ConfigError` naming its key) and runs on
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from talkwire.server.errors import TalkwireError
 from talkwire.server.outbound.claims import SessionLocks, open_locks
 from talkwire.server.outbound.connector import CONNECTOR_KEYS, ConnectorSink, Invoker
 from talkwire.server.outbound.events import to_message
@@ -31,6 +33,9 @@ from talkwire.v1 import conversation_pb2
 
 __all__ = ["OutboundService", "SinkStatus", "build_sink", "recorder_for"]
 
+log = logging.getLogger(__name__)
+
+_PRUNE_EVERY = 300.0
 _EXTRA = {"kafka": KAFKA_KEYS, "webhook": WEBHOOK_KEYS, "connector": CONNECTOR_KEYS}
 
 
@@ -94,6 +99,10 @@ class OutboundService:
         await self.aclose()
 
     async def start(self) -> None:
+        tasks = asyncio.TaskGroup()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        self._running.append(tasks.create_task(self._prune(), name="talkwire-outbound-prune"))
         if not self.sinks:
             return
         locks = self._locks or open_locks(self.store.url)
@@ -111,13 +120,23 @@ class OutboundService:
                     on_outcome=self._on_outcome,
                 )
             )
-        tasks = asyncio.TaskGroup()
-        await tasks.__aenter__()
-        self._tasks = tasks
         for relay in self.relays:
             self._running.append(
                 tasks.create_task(relay.run(), name=f"talkwire-outbound-{relay.name}")
             )
+
+    async def _prune(self) -> None:
+        """Every ``_PRUNE_EVERY`` seconds, drop events past ``relay.keep_events``."""
+        keep = self.settings.relay.keep_events
+        while True:
+            try:
+                dropped = await self.outbox.prune(keep)
+            except TalkwireError as exc:
+                log.warning("outbound: could not prune old events: %s", exc)
+            else:
+                if dropped:
+                    log.info("outbound: dropped %d events older than %gs", dropped, keep)
+            await asyncio.sleep(_PRUNE_EVERY)
 
     async def _session_context(
         self, session_id: str, redact: bool

@@ -4,7 +4,10 @@
 
     outbound:
       relay: {poll_interval: 0.05, linger: 0.01, batch: 100, sessions: 200, record: true,
-              stale_after: 60}
+              stale_after: 60, keep_events: 2592000}
+
+``relay.keep_events`` (seconds, default 30 days): older events that no sink waits for
+are deleted (transcripts cover that window).
       analytics:                       # a sink name (1-64 of [A-Za-z0-9_-])
         type: kafka
         bootstrap: 127.0.0.1:9092
@@ -53,6 +56,7 @@ class RelaySettings:
     sessions: int = 200
     record: bool = True
     stale_after: float = 60.0
+    keep_events: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,15 @@ class OutboundSettings:
         top = Section(raw or {}, where)
         r = top.section(
             "relay",
-            known={"poll_interval", "linger", "batch", "sessions", "record", "stale_after"},
+            known={
+                "poll_interval",
+                "linger",
+                "batch",
+                "sessions",
+                "record",
+                "stale_after",
+                "keep_events",
+            },
         )
         relay = RelaySettings(
             poll_interval=r.number("poll_interval", 0.05, positive=True),
@@ -135,6 +147,7 @@ class OutboundSettings:
             sessions=r.integer("sessions", 200, minimum=1),
             record=r.flag("record", True),
             stale_after=r.number("stale_after", 60.0, positive=True),
+            keep_events=r.number("keep_events", 30 * 86400.0, positive=True),
         )
         sinks = []
         for name in top.raw:
