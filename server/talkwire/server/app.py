@@ -254,8 +254,23 @@ class Application:
     async def _start_ingress(self) -> None:
         self.kafka: KafkaIngress | None = None
         if self.config.events.get("bootstrap"):
+            status = health_pb2.HealthCheckResponse
+
+            async def on_health(healthy: bool) -> None:
+                await self._health.set(
+                    EVENTS_HEALTH, status.SERVING if healthy else status.NOT_SERVING
+                )
+
+            # Returns at once: the consumer connects and joins on its own (health
+            # ``talkwire.events`` NOT_SERVING until it has), chat is served meanwhile.
             self.kafka = await self._stack.enter_async_context(
-                KafkaIngress(self.config.events, self.router, self.store)
+                KafkaIngress(
+                    self.config.events,
+                    self.router,
+                    self.store,
+                    on_health=on_health,
+                    metrics=self.metrics,
+                )
             )
         if self.config.webhooks:
             from talkwire.server.events.webhooks import WebhookIngress
@@ -308,15 +323,10 @@ class Application:
         self._server = server
 
     async def _watch_ingress(self) -> None:
-        """Report the Kafka consumer's health and lag (health service ``talkwire.events``)."""
-        serving = health_pb2.HealthCheckResponse.SERVING
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        while self.kafka is not None:
-            healthy = self.kafka.healthy
-            self.metrics.consumer_stalled.set(0 if healthy else 1)
-            self.metrics.consumer_lag_total.set(self.kafka.lag)
-            await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
-            await asyncio.sleep(2.0)
+        """Nothing to do: KafkaIngress reports its own health and lag (``on_health``, metrics).
+
+        Kept only for its call in ``_start``; both go with the app.py restructuring.
+        """
 
     def _start_metrics(self) -> None:
         """Serve Prometheus metrics on ``server.metrics_listen`` (HOST:PORT), if set."""

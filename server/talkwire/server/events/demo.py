@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from talkwire.server.events.kafka import cancel_and_wait
+from talkwire.server.aio import cancel_and_wait
 
 __all__ = [
     "DEMO_ORDERS",

@@ -17,8 +17,13 @@ Example::
       retry_initial: 0.2                     # store-unavailable backoff (doubles) ...
       retry_max: 5.0                         # ... up to this
       stall_after: 30.0                      # watchdog: no progress for this long -> unhealthy
-      session_timeout: 10.0                  # group session timeout (seconds)
-      heartbeat_interval: 3.0
+      session_timeout: 6.0                   # group session timeout (seconds): how long a
+                                             # killed replica keeps its partitions; 6 is
+                                             # Kafka's default group.min.session.timeout.ms
+      heartbeat_interval: 1.0                # < session_timeout; also how soon a member
+                                             # notices a rebalance
+      rebalance_timeout: 10.0                # how long the group waits for members to rejoin
+      max_poll_interval: 300.0               # a consumer stuck longer in one batch leaves
       security:
         protocol: SASL_SSL                   # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
         cafile: /etc/talkwire/ca.pem
@@ -163,6 +168,8 @@ _KEYS = frozenset(
         "stall_after",
         "session_timeout",
         "heartbeat_interval",
+        "rebalance_timeout",
+        "max_poll_interval",
         "security",
         "topics",
         "enabled",
@@ -193,8 +200,10 @@ class KafkaSettings:
     retry_initial: float = 0.2
     retry_max: float = 5.0
     stall_after: float = 30.0
-    session_timeout: float = 10.0
-    heartbeat_interval: float = 3.0
+    session_timeout: float = 6.0
+    heartbeat_interval: float = 1.0
+    rebalance_timeout: float = 10.0
+    max_poll_interval: float = 300.0
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod
@@ -232,6 +241,10 @@ class KafkaSettings:
                 f"{where}.commit_interval: expected a number of seconds >= 0, "
                 f"got {commit_interval!r}"
             )
+        if _number(section, "heartbeat_interval", 1.0, where) >= _number(
+            section, "session_timeout", 6.0, where
+        ):
+            raise ConfigError(f"{where}.heartbeat_interval: must be below session_timeout")
         dlt = str(section.get("dead_letter_topic", "") or "")
         if dlt and dlt in topics:
             raise ConfigError(f"{where}.dead_letter_topic: must not be one of the consumed topics")
@@ -248,8 +261,10 @@ class KafkaSettings:
             retry_initial=_number(section, "retry_initial", 0.2, where),
             retry_max=_number(section, "retry_max", 5.0, where),
             stall_after=_number(section, "stall_after", 30.0, where),
-            session_timeout=_number(section, "session_timeout", 10.0, where),
-            heartbeat_interval=_number(section, "heartbeat_interval", 3.0, where),
+            session_timeout=_number(section, "session_timeout", 6.0, where),
+            heartbeat_interval=_number(section, "heartbeat_interval", 1.0, where),
+            rebalance_timeout=_number(section, "rebalance_timeout", 10.0, where),
+            max_poll_interval=_number(section, "max_poll_interval", 300.0, where),
             security=SecuritySettings.from_config(section.get("security"), f"{where}.security"),
         )
 
