@@ -1,11 +1,13 @@
-"""A broker that is not there at start: the server serves chat and joins Kafka later.
+"""Start order: chat is served whatever the Kafka consumer is doing.
 
-``talkwire serve`` (a real subprocess) is started with ``events.bootstrap``
-pointing at a port where no broker listens yet. It must print its ready line,
-answer a chat turn, and report ``talkwire.events`` as ``NOT_SERVING`` (while
-liveness ``""`` is ``SERVING``). Then Tansu starts on that port: the consumer's
-retries reach it, ``talkwire.events`` turns ``SERVING``, and an event produced
-afterwards is pushed into a subscribed session.
+* **Broker absent at start.** ``talkwire serve`` (a real subprocess) is started
+  with ``events.bootstrap`` pointing at a port where no broker listens yet. It
+  must print its ready line, answer a chat turn, and report ``talkwire.events``
+  ``NOT_SERVING`` (liveness ``""`` ``SERVING``). Then Tansu starts on that port:
+  the consumer's retries reach it, ``talkwire.events`` turns ``SERVING``, and an
+  event produced afterwards is pushed into a subscribed session.
+* **Join in progress.** The broker is up but the group join takes long: chat is
+  served meanwhile and stopping does not wait for the join.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import asyncio
 import contextlib
 import secrets
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from aiokafka.errors import TopicAlreadyExistsError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from talkwire.clients import ChatClient
 from talkwire.clients.events import EventProducer
+from talkwire.server.app import Application
+from tests.conftest import make_config
 from tests.events.conftest import create_topics
 from tests.reliability.conftest import base_config, chat_client, sqlite_url
 from tests.reliability.test_kafka_faults import kafka_events
@@ -78,9 +84,7 @@ async def test_server_serves_chat_before_the_broker_exists_and_joins_when_it_com
                 event = await producer.emit(
                     "order.status_changed", ["order:7"], after={"id": 7, "status": "shipped"}
                 )
-            update = await session.wait_for(
-                lambda f: f.WhichOneof("frame") == "update", timeout=30
-            )
+            update = await session.wait_for(lambda f: f.WhichOneof("frame") == "update", timeout=30)
             assert update.update.event_id == event.id
             assert update.update.text == "Order 7 is now shipped"
             assert server.running, server.log_tail()
@@ -88,3 +92,30 @@ async def test_server_serves_chat_before_the_broker_exists_and_joins_when_it_com
     finally:
         await server.kill()
         broker.stop()
+
+
+async def test_chat_is_served_while_the_consumer_is_still_joining(
+    make_app: Any, tmp_path: Path, tansu: TansuBroker
+) -> None:
+    """Start-up does not wait for the partition assignment.
+
+    Tansu completes a group join only after ``session_timeout / 2`` (here 30 s):
+    the server must answer chat and report ``talkwire.events`` ``NOT_SERVING``
+    meanwhile, and stop at once without waiting for the join.
+    """
+    topic = f"orders-{secrets.token_hex(4)}"
+    await create_topics(tansu.bootstrap, topic)
+    events = kafka_events(tansu.bootstrap, topic, f"tw-{secrets.token_hex(4)}")
+    events.update(session_timeout=60.0, heartbeat_interval=1.0)
+    app: Application = await make_app(make_config(tmp_path, events=events))
+    assert app.kafka is not None
+    async with ChatClient(app.target, token="alice-token") as client:
+        session = await client.open()
+        await session.send("hello")
+        reply = await session.wait_for(lambda f: f.WhichOneof("frame") == "reply", timeout=10)
+        assert reply.reply.text
+        await session.aclose()
+    assert await health(app.target, "talkwire.events") == Status.NOT_SERVING
+    assert not app.kafka.joined
+    await app.aclose()  # cancels the join in progress
+    assert not app.kafka.running

@@ -54,6 +54,7 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
 from talkwire.server.aio import Backoff, cancel_and_wait
 from talkwire.server.events.commits import OffsetCommitter
@@ -76,6 +77,52 @@ HealthCallback = Callable[[bool], Awaitable[None]]
 
 _Item = tuple[TopicPartition, events_pb2.ChangeEvent, TopicRoute]
 _Dead = tuple[TopicPartition, Any, str]
+
+
+# How long an abandoned start (stopping while the join is in flight) may take to stop.
+_ABANDON_TIMEOUT = 1.0
+
+
+async def _abandon(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer whose start failed or was cancelled, without waiting out its join.
+
+    ``consumer.stop()`` waits for a JoinGroup in flight (the broker may hold it
+    for a whole rebalance); we are not a member yet, so there is no group to
+    leave: past ``_ABANDON_TIMEOUT`` the stop is cut short and the fetcher and
+    the connections are closed directly.
+    """
+    stop = asyncio.ensure_future(consumer.stop())
+    try:
+        done, _ = await asyncio.wait({stop}, timeout=_ABANDON_TIMEOUT)
+    finally:
+        if not stop.done():
+            await cancel_and_wait(stop)
+    if stop in done and not stop.cancelled() and stop.exception() is None:
+        return
+    with contextlib.suppress(Exception):
+        if consumer._fetcher is not None:
+            await consumer._fetcher.close()
+        await consumer._client.close()
+
+
+async def _leave_generation_zero(consumer: AIOKafkaConsumer) -> None:
+    """Send the LeaveGroup that aiokafka skips for a member of generation 0.
+
+    aiokafka's ``stop()`` leaves the group only when ``generation > 0`` (Kafka
+    numbers generations from 1); Tansu numbers them from 0, so a member that
+    stops in the group's first generation would keep its partitions until
+    ``session_timeout`` expires. Uses aiokafka's coordinator internals: there is
+    no public API for it.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "generation", None) != 0:
+        return
+    if coordinator.member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
+        return
+    try:
+        await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+    except KafkaError as exc:
+        log.warning("kafka LeaveGroup failed (partitions move after session_timeout): %s", exc)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -321,8 +368,7 @@ class KafkaIngress:
                     raise
                 self._producer = producer
         except BaseException:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await _abandon(consumer)
             raise
         return consumer
 
@@ -330,10 +376,13 @@ class KafkaIngress:
         """Stop the clients; ``consumer.stop()`` leaves the group (a LeaveGroup request)."""
         self._joined = False
         self._commits = None
+        await _leave_generation_zero(consumer)
         try:
             await consumer.stop()
         except KafkaError as exc:
             log.warning("kafka consumer did not stop cleanly: %s", exc)
+        else:
+            log.info("kafka consumer left group %s", self.settings.group_id)
         producer, self._producer = self._producer, None
         if producer is not None:
             try:
