@@ -15,6 +15,7 @@ bound measured here); there is no timing assertion.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import statistics
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from talkwire.server.events.settings import KafkaSettings
 from tests.events.conftest import create_topics
 from tests.reliability.conftest import Reader, chat_client, print_report, scale, wait_caught_up
 from tests.reliability.test_kafka_faults import (
@@ -43,6 +45,7 @@ from tests.support.waiting import eventually
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
 
 PARTITIONS = 4
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(KafkaSettings)}
 
 
 class TimedLoad(KafkaLoad):
@@ -110,7 +113,8 @@ async def test_worst_event_delay_across_a_replica_stop(
             f"kafka-rebalance-{stop}: events={len(load.sent)} frames={len(delays)} "
             f"partitions moved={sorted(lost_partitions)} worst delay={delays[-1]:.2f}s "
             f"p99={p99:.2f}s median={statistics.median(delays):.3f}s "
-            f"(session_timeout 6 s, heartbeat 1 s)"
+            f"(session_timeout {DEFAULTS['session_timeout']} s, "
+            f"heartbeat {DEFAULTS['heartbeat_interval']} s)"
         )
         assert load.failed == 0 and not load.errors, load.errors[:3]
         assert not reader_errors(readers), reader_errors(readers)[:5]
