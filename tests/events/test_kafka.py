@@ -344,7 +344,14 @@ async def test_commit_interval_commits_stored_offsets_while_running(
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("commit_interval", -1), ("commit_interval", "soon"), ("max_records", 0), ("colour", 1)],
+    [
+        ("commit_interval", -1),
+        ("commit_interval", "soon"),
+        ("max_records", 0),
+        ("colour", 1),
+        ("rebalance_timeout", 0),
+        ("heartbeat_interval", 6),
+    ],
 )
 def test_bad_events_settings_name_the_key(key: str, value: object) -> None:
     section = {"bootstrap": "127.0.0.1:9092", "topics": {"t": {"format": "json"}}, key: value}

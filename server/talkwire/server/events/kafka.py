@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -59,6 +59,7 @@ from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 from talkwire.server.aio import Backoff, cancel_and_wait
 from talkwire.server.events.commits import OffsetCommitter
 from talkwire.server.events.decode import DecodeError, decode
+from talkwire.server.events.health import ConsumerHealth, HealthCallback
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute
 from talkwire.server.events.settings import KafkaSettings
@@ -71,9 +72,6 @@ __all__ = ["DEAD_LETTER_REASON_HEADER", "HealthCallback", "KafkaIngress"]
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_REASON_HEADER = "talkwire-dead-letter-reason"
-
-HealthCallback = Callable[[bool], Awaitable[None]]
-"""Called with the ingress's health whenever it changes (and once at start, ``False``)."""
 
 _Item = tuple[TopicPartition, events_pb2.ChangeEvent, TopicRoute]
 _Dead = tuple[TopicPartition, Any, str]
@@ -159,9 +157,9 @@ class KafkaIngress:
         self.router = router
         self.store = store
         self._routes: dict[str, TopicRoute] = dict(self.settings.topics)
-        self._on_health = on_health
-        self._metrics = metrics
-        self._clock = clock
+        self._health = ConsumerHealth(
+            stall_after=self.settings.stall_after, on_health=on_health, metrics=metrics, clock=clock
+        )
         self._producer: AIOKafkaProducer | None = None
         self._commits: OffsetCommitter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -169,12 +167,9 @@ class KafkaIngress:
         self._closed = False
         self._joined = False
         self._failed: BaseException | None = None
-        self._reported: bool | None = None
         self._assigned: set[TopicPartition] = set()
         self._batch_revoked: set[TopicPartition] = set()
         self._lag: dict[TopicPartition, int] = {}
-        self.last_progress: float = clock()
-        self._stall_reported = False
         self.connect_attempts = 0
         self.batches = 0
         self.records = 0
@@ -244,7 +239,7 @@ class KafkaIngress:
         """Joined, running and made progress within ``stall_after`` seconds."""
         if not self.running or not self._joined or self._failed is not None:
             return False
-        return bool(self._clock() - self.last_progress <= self.settings.stall_after)
+        return self._health.fresh
 
     @property
     def lag(self) -> int:
@@ -256,17 +251,7 @@ class KafkaIngress:
         return frozenset(self._assigned)
 
     async def _report(self) -> None:
-        """Push health (on change) and the gauges to their observers."""
-        healthy = self.healthy
-        if self._metrics is not None:
-            self._metrics.consumer_stalled.set(0 if healthy else 1)
-            self._metrics.consumer_lag_total.set(self.lag)
-        if self._on_health is not None and healthy is not self._reported:
-            self._reported = healthy
-            try:
-                await self._on_health(healthy)
-            except Exception:
-                log.exception("kafka health observer failed")
+        await self._health.report(self.healthy, self.lag)
 
     # -- rebalance --------------------------------------------------------
 
@@ -286,7 +271,15 @@ class KafkaIngress:
     # -- connect ----------------------------------------------------------
 
     async def _run(self) -> None:
-        watchdog = asyncio.create_task(self._watchdog(), name="talkwire-kafka-watchdog")
+        watchdog = asyncio.create_task(
+            self._health.watch(
+                lambda: self.healthy,
+                lambda: self.lag,
+                lambda: self._joined,
+                detail=lambda: f"lag {self.lag}, retries {self.retries}",
+            ),
+            name="talkwire-kafka-watchdog",
+        )
         try:
             consumer = await self._connect()
             if consumer is None:
@@ -335,7 +328,7 @@ class KafkaIngress:
                     return None
                 continue
             self._joined = True
-            self.last_progress = self._clock()
+            self._health.progress()
             log.info("kafka consumer joined group %s", self.settings.group_id)
             await self._report()
             return consumer
@@ -412,32 +405,9 @@ class KafkaIngress:
                 continue
             backoff.reset()
             if not batch:
-                self._progress()
+                self._health.progress()
                 continue
             await self._process(consumer, batch)
-
-    def _progress(self) -> None:
-        self.last_progress = self._clock()
-        if self._stall_reported:
-            log.warning("kafka ingress is making progress again")
-            self._stall_reported = False
-
-    async def _watchdog(self) -> None:
-        interval = max(0.05, min(1.0, self.settings.stall_after / 4))
-        while True:
-            await asyncio.sleep(interval)
-            await self._report()
-            if not self._joined:
-                continue
-            idle = self._clock() - self.last_progress
-            if idle > self.settings.stall_after and not self._stall_reported:
-                self._stall_reported = True
-                log.warning(
-                    "kafka ingress stalled: no progress for %.1fs (lag %d, retries %d)",
-                    idle,
-                    self.lag,
-                    self.retries,
-                )
 
     async def _process(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
@@ -457,7 +427,7 @@ class KafkaIngress:
             high = consumer.highwater(tp)
             if high is not None:
                 self._lag[tp] = max(0, int(high) - next_offset)
-        self._progress()
+        self._health.progress()
 
     def _decode(
         self, batch: Mapping[TopicPartition, list[Any]]
