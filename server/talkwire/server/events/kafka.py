@@ -91,12 +91,18 @@ async def _abandon(consumer: AIOKafkaConsumer) -> None:
     """
     stop = asyncio.ensure_future(consumer.stop())
     try:
-        done, _ = await asyncio.wait({stop}, timeout=_ABANDON_TIMEOUT)
-    finally:
-        if not stop.done():
-            await cancel_and_wait(stop)
-    if stop in done and not stop.cancelled() and stop.exception() is None:
-        return
+        await asyncio.wait({stop}, timeout=_ABANDON_TIMEOUT)
+    except BaseException:
+        stop.cancel()
+        raise
+    if stop.done():
+        if not stop.cancelled() and stop.exception() is None:
+            return
+    else:
+        # Not cancel_and_wait: we are usually in a cancellation already (aclose
+        # cancelled the start), and the connections below must be closed anyway.
+        stop.cancel()
+        await asyncio.wait({stop})
     with contextlib.suppress(Exception):
         if consumer._fetcher is not None:
             await consumer._fetcher.close()
