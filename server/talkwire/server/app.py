@@ -116,8 +116,6 @@ class Application:
         self._server: grpc.aio.Server | None = None
         self._stop_grace = 0.5
         self._health = HealthServicer()
-        self._tasks: asyncio.TaskGroup | None = None
-        self._ingress_watch: asyncio.Task[None] | None = None
         self.metrics_port = 0
         self._draining = False
         self._closed = False
@@ -169,10 +167,6 @@ class Application:
         await self._mark_serving()
         # Chat is served from here on; the consumer joins its group on its own.
         await self._start_ingress()
-        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._stack.callback(self._stop_watching)
-        if self.kafka is not None:
-            self._ingress_watch = self._tasks.create_task(self._watch_ingress())
         log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
         log.info("%s", self._describe(bot, policy_section))
 
@@ -294,8 +288,23 @@ class Application:
         # not Kafka silently off); ``enabled: false`` keeps a valid one off.
         events = KafkaSettings.from_config(self.config.events) if self.config.events else None
         if events is not None and events.enabled:
+            status = health_pb2.HealthCheckResponse
+
+            async def on_health(healthy: bool) -> None:
+                await self._health.set(
+                    EVENTS_HEALTH, status.SERVING if healthy else status.NOT_SERVING
+                )
+
+            # Returns at once: the consumer connects and joins on its own (health
+            # ``talkwire.events`` NOT_SERVING until it has), chat is served meanwhile.
             self.kafka = await self._stack.enter_async_context(
-                KafkaIngress(events, self.router, self.store)
+                KafkaIngress(
+                    events,
+                    self.router,
+                    self.store,
+                    on_health=on_health,
+                    metrics=self.metrics,
+                )
             )
         if self.config.webhooks:
             from talkwire.server.events.webhooks import WebhookIngress, WebhookSettings
@@ -343,21 +352,6 @@ class Application:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(self._stop_grace)
-
-    async def _watch_ingress(self) -> None:
-        """Report the Kafka consumer's health and lag (health service ``talkwire.events``)."""
-        serving = health_pb2.HealthCheckResponse.SERVING
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        while self.kafka is not None:
-            healthy = self.kafka.healthy
-            self.metrics.consumer_stalled.set(0 if healthy else 1)
-            self.metrics.consumer_lag_total.set(self.kafka.lag)
-            await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
-            await asyncio.sleep(2.0)
-
-    def _stop_watching(self) -> None:
-        if self._ingress_watch is not None:
-            self._ingress_watch.cancel()
 
     def _start_metrics(self) -> None:
         """Serve Prometheus metrics on ``server.metrics_listen`` (HOST:PORT), if set."""

@@ -28,8 +28,8 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from talkwire.server.aio import cancel_and_wait
 from talkwire.server.errors import ConfigError
-from talkwire.server.events.kafka import cancel_and_wait
 
 __all__ = [
     "DEMO_ORDERS",
