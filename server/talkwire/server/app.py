@@ -311,8 +311,15 @@ class Application:
 
             hooks = WebhookSettings(self.config.webhooks)
             if hooks.enabled:
+                producer = None
+                if hooks.produce_to and events is not None and events.enabled:
+                    from talkwire.server.events.producer import LazyProducer
+
+                    producer = await self._stack.enter_async_context(
+                        LazyProducer(events.client_kwargs())
+                    )
                 self.webhooks = await self._stack.enter_async_context(
-                    WebhookIngress(hooks, self.router, self.store)
+                    WebhookIngress(hooks, self.router, self.store, producer=producer)
                 )
 
     async def _start_grpc(self, chat: ChatService) -> None:
