@@ -114,6 +114,7 @@ class GraphQLConnector(HttpConnectorBase):
             result=base.result,
             cache_ttl=base.cache_ttl,
             cache_keys=base.cache_keys,
+            invalidates=base.invalidates,
             claims=tuple(sorted(claims)),
         )
         self._operations[name] = op

@@ -260,6 +260,7 @@ class SqlConnector:
             result=base.result,
             cache_ttl=base.cache_ttl,
             cache_keys=base.cache_keys,
+            invalidates=base.invalidates,
             claims=tuple(sorted(claims)),
         )
         self._operations[name] = op

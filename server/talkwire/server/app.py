@@ -38,6 +38,7 @@ from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import parse_topics
 from talkwire.server.hub import SessionHub
+from talkwire.server.idempotency import SqlIdempotencyStore
 from talkwire.server.metrics import Metrics
 from talkwire.server.store import Retention, SessionStore
 from talkwire.server.tracing import default_tracer
@@ -133,6 +134,7 @@ class Application:
         self.store: SessionStore
         self.hub: SessionHub
         self.connectors: ConnectorRegistry
+        self.idempotency: SqlIdempotencyStore
         self.router: EventRouter
         self.authenticator: Authenticator
         self.handler: TurnHandler
@@ -175,11 +177,14 @@ class Application:
         self.hub = await self._stack.enter_async_context(
             open_hub(self.store, cfg, on_ready=self._set_ready)
         )
+        self.idempotency = SqlIdempotencyStore(self.store.executor)
         self.connectors = await self._stack.enter_async_context(
             ConnectorRegistry(
                 connector_sections,
                 observer=self.metrics.connector_call,
                 on_breaker=self.metrics.breaker_state,
+                idempotency=self.idempotency,
+                idempotency_window=cfg.store.idempotency_window,
             )
         )
         self.handler = self._build_handler(bot)
@@ -355,6 +360,7 @@ class Application:
             try:
                 await self.sweep_now()
                 await self.store.forget_processed(self.config.store.dedup_window)
+                await self.idempotency.forget_expired()
             except Exception:
                 log.exception("sweep failed; retrying in %ss", interval)
 
