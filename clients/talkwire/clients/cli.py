@@ -463,11 +463,14 @@ async def _connectors(args: argparse.Namespace, out: TextIO) -> int:
 # -- registration ------------------------------------------------------------------------
 
 
-def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+def add_client_commands(
+    subparsers: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Register ``chat``, ``sessions`` and ``connectors`` on a ``talkwire`` subparsers object.
 
     Every leaf parser sets ``func`` and ``handler`` (aliases): ``args.handler(args)``
-    runs the command and returns its exit code.
+    runs the command and returns its exit code. Returns the ``connectors``
+    subcommands, so the server CLI can add offline ones (``inspect``).
     """
     chat = subparsers.add_parser(
         "chat",
@@ -509,6 +512,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         p.set_defaults(func=_runner(sessions_command), handler=_runner(sessions_command))
 
     connectors = subparsers.add_parser("connectors", help="list / invoke connectors (admin)")
+    connectors_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     connectors_sub = connectors.add_subparsers(dest="connectors_command", required=True)
     c_list = connectors_sub.add_parser("list", help="list connectors and their operations")
     c_list.add_argument("--json", action="store_true", help="print JSON")
@@ -528,6 +532,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     for p in (c_list, c_invoke):
         _add_connection_flags(p)
         p.set_defaults(func=_runner(connectors_command), handler=_runner(connectors_command))
+    return connectors_sub
 
 
 def main(argv: list[str] | None = None) -> int:
