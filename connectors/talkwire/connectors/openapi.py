@@ -71,8 +71,10 @@ __all__ = [
     "OpenApiConnector",
     "OpenApiDocument",
     "SpecError",
+    "constraint_violation",
     "describe_document",
     "load_document",
+    "schema_type",
 ]
 
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
@@ -260,7 +262,7 @@ def _parameters(
         if location not in ("path", "query", "header"):
             raise SpecError(f"parameter '{wire}' in {location} is not supported")
         schema = doc.resolve(p.get("schema") or {"type": "string"})
-        ptype, constraints = _schema_type(doc, schema, f"parameter '{wire}'")
+        ptype, constraints = schema_type(doc, schema, f"parameter '{wire}'")
         if ptype in ("object", "array") and location != "query":
             raise SpecError(
                 f"parameter '{wire}': {ptype} values in the {location} are not supported"
@@ -315,7 +317,7 @@ def _body_parameters(doc: OpenApiDocument, op: Mapping[str, Any]) -> list[SpecPa
             prop = doc.resolve(prop)
             if isinstance(prop, Mapping) and (prop.get("readOnly") is True):
                 continue
-            ptype, constraints = _schema_type(doc, prop, f"body property '{wire}'")
+            ptype, constraints = schema_type(doc, prop, f"body property '{wire}'")
             out.append(
                 SpecParameter(
                     _ident(str(wire)),
@@ -329,11 +331,15 @@ def _body_parameters(doc: OpenApiDocument, op: Mapping[str, Any]) -> list[SpecPa
                 )
             )
         return out
-    ptype, constraints = _schema_type(doc, schema, "request body")
+    ptype, constraints = schema_type(doc, schema, "request body")
     return [SpecParameter("body", "", "whole-body", ptype, body_required, "", None, constraints)]
 
 
-def _schema_type(doc: OpenApiDocument, schema: Any, what: str) -> tuple[str, dict[str, Any]]:
+def schema_type(doc: OpenApiDocument, schema: Any, what: str) -> tuple[str, dict[str, Any]]:
+    """Our parameter type and the checked constraints of a JSON schema (``SpecError`` if none).
+
+    Shared with the ``mcp`` connector (tool input schemas are JSON Schema too).
+    """
     schema = doc.resolve(schema)
     if not isinstance(schema, Mapping):
         raise SpecError(f"{what}: schema is not an object")
@@ -726,7 +732,7 @@ class OpenApiConnector(RestConnector):
             for name, (ptype, constraints) in checks.items():
                 value = params.get(name)
                 if value is not None:
-                    problem = _violation(ptype, value, constraints)
+                    problem = constraint_violation(ptype, value, constraints)
                     if problem:
                         raise RejectedInputError(
                             f"parameter '{name}' {problem}",
@@ -736,7 +742,7 @@ class OpenApiConnector(RestConnector):
         return await super().invoke(operation, params, ctx)
 
 
-def _violation(ptype: str, value: Any, c: Mapping[str, Any]) -> str:
+def constraint_violation(ptype: str, value: Any, c: Mapping[str, Any]) -> str:
     """Why ``value`` breaks the schema constraints ``c`` ("" when it does not)."""
     enum = c.get("enum")
     if isinstance(enum, list) and value not in enum:
