@@ -124,9 +124,7 @@ async def test_identity_bound_arguments_come_from_claims_only(mcp_url: str) -> N
         with pytest.raises(RejectedInputError, match="customer_id"):
             await reg.invoke("erp", "get_balance", {}, CallContext(subject="bob"))
         await reg.invoke("erp", "make_payment", {"amount": 5}, ALICE)
-        assert mcp_server.LEDGER["payments"] == [
-            {"customer_id": "c-1", "amount": 5.0, "note": ""}
-        ]
+        assert mcp_server.LEDGER["payments"] == [{"customer_id": "c-1", "amount": 5.0, "note": ""}]
 
 
 async def test_over_stdio() -> None:
@@ -224,7 +222,7 @@ async def test_an_allow_listed_tool_the_server_lacks(mcp_url: str) -> None:
 
 async def test_a_private_url_is_refused_unless_allowed(mcp_url: str) -> None:
     sections = _http(mcp_url, allow_private=False)
-    with pytest.raises(ConnectorConfigError, match="refused to connect to 127.0.0.1") as err:
+    with pytest.raises(ConnectorConfigError, match=r"refused to connect to 127\.0\.0\.1") as err:
         async with ConnectorRegistry(sections):
             pass
     assert err.value.key == "connectors.erp.url"
