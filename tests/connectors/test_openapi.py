@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.demo.erp import serve_demo_erp
 from talkwire.connectors.errors import (
     BackendError,
     ConnectorConfigError,
@@ -281,3 +282,47 @@ def test_inspect_cli_lists_what_a_spec_offers(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not parse" in lines[0], done.stderr
+
+
+DEMO_SPEC = Path(__file__).parents[2] / "notes-demo" / "erp-openapi.yaml"
+
+
+async def test_the_demo_erp_document_against_the_demo_erp() -> None:
+    """The document the demo config is to use (notes-demo/) drives the real demo ERP."""
+    sections = {
+        "erp": {
+            "type": "openapi",
+            "spec": str(DEMO_SPEC),
+            "allow_private": True,
+            "bind": {"customer_id": "{user.customer_id}"},
+            "operations": {
+                "getBalance": {
+                    "name": "get_balance",
+                    "fields": {"balance": "balance", "currency": "currency"},
+                    "cache_ttl": 600,
+                    "cache_keys": ["balance:{user.customer_id}"],
+                },
+                "makePayment": {
+                    "name": "make_payment",
+                    "invalidates": ["balance:{user.customer_id}"],
+                    "fields": {"payment_id": "payment_id", "balance": "balance"},
+                },
+            },
+        }
+    }
+    alice = CallContext(subject="alice", claims={"customer_id": "c-100"})
+    async with serve_demo_erp() as base_url:
+        sections["erp"]["base_url"] = base_url
+        async with ConnectorRegistry(sections) as reg:
+            params = {d["operation"]: d["parameters"] for d in reg.describe("erp")}
+            assert set(params["make_payment"]["properties"]) == {"amount"}  # key + bound id gone
+            before = await reg.invoke("erp", "get_balance", {}, alice)
+            assert before == {"balance": 120.5, "currency": "EUR"}
+            keyed = CallContext(alice.subject, alice.claims, idempotency_key="turn-1")
+            paid = await reg.invoke("erp", "make_payment", {"amount": 20}, keyed)
+            assert paid["balance"] == 100.5
+            assert await reg.invoke("erp", "make_payment", {"amount": 20}, keyed) == paid
+            # Shown straight away, not after the 600 s cache TTL; charged once.
+            assert (await reg.invoke("erp", "get_balance", {}, alice))["balance"] == 100.5
+            with pytest.raises(RejectedInputError, match=r"must be >= 0\.01"):
+                await reg.invoke("erp", "make_payment", {"amount": 0}, alice)

@@ -20,7 +20,9 @@ Each exposed operation keeps its operationId as name (characters that are not
 allowed in identifiers become ``_``). Its path, query and header parameters and
 the properties of a JSON request body become declared parameters with the types
 of their schemas; ``enum``, ``minimum`` / ``maximum``, ``minLength`` /
-``maxLength`` and ``pattern`` are checked per call (``INVALID_ARGUMENT``). A
+``maxLength`` and ``pattern`` are checked per call (``INVALID_ARGUMENT``); an
+``Idempotency-Key`` header parameter is left to the machinery (it sends the
+call's key). A
 body whose schema is not an object becomes one parameter ``body``. ``$ref`` s
 inside the document are followed. Per-operation overrides: ``name``,
 ``description``, ``result`` (default: ``rows`` for an array response, else
@@ -483,11 +485,13 @@ class OpenApiConnector(RestConnector):
                     raise ConnectorConfigError(
                         f"{owhere}.bind.{bound}", "the operation has no such parameter"
                     )
-            rest_ops[op_name] = self._rest_section(op, overrides, binds)
+            idem = str(config.get("idempotency_header", "Idempotency-Key"))
+            rest_ops[op_name] = self._rest_section(op, overrides, binds, idem)
+            declared = rest_ops[op_name]["params"]
             self._constraints[op_name] = {
                 p.name: (p.type, p.constraints)
                 for p in op.parameters
-                if p.constraints and p.name not in binds
+                if p.constraints and p.name in declared
             }
         section = {k: v for k, v in config.items() if k in HTTP_CONNECTION_KEYS}
         section["type"] = "rest"
@@ -557,7 +561,10 @@ class OpenApiConnector(RestConnector):
 
     @staticmethod
     def _rest_section(
-        op: SpecOperation, overrides: Mapping[str, Any], binds: Mapping[str, str]
+        op: SpecOperation,
+        overrides: Mapping[str, Any],
+        binds: Mapping[str, str],
+        idempotency_header: str,
     ) -> dict[str, Any]:
         path = op.path
         query: dict[str, str] = {}
@@ -566,6 +573,8 @@ class OpenApiConnector(RestConnector):
         whole_body: str | None = None
         params: dict[str, Any] = {}
         for p in op.parameters:
+            if p.location == "header" and p.wire.lower() == idempotency_header.lower():
+                continue  # the rest machinery sends the call's idempotency key itself
             value = binds.get(p.name, "{" + p.name + "}")
             if p.name not in binds:
                 decl: dict[str, Any] = {"type": p.type, "required": p.required}
