@@ -528,7 +528,9 @@ def add_client_commands(
     c_invoke.add_argument("--json", dest="json_params", metavar="OBJECT", help="parameters")
     c_invoke.add_argument("--as-subject", help="act as this subject")
     c_invoke.add_argument("--claims", help="claims of that subject, a JSON object")
-    c_invoke.add_argument("--idempotency-key", help="idempotency key for writes")
+    c_invoke.add_argument(
+        "--idempotency-key", help="idempotency key: a write runs once per key (same result after)"
+    )
     for p in (c_list, c_invoke):
         _add_connection_flags(p)
         p.set_defaults(func=_runner(connectors_command), handler=_runner(connectors_command))
