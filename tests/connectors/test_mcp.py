@@ -237,3 +237,15 @@ def test_config_errors() -> None:
         ConnectorRegistry(
             {"m": {"type": "mcp", "url": "https://mcp.example.com/mcp", "tools": {"x": {"sql": 1}}}}
         )
+
+
+def test_a_connector_type_whose_extra_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from talkwire.connectors import registry
+
+    ghost = EntryPoint("mcp", "talkwire_no_such_sdk:McpConnector", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ghost])
+    with pytest.raises(ConnectorConfigError, match=r"pip install 'talkwire\[mcp\]'") as err:
+        ConnectorRegistry({"m": {"type": "mcp", "url": "https://mcp.example.com/mcp"}})
+    assert err.value.key == "connectors.m.type"

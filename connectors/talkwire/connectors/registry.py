@@ -187,7 +187,14 @@ class ConnectorRegistry:
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
         if not matches:
             raise ConnectorConfigError(f"{where}.type", self._unknown(kind, resolved))
-        factory: ConnectorFactory = matches[0].load()
+        try:
+            factory: ConnectorFactory = matches[0].load()
+        except ImportError as exc:  # an optional dependency (e.g. the mcp SDK) is missing
+            raise ConnectorConfigError(
+                f"{where}.type",
+                f"connector type {kind!r} cannot be loaded ({exc}); "
+                f"install its extra, e.g. pip install 'talkwire[{kind}]'",
+            ) from None
         return factory
 
     # -- lifecycle -------------------------------------------------------------
