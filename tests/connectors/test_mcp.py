@@ -17,6 +17,7 @@ from talkwire.connectors.base import CallContext
 from talkwire.connectors.demo.erp import run_uvicorn
 from talkwire.connectors.errors import (
     BackendError,
+    CircuitOpenError,
     ConnectorConfigError,
     ConnectorUnavailableError,
     RejectedInputError,
@@ -249,3 +250,14 @@ def test_a_connector_type_whose_extra_is_missing(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConnectorConfigError, match=r"pip install 'talkwire\[mcp\]'") as err:
         ConnectorRegistry({"m": {"type": "mcp", "url": "https://mcp.example.com/mcp"}})
     assert err.value.key == "connectors.m.type"
+
+
+async def test_the_breaker_stops_dialling_a_server_that_keeps_failing() -> None:
+    url = f"http://127.0.0.1:{_free_port()}/mcp"
+    sections = _http(url, breaker={"failures": 2, "reset_after": 600})
+    async with ConnectorRegistry(sections) as reg:  # the failed start-up connect counts once
+        with pytest.raises(ConnectorUnavailableError, match="unreachable"):
+            await reg.invoke("erp", "shout", {"text": "x"})
+        with pytest.raises(CircuitOpenError, match="circuit open") as err:
+            await reg.invoke("erp", "shout", {"text": "x"})
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE

@@ -40,7 +40,8 @@ Results: ``structuredContent`` when the server sends it (FastMCP's
 when it is JSON); then ``select`` / ``fields`` / ``result`` like ``rest``. A tool
 answering ``isError`` raises ``BackendError`` (``FAILED_PRECONDITION``) with its
 text. A server that is down, or answers something that is not MCP, is
-``UNAVAILABLE``; the connector reconnects on the next call. One MCP session is
+``UNAVAILABLE``; the connector reconnects on the next call (through the circuit
+breaker, so a server that keeps failing is not dialled per call). One MCP session is
 held per connector, owned by a task of the connector's TaskGroup.
 """
 
@@ -412,7 +413,7 @@ class McpConnector:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         try:
-            link = await self._connect()
+            link = await self._connect_guarded()
             self._build_operations(link.tools, at_start=True)
         except ConnectorUnavailableError as exc:
             # The server may come later: calls say UNAVAILABLE and reconnect meanwhile.
@@ -449,7 +450,7 @@ class McpConnector:
     async def ready(self) -> None:
         """Connect if there is no live session (operations are known after that)."""
         if self._link is None:
-            link = await self._connect()
+            link = await self._connect_guarded()
             try:
                 self._build_operations(link.tools, at_start=False)
             except ConnectorConfigError as exc:
@@ -457,6 +458,27 @@ class McpConnector:
                 raise ConnectorUnavailableError(
                     f"cannot use the MCP server's tools: {exc}", connector=self.name
                 ) from None
+
+    async def _connect_guarded(self) -> _Link:
+        """Connect through the breaker: a server that keeps failing is not dialled per call."""
+        breaker = self.breaker
+        if breaker is None:
+            return await self._connect()
+        try:
+            breaker.before_call()
+        except CircuitOpenError as exc:
+            exc.connector = self.name
+            raise
+        try:
+            link = await self._connect()
+        except ConnectorUnavailableError:
+            breaker.record_failure()
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.release()  # connected; the calls themselves give the verdicts
+        return link
 
     async def _connect(self) -> _Link:
         async with self._lock:
