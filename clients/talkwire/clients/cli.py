@@ -459,11 +459,14 @@ async def _connectors(args: argparse.Namespace, out: TextIO) -> int:
 # -- registration ------------------------------------------------------------------------
 
 
-def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+def add_client_commands(
+    subparsers: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Register ``chat``, ``sessions`` and ``connectors`` on a ``talkwire`` subparsers object.
 
     Every leaf parser sets ``func`` and ``handler`` (aliases): ``args.handler(args)``
-    runs the command and returns its exit code.
+    runs the command and returns its exit code. Returns the ``connectors``
+    subcommands, so the server CLI can add offline ones (``inspect``).
     """
     chat = subparsers.add_parser(
         "chat",
@@ -505,6 +508,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         p.set_defaults(func=_runner(sessions_command), handler=_runner(sessions_command))
 
     connectors = subparsers.add_parser("connectors", help="list / invoke connectors (admin)")
+    connectors_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     connectors_sub = connectors.add_subparsers(dest="connectors_command", required=True)
     c_list = connectors_sub.add_parser("list", help="list connectors and their operations")
     c_list.add_argument("--json", action="store_true", help="print JSON")
@@ -520,10 +524,13 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     c_invoke.add_argument("--json", dest="json_params", metavar="OBJECT", help="parameters")
     c_invoke.add_argument("--as-subject", help="act as this subject")
     c_invoke.add_argument("--claims", help="claims of that subject, a JSON object")
-    c_invoke.add_argument("--idempotency-key", help="idempotency key for writes")
+    c_invoke.add_argument(
+        "--idempotency-key", help="idempotency key: a write runs once per key (same result after)"
+    )
     for p in (c_list, c_invoke):
         _add_connection_flags(p)
         p.set_defaults(func=_runner(connectors_command), handler=_runner(connectors_command))
+    return connectors_sub
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ from talkwire.server.events.router import EventRouter
 from talkwire.server.events.settings import KafkaSettings
 from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
+from talkwire.server.idempotency import SqlIdempotencyStore
 from talkwire.server.metrics import Metrics
 from talkwire.server.policy import ConfigPolicy
 from talkwire.server.reflection import enable_reflection
@@ -123,6 +124,7 @@ class Application:
         self.store: SessionStore
         self.hub: SessionHub
         self.connectors: ConnectorRegistry
+        self.idempotency: SqlIdempotencyStore
         self.router: EventRouter
         self.authenticator: Authenticator
         self.handler: TurnHandler
@@ -184,11 +186,14 @@ class Application:
         self.hub = await self._stack.enter_async_context(
             open_hub(self.store, cfg, on_bus_state=self._set_ready)
         )
+        self.idempotency = SqlIdempotencyStore(self.store.executor)
         self.connectors = await self._stack.enter_async_context(
             ConnectorRegistry(
                 connector_sections,
                 observer=self.metrics.connector_call,
                 on_breaker=self.metrics.breaker_state,
+                idempotency=self.idempotency,
+                idempotency_window=cfg.store.idempotency_window,
             )
         )
 
@@ -227,6 +232,7 @@ class Application:
                 interval=cfg.server.sweep_interval,
                 session_ttl=cfg.store.session_ttl,
                 dedup_window=cfg.store.dedup_window,
+                also=(self.idempotency.forget_expired,),
             )
         )
 

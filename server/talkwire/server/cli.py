@@ -1,4 +1,5 @@
-"""The ``talkwire`` command: ``serve``, ``demo``, ``db upgrade`` and the client commands."""
+"""The ``talkwire`` command: ``serve``, ``demo``, ``db upgrade``, the client commands and
+``connectors inspect``."""
 
 from __future__ import annotations
 
@@ -122,8 +123,9 @@ def _parser() -> argparse.ArgumentParser:
 
     from talkwire.clients.cli import add_client_commands
     from talkwire.clients.emit import add_emit_command
+    from talkwire.server.inspect import add_inspect_command
 
-    add_client_commands(sub)
+    add_inspect_command(add_client_commands(sub))
     add_emit_command(sub)
     return parser
 

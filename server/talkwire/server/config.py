@@ -78,6 +78,8 @@ class StoreConfig:
     retention_age: float = 24 * 3600.0
     session_ttl: float = 24 * 3600.0
     dedup_window: float = 7 * 24 * 3600.0
+    # How long connector idempotency keys are remembered (seconds).
+    idempotency_window: float = 24 * 3600.0
     pool_size: int = 10
 
 

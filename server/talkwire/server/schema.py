@@ -10,6 +10,7 @@ from sqlalchemy.dialects import mysql
 __all__ = [
     "SCHEMA_VERSION",
     "dead_letters",
+    "idempotency_keys",
     "metadata",
     "outbox",
     "processed_events",
@@ -105,4 +106,17 @@ dead_letters = sa.Table(
     sa.Column("payload", _Blob, nullable=True),
     sa.Column("headers", _Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Idempotency keys of connector writes (talkwire.server.idempotency); ``id`` hashes
+# connector, operation, caller and key. ``result`` is the first call's JSON result.
+idempotency_keys = sa.Table(
+    "talkwire_idempotency_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("result", _Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )

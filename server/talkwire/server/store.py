@@ -177,6 +177,11 @@ class SessionStore:
     def dialect(self) -> str:
         return self._db.dialect
 
+    @property
+    def executor(self) -> SqlExecutor:
+        """Where this store's transactions run (for focused modules on the same database)."""
+        return self._db
+
     async def __aenter__(self) -> Self:
         try:
             await self.start()

@@ -461,8 +461,11 @@ class DialogueEngine:
     def _call_context(self, ctx: TurnContext, action: ActionDef | None) -> CallContext:
         ident = ctx.identity
         key = None
-        if action is not None:
-            key = f"{ctx.session_id}:{_FRAME_ID.get()}:{action.label}"
+        frame_id = _FRAME_ID.get()
+        # Writes are deduplicated by this key (per client frame): no frame id, no key,
+        # or two turns without ids would share one.
+        if action is not None and frame_id:
+            key = f"{ctx.session_id}:{frame_id}:{action.label}"
         return CallContext(
             subject=ident.subject,
             claims=caller_scope(ident.subject, ident.claims),
