@@ -14,7 +14,6 @@ import grpc
 import pytest
 
 from talkwire.connectors.base import CallContext
-from talkwire.connectors.demo.erp import run_uvicorn
 from talkwire.connectors.errors import (
     BackendError,
     CircuitOpenError,
@@ -23,6 +22,7 @@ from talkwire.connectors.errors import (
     RejectedInputError,
 )
 from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.demo.erp import run_uvicorn
 from tests.connectors import mcp_server
 from tests.connectors.httpserver import MiniHttpServer, Request, Response
 from tests.support.waiting import eventually

@@ -16,7 +16,6 @@ import grpc
 import pytest
 
 from talkwire.connectors.base import CallContext
-from talkwire.connectors.demo.erp import serve_demo_erp
 from talkwire.connectors.errors import (
     BackendError,
     ConnectorConfigError,
@@ -24,6 +23,7 @@ from talkwire.connectors.errors import (
     RejectedInputError,
 )
 from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.demo.erp import serve_demo_erp
 from tests.connectors.httpserver import MiniHttpServer, Request, Response
 
 SPECS = Path(__file__).parent / "specs"
@@ -284,11 +284,11 @@ def test_inspect_cli_lists_what_a_spec_offers(tmp_path: Path) -> None:
     assert len(lines) == 1 and "does not parse" in lines[0], done.stderr
 
 
-DEMO_SPEC = Path(__file__).parents[2] / "notes-demo" / "erp-openapi.yaml"
+DEMO_SPEC = Path(__file__).parents[2] / "server/talkwire/server/demo/erp-openapi.yaml"
 
 
 async def test_the_demo_erp_document_against_the_demo_erp() -> None:
-    """The document the demo config is to use (notes-demo/) drives the real demo ERP."""
+    """The document the demo config is to use (server/demo/) drives the real demo ERP."""
     sections = {
         "erp": {
             "type": "openapi",
