@@ -30,7 +30,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter.
+    """Capped exponential backoff with "equal" jitter (half fixed, half random).
 
     :meth:`next` returns a delay drawn uniformly from ``[ceiling / 2, ceiling]``
     where ``ceiling`` starts at ``initial`` and doubles up to ``cap``, so many
