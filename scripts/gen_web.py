@@ -83,7 +83,7 @@ def main() -> int:
             shutil.rmtree(GEN, ignore_errors=True)
             shutil.copytree(fresh_gen, GEN)
             bundle(BUNDLE)
-            print(f"wrote {len(_files(GEN))} files to {GEN.relative_to(ROOT)} and the widget bundle")
+            print(f"wrote {len(_files(GEN))} files to {GEN.relative_to(ROOT)} and the bundle")
             return 0
         stale = _stale(_files(fresh_gen), _files(GEN) if GEN.exists() else {})
         fresh_bundle = Path(tmp) / "widget.js"

@@ -125,9 +125,12 @@ async def test_ask_publish_kill9_reload(
     await page.get_by_role("button", name="My orders").first.click()
     await expect(lines(page, "bot")).to_have_count(2, timeout=TIMEOUT)
     await expect(lines(page, "update")).to_have_text(expected_updates)
-    seqs = [int(s) for s in await page.locator(".tw-line[data-seq]").evaluate_all(
-        "items => items.map(i => i.dataset.seq)"
-    )]
+    seqs = [
+        int(s)
+        for s in await page.locator(".tw-line[data-seq]").evaluate_all(
+            "items => items.map(i => i.dataset.seq)"
+        )
+    ]
     assert seqs == sorted(set(seqs)), f"frames shown twice or out of order: {seqs}"
 
 
