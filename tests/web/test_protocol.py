@@ -204,3 +204,48 @@ async def test_client_that_never_reads_is_cut_4108_and_resumes_everything(
     # The server kept serving, and the session lost nothing.
     frames = await replay_all(app, opened)
     assert [f["update"]["text"] for f in frames] == texts
+
+
+async def test_drain_closes_4114_and_the_session_resumes_elsewhere(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    app = await web_app(make_app, tmp_path, drain_delay=0.0)
+    async with dial(app) as ws:
+        opened = await open_session(ws)
+        await ws.send(json.dumps({"id": "m1", "message": {"text": "before the drain"}}))
+        await recv(ws)
+        drain = asyncio.create_task(app.drain(grace=0.5))
+        code, reason = await closed_with(ws)
+        await drain
+    assert code == 4114, reason
+    again = await web_app(make_app, tmp_path)  # same SQLite store: "another replica"
+    frames = await replay_all(again, opened)
+    assert [f["reply"]["text"] for f in frames] == ["before the drain"]
+
+
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        ({"listen": "8080"}, "web.listen: expected host:port, got '8080'"),
+        ({"listn": "127.0.0.1:1"}, "web.listn: unknown key"),
+        ({"allowed_origins": ["shop.example"]}, "web.allowed_origins: expected scheme://host"),
+        ({"open_timeout": 0}, "web.open_timeout: expected a positive number"),
+    ],
+)
+def test_bad_web_section_is_one_clear_error(
+    tmp_path: Path, web: dict[str, Any], message: str
+) -> None:
+    from talkwire.server.errors import ConfigError
+    from talkwire.server.web import WebSettings
+
+    config = make_config(tmp_path, web=web)
+    with pytest.raises(ConfigError) as err:
+        WebSettings(config.web)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_no_web_section_is_off(tmp_path: Path) -> None:
+    from talkwire.server.web import WebSettings
+
+    assert make_config(tmp_path).web == {}
+    assert not WebSettings({"enabled": False, "listen": "127.0.0.1:1"}).enabled
