@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -31,6 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# Not a valid Sec-WebSocket-Protocol entry: the widget sends it in the open frame instead.
+ODD_TOKEN = "carol token/with=chars"
 TIMEOUT = 20_000  # ms, for each thing the page must show
 
 
@@ -50,7 +53,7 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
         "demo": True,
         "server": {"handler": "auto", "data_dir": str(tmp_path), "sweep_interval": 3600},
         "store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"},
-        "auth": {"kind": "static", "tokens": TOKENS},
+        "auth": {"kind": "static", "tokens": {**TOKENS, ODD_TOKEN: {"subject": "carol"}}},
         "web": {"listen": f"127.0.0.1:{web_port}"},
     }
     proc = ServerProcess(config, workdir=tmp_path)
@@ -141,3 +144,12 @@ async def test_bad_token_says_so(browser: Browser, server: ServerProcess) -> Non
     )
     await expect(page.get_by_role("status")).to_have_text("Offline")
     await expect(page.get_by_role("button", name="Send")).to_be_disabled()
+
+
+async def test_token_that_cannot_be_a_header_goes_in_the_first_frame(
+    browser: Browser, server: ServerProcess
+) -> None:
+    page = await open_page(browser, server, quote(ODD_TOKEN, safe=""))
+    await expect(page.get_by_role("status")).to_have_text("Online", timeout=TIMEOUT)
+    await ask(page, "hello")
+    await expect(lines(page, "bot")).to_have_count(1, timeout=TIMEOUT)

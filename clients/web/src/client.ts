@@ -98,6 +98,8 @@ export interface ClientOptions<T> {
 }
 
 const MAX_TRANSCRIPT = 500;
+// RFC 7230 token characters: what a Sec-WebSocket-Protocol entry may hold.
+const HEADER_TOKEN = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 
 export class TalkwireClient<T> {
   private ws: WebSocket | null = null;
@@ -126,7 +128,7 @@ export class TalkwireClient<T> {
     this.stopped = false;
     this.state(this.attempt ? "reconnecting" : "connecting", "");
     const protocols = ["talkwire.v1.json"];
-    if (this.options.token) protocols.push(`bearer.${this.options.token}`);
+    if (this.tokenInHeader) protocols.push(`bearer.${this.options.token}`);
     const ws = new WebSocket(this.options.url, protocols);
     this.ws = ws;
     ws.onopen = () => this.sendOpen();
@@ -162,10 +164,17 @@ export class TalkwireClient<T> {
     this.ws?.close(1000);
   }
 
-  private send(frame: ConverseRequest["frame"]): string {
+  /** A token that is a valid header token goes in Sec-WebSocket-Protocol, else in the open frame. */
+  private get tokenInHeader(): boolean {
+    return !!this.options.token && HEADER_TOKEN.test(this.options.token);
+  }
+
+  private send(frame: ConverseRequest["frame"], token?: string): string {
     const id = `f${Date.now().toString(36)}-${this.nextId++}`;
     const request = create(ConverseRequestSchema, { id, frame });
-    this.ws?.send(toJsonString(ConverseRequestSchema, request));
+    let text = toJsonString(ConverseRequestSchema, request);
+    if (token) text = JSON.stringify({ token, ...JSON.parse(text) });
+    this.ws?.send(text);
     return id;
   }
 
@@ -178,7 +187,7 @@ export class TalkwireClient<T> {
       channel: this.options.channel ?? "web",
       locale: this.options.locale ?? navigator.language,
     });
-    this.send({ case: "open", value: open });
+    this.send({ case: "open", value: open }, this.tokenInHeader ? undefined : this.options.token);
   }
 
   private state(state: ConnectionState, detail: string): void {
