@@ -249,3 +249,36 @@ def test_no_web_section_is_off(tmp_path: Path) -> None:
 
     assert make_config(tmp_path).web == {}
     assert not WebSettings({"enabled": False, "listen": "127.0.0.1:1"}).enabled
+
+
+async def test_second_socket_supersedes_the_first_4010(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    app = await web_app(make_app, tmp_path)
+    async with dial(app) as first:
+        opened = await open_session(first)
+        async with dial(app) as second:
+            again = await open_session(
+                second, sessionId=opened["sessionId"], resumeToken=opened["resumeToken"]
+            )
+            assert again["resumed"]
+            assert await closed_with(first) == (4010, "superseded by a newer attachment")
+            await second.send(json.dumps({"id": "m1", "message": {"text": "still here"}}))
+            assert (await recv(second))["reply"]["text"] == "still here"
+
+
+def test_close_code_table_round_trips() -> None:
+    import grpc
+
+    from talkwire.server.errors import Status
+    from talkwire.server.web.closecodes import close_code, status_of_close
+
+    assert close_code(None) == 1000
+    assert close_code(Status(grpc.StatusCode.OK, "", False)) == 1000
+    for code in grpc.StatusCode:
+        if code == grpc.StatusCode.OK:
+            continue
+        for retriable in (False, True):
+            ws_code = close_code(Status(code, "x", retriable))
+            assert 4000 <= ws_code < 4200
+            assert status_of_close(ws_code) == (code, retriable)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Generator, Sequence
 from importlib import resources
 from types import TracebackType
@@ -117,22 +118,33 @@ class WebGateway:
             lifespan="off",
             server_header=False,
         )
+        sock = self._bind()
+        self.port = int(sock.getsockname()[1])
         server = _Server(config)
         self._server = server
-        self._task = asyncio.create_task(server.serve(), name="talkwire-web")
+        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="talkwire-web")
         while not server.started:
             if self._task.done():
-                with contextlib.suppress(BaseException):
-                    self._task.result()
-                raise ConfigError(
-                    f"web.listen: cannot listen on {self.settings.host}:{self.settings.port}"
-                )
+                self._task.result()
+                raise ConfigError(f"web.listen: the gateway did not start on {self.url}")
             await asyncio.sleep(0.01)
-        for srv in server.servers:
-            for sock in srv.sockets:
-                self.port = int(sock.getsockname()[1])
-                break
         log.info("web gateway on %s (WebSocket %s)", self.url, self.settings.path)
+
+    def _bind(self) -> socket.socket:
+        """Bind here, so a taken address is a ConfigError (uvicorn would exit the process)."""
+        host, port = self.settings.host, self.settings.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"web.listen: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from exc
+        sock.set_inheritable(True)
+        return sock
 
     async def aclose(self) -> None:
         """Stop listening; open sockets end with their session's status. Idempotent."""
