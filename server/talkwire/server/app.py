@@ -4,8 +4,9 @@
 components and owns their order of start and stop. It starts them in this
 order: the store, the hub (with its cluster), the connectors, the handler and
 the policy, the router, the chat service, the sweeper, the gRPC server (chat is
-served from here on), metrics, then the event ingress (Kafka joins its
-consumer group on its own; ``talkwire.events`` reports it). It stops them in
+served from here on), the web gateway (``web:``, if configured), metrics, then
+the event ingress (Kafka joins its consumer group on its own;
+``talkwire.events`` reports it). It stops them in
 the reverse order.
 
 :meth:`Application.drain` is the graceful shutdown (SIGTERM), one sequence:
@@ -61,6 +62,7 @@ from talkwire.server.store import Retention, SessionStore
 from talkwire.server.sweeper import Sweeper
 from talkwire.server.tracing import default_tracer
 from talkwire.server.turns import EchoHandler, SubscriptionPolicy, TurnHandler
+from talkwire.server.web import WebGateway, WebSettings
 from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2
 
 __all__ = ["READY_SERVICE", "Application", "server_options"]
@@ -165,6 +167,7 @@ class Application:
         await self._open_services()
         await self._start_grpc(self.chat)
         self._stack.push_async_callback(self._stop_grpc)
+        await self._start_web()
         self._start_metrics()
         await self._mark_serving()
         # Chat is served from here on; the consumer joins its group on its own.
@@ -359,6 +362,17 @@ class Application:
             ) from exc
         await server.start()
         self._server = server
+
+    async def _start_web(self) -> None:
+        """The WebSocket gateway and widget (``web:``; off without the section)."""
+        self.web: WebGateway | None = None
+        settings = WebSettings(self.config.web) if self.config.web else None
+        if settings is not None and settings.enabled:
+            self.web = await self._stack.enter_async_context(
+                WebGateway(
+                    settings, self.chat, max_message_bytes=self.config.server.max_message_bytes
+                )
+            )
 
     async def _stop_grpc(self) -> None:
         """Close the port (step 5 of the drain), after what the grace period left."""
