@@ -61,6 +61,7 @@ _INTENT_KEYS = (
     "quick_replies",
     "subscribe",
     "suggest",
+    "confirm",
 )
 _LLM_KEYS = (
     "enabled",
@@ -341,6 +342,7 @@ class _Parser:
             action=action,
             reply=reply,
             not_found=self.template(m.get("not_found"), (*path, "not_found"), optional=True),
+            confirm=self.template(m.get("confirm"), (*path, "confirm"), optional=True),
             quick_replies=self.quick_replies(m.get("quick_replies"), (*path, "quick_replies")),
             subscribe=subscribe,
             suggest=self.boolean(m.get("suggest"), (*path, "suggest"), False),
