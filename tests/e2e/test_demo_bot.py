@@ -160,7 +160,9 @@ async def test_pay_asks_for_the_amount_confirms_and_shows_the_new_balance(
     assert reply.text.startswith("Paid 20.00 EUR (payment #")
     assert reply.text.endswith("Your balance is now 100.50 EUR.")
     with sqlite3.connect(tmp_path / "demo-crm.db") as db:
-        (balance,) = db.execute("SELECT balance FROM accounts WHERE customer_id = 'c-100'").fetchone()
+        (balance,) = db.execute(
+            "SELECT balance FROM accounts WHERE customer_id = 'c-100'"
+        ).fetchone()
     assert balance == pytest.approx(100.50), "the ERP writes the one demo database"
     await alice.send("what's my balance")
     assert (await _answer(alice, "reply"))[-1].reply.text == "Your balance is 100.50 EUR."

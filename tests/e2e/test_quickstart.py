@@ -16,7 +16,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -61,7 +60,8 @@ async def test_readme_first_command_in_a_fresh_clone_pushes_a_live_update(
     assert "talkwire demo" in command
     started = time.monotonic()
     clone = tmp_path / "talkwire"
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    git = await asyncio.create_subprocess_exec("git", "clone", "--quiet", str(ROOT), str(clone))
+    assert await asyncio.wait_for(git.wait(), 120) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["TALKWIRE_LISTEN"] = f"127.0.0.1:{free_port()}"
     proc = await asyncio.create_subprocess_exec(
@@ -77,9 +77,7 @@ async def test_readme_first_command_in_a_fresh_clone_pushes_a_live_update(
     assert proc.stdout is not None
     seen: list[str] = []
     try:
-        target = await asyncio.wait_for(
-            _line_matching(proc.stdout, r"^\s+gRPC\s+(\S+)", seen), 900
-        )
+        target = await asyncio.wait_for(_line_matching(proc.stdout, r"^\s+gRPC\s+(\S+)", seen), 900)
         banner_at = time.monotonic() - started
         reader = asyncio.create_task(_keep_reading(proc.stdout, seen))
         async with ChatClient(target) as client:
