@@ -198,3 +198,23 @@ async def test_a_bare_number_still_answers_the_slot_prompt(alice: Any) -> None:
     await alice.send("1")
     reply = (await _answer(alice, "reply"))[-1].reply
     assert reply.text == "Ticket #1 (Espresso machine leaks) is open."
+
+
+async def test_without_kafka_a_write_still_drops_the_cached_answer(alice: Any) -> None:
+    await alice.send("what's my balance")
+    assert (await _answer(alice, "reply"))[-1].reply.text == "Your balance is 120.50 EUR."
+    await alice.send("where is my order 1002")
+    assert "processing" in (await _answer(alice, "reply"))[-1].reply.text
+    # Both answers are cached now (10 s / 30 s); the writes' `invalidate` keys drop them.
+    await alice.send("I want to pay 20 EUR")
+    await _answer(alice)
+    await alice.send("yes")
+    await _answer(alice, "reply")
+    await alice.send("cancel my order 1002")
+    await _answer(alice)
+    await alice.send("yes")
+    await _answer(alice, "reply")
+    await alice.send("what's my balance")
+    assert (await _answer(alice, "reply"))[-1].reply.text == "Your balance is 100.50 EUR."
+    await alice.send("where is my order 1002")
+    assert "cancelled" in (await _answer(alice, "reply"))[-1].reply.text

@@ -62,6 +62,7 @@ _INTENT_KEYS = (
     "subscribe",
     "suggest",
     "confirm",
+    "invalidate",
 )
 _LLM_KEYS = (
     "enabled",
@@ -331,8 +332,13 @@ class _Parser:
             self.req_template(s, (*path, "subscribe", i))
             for i, s in enumerate(self.strings(m.get("subscribe"), (*path, "subscribe")))
         )
+        invalidate = tuple(
+            self.req_template(s, (*path, "invalidate", i))
+            for i, s in enumerate(self.strings(m.get("invalidate"), (*path, "invalidate")))
+        )
         return IntentDef(
             name=name,
+            invalidate=invalidate,
             label=self.string(m.get("label", name.replace("_", " ")), (*path, "label")),
             description=self.string(m.get("description", ""), (*path, "description"), optional=True)
             or "",

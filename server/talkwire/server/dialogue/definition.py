@@ -36,6 +36,7 @@ Structure (every key is optional unless marked; see ``talkwire/server/demo/bot.y
           confirm: "Cancel order {order_id}?"   # ask yes/no before the action runs
           quick_replies: [{label: "My orders", intent: list_orders, parameters: {}}]
           subscribe: ["order:{order_id}"]
+          invalidate: ["order:{order_id}"]   # after the action: drop cached answers of these keys
           suggest: false               # true: append the bot's suggestions as buttons
       llm: {base_url: ..., model: ..., api_key_env: ..., enabled: true, ...}   # optional
 
@@ -176,6 +177,8 @@ class IntentDef:
     confirm: Template | None = None
     quick_replies: tuple[QuickReplyDef, ...] = ()
     subscribe: tuple[Template, ...] = ()
+    # Cache keys dropped after the action succeeded (a write's own effect, before any event).
+    invalidate: tuple[Template, ...] = ()
     suggest: bool = False
     path: Path_ = ()
 

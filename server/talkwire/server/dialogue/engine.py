@@ -593,6 +593,7 @@ class DialogueEngine:
                 )
                 return
             values["result"] = result
+            self._invalidate(intent, values)
             await self._subscribe(intent, values, ctx)
         text = (intent.reply or self.bot.message("done")).render(values)
         quick = self._quick_replies(intent.quick_replies, values)
@@ -658,6 +659,12 @@ class DialogueEngine:
                 continue
             out[name] = value
         return out
+
+    def _invalidate(self, intent: IntentDef, values: Mapping[str, Any]) -> None:
+        """Drop the cached answers a successful write made stale (``invalidate`` keys)."""
+        keys = [k for k in (t.render(values) for t in intent.invalidate) if k]
+        if keys:
+            self.connectors.invalidate(keys)
 
     async def _subscribe(
         self, intent: IntentDef, values: Mapping[str, Any], ctx: TurnContext
