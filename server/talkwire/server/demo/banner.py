@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_TARGET", "DemoAddresses", "demo_banner"]
@@ -23,7 +23,6 @@ class DemoAddresses:
     topics: tuple[str, ...] = ()
     interval: float = 0.0
     web: str | None = None
-    extra: tuple[tuple[str, str], ...] = field(default=())
 
 
 def demo_banner(addr: DemoAddresses) -> str:
@@ -36,7 +35,6 @@ def demo_banner(addr: DemoAddresses) -> str:
     if addr.bootstrap:
         rows.append(("Kafka", f"{addr.bootstrap}  (topics {', '.join(addr.topics)}; Debezium)"))
     rows.append(("CRM", f"{addr.crm}  (SQLite)"))
-    rows.extend(addr.extra)
     lines += [f"  {name:<6} {value}" for name, value in rows]
     lines += ["", "In another terminal:", f"  {chat}", "  you> where is my order 1001"]
     if addr.bootstrap:

@@ -15,6 +15,13 @@ matching ``events:`` section::
 The pushed text and the bot's next answer come from the same row, and the
 event's key (``order:1001``) drops the cached ``crm.order_status`` answer, so
 the two always agree.
+
+Latency: the first push for an order you asked about comes within one
+warehouse step (:data:`DEMO_INTERVAL`) plus the CDC poll. (The earlier demo
+producer changed one order per 10 s tick, round robin over three orders, so
+one order changed every 30 s, and consumed from ``latest``, dropping what was
+produced while the consumer joined its group: about a minute to the first
+push; and its events were invented, so the next answer contradicted them.)
 """
 
 from __future__ import annotations
