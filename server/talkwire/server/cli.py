@@ -9,10 +9,12 @@ import dataclasses
 import gc
 import json
 import logging
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -100,8 +102,12 @@ async def _demo(path: str | None, overrides: dict[str, Any], events: bool, inter
     overrides = {**overrides, "demo": True}
     config = load_config(path, overrides=overrides)
     crm = crm_path(config)
+    program = _program()
     if not events:
-        await serve(config, announce=lambda t: _say(demo_banner(DemoAddresses(t, crm))))
+        await serve(
+            config,
+            announce=lambda t: _say(demo_banner(DemoAddresses(t, crm, program=program))),
+        )
         return
     from talkwire.server.demo.cdc import CDC_TABLES, topic_for
     from talkwire.server.demo.events import demo_events, demo_events_config
@@ -114,11 +120,21 @@ async def _demo(path: str | None, overrides: dict[str, Any], events: bool, inter
             bootstrap=bootstrap,
             topics=tuple(topic_for(t) for t in CDC_TABLES),
             interval=interval,
+            program=program,
         )
         await serve(
             config,
             announce=lambda t: _say(demo_banner(dataclasses.replace(addresses, grpc=t))),
         )
+
+
+def _program() -> str:
+    """``talkwire`` if that is this script on PATH, else the path it was started as."""
+    on_path = shutil.which("talkwire")
+    me = Path(sys.argv[0])
+    if me.name == "talkwire" and (on_path is None or Path(on_path).resolve() != me.resolve()):
+        return str(me)
+    return "talkwire"
 
 
 def _say(text: str) -> None:

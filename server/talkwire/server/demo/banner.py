@@ -14,7 +14,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 class DemoAddresses:
     """Where the parts of a running demo listen.
 
-    ``web``: the web page, when a web gateway runs with the demo (``None``: none).
+    ``web``: the web page, when a web gateway runs with the demo (``None``: none);
+    ``program``: how to run ``talkwire`` in another terminal (a path when it is not on PATH).
     """
 
     grpc: str
@@ -23,11 +24,14 @@ class DemoAddresses:
     topics: tuple[str, ...] = ()
     interval: float = 0.0
     web: str | None = None
+    program: str = "talkwire"
 
 
 def demo_banner(addr: DemoAddresses) -> str:
     """The lines ``talkwire demo`` prints after start."""
-    chat = "talkwire chat" if addr.grpc == DEFAULT_TARGET else f"talkwire chat --target {addr.grpc}"
+    chat = f"{addr.program} chat"
+    if addr.grpc != DEFAULT_TARGET:
+        chat += f" --target {addr.grpc}"
     lines = ["", "talkwire demo is running:"]
     rows: list[tuple[str, str]] = [("gRPC", f"{addr.grpc}  (chat, admin, health, reflection)")]
     if addr.web:
