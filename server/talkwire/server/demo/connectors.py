@@ -11,6 +11,9 @@ crm (sql, SQLite demo database):
   ``{ticket_id, status}``
 - ``ticket_status(ticket_id: integer, customer_id: string) -> row``
   ``{ticket_id, subject, status, created_at}`` or ``None``; invalidated by ``ticket:{ticket_id}``
+- ``cancel_order(order_id: integer, customer_id: string) -> rows`` (write)
+  ``[{order_id, item, status}]``, or ``[]`` when the order is not the customer's
+  or is already delivered or cancelled
 - ``order_owner(order_id: integer) -> row`` ``{customer_id}`` or ``None``
 
 erp (rest, the demo ERP app):
@@ -89,6 +92,21 @@ def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
                     "result": "row",
                     "cache_ttl": 30,
                     "cache_keys": ["ticket:{ticket_id}"],
+                },
+                "cancel_order": {
+                    "description": "Cancel one of the customer's orders (not once delivered)",
+                    "sql": (
+                        "UPDATE orders SET status = 'cancelled' "
+                        "WHERE id = :order_id AND customer_id = :customer_id "
+                        "AND status NOT IN ('delivered', 'cancelled') "
+                        "RETURNING id AS order_id, item, status"
+                    ),
+                    "params": {
+                        "order_id": {"type": "integer", "description": "Order number"},
+                        "customer_id": cust,
+                    },
+                    "write": True,
+                    "result": "rows",
                 },
                 "order_owner": {
                     "description": "Which customer an order belongs to (for authorisation)",

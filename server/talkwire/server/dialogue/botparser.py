@@ -61,6 +61,8 @@ _INTENT_KEYS = (
     "quick_replies",
     "subscribe",
     "suggest",
+    "confirm",
+    "invalidate",
 )
 _LLM_KEYS = (
     "enabled",
@@ -330,8 +332,13 @@ class _Parser:
             self.req_template(s, (*path, "subscribe", i))
             for i, s in enumerate(self.strings(m.get("subscribe"), (*path, "subscribe")))
         )
+        invalidate = tuple(
+            self.req_template(s, (*path, "invalidate", i))
+            for i, s in enumerate(self.strings(m.get("invalidate"), (*path, "invalidate")))
+        )
         return IntentDef(
             name=name,
+            invalidate=invalidate,
             label=self.string(m.get("label", name.replace("_", " ")), (*path, "label")),
             description=self.string(m.get("description", ""), (*path, "description"), optional=True)
             or "",
@@ -341,6 +348,7 @@ class _Parser:
             action=action,
             reply=reply,
             not_found=self.template(m.get("not_found"), (*path, "not_found"), optional=True),
+            confirm=self.template(m.get("confirm"), (*path, "confirm"), optional=True),
             quick_replies=self.quick_replies(m.get("quick_replies"), (*path, "quick_replies")),
             subscribe=subscribe,
             suggest=self.boolean(m.get("suggest"), (*path, "suggest"), False),

@@ -33,8 +33,10 @@ Structure (every key is optional unless marked; see ``talkwire/server/demo/bot.y
             params: {order_id: "{order_id}", customer_id: "{user.customer_id}"}
           reply: "Order {order_id} ({result.item}) is {result.status}, ETA {result.eta}."
           not_found: "I couldn't find order {order_id}."
+          confirm: "Cancel order {order_id}?"   # ask yes/no before the action runs
           quick_replies: [{label: "My orders", intent: list_orders, parameters: {}}]
           subscribe: ["order:{order_id}"]
+          invalidate: ["order:{order_id}"]   # after the action: drop cached answers of these keys
           suggest: false               # true: append the bot's suggestions as buttons
       llm: {base_url: ..., model: ..., api_key_env: ..., enabled: true, ...}   # optional
 
@@ -93,6 +95,10 @@ DEFAULT_MESSAGES: dict[str, str] = {
     "done": "Done.",
     "confirm": "I'm about to {action}. Shall I go ahead?",
     "declined": "OK, I won't do that.",
+    "yes": "Yes",
+    "no": "No",
+    "confirm_again": "Please answer yes or no.",
+    "nothing_to_confirm": "There is nothing waiting for a yes or no right now.",
     "assistant_unavailable": "Sorry, the assistant is not available right now. Please try again.",
 }
 
@@ -167,8 +173,12 @@ class IntentDef:
     action: ActionDef | None = None
     reply: Template | None = None
     not_found: Template | None = None
+    # Asked (with Yes / No buttons) once the slots are filled, before the action runs.
+    confirm: Template | None = None
     quick_replies: tuple[QuickReplyDef, ...] = ()
     subscribe: tuple[Template, ...] = ()
+    # Cache keys dropped after the action succeeded (a write's own effect, before any event).
+    invalidate: tuple[Template, ...] = ()
     suggest: bool = False
     path: Path_ = ()
 
