@@ -2,7 +2,7 @@
 
 Loaded once at start into frozen dataclasses. Sections the core owns
 (``server``, ``store``, ``auth``) are validated here; sections owned by plugins
-(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``) are
+(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``, ``handoff``) are
 kept as mappings (with their YAML lines) and validated by their owners through
 the one section reader, :class:`talkwire.connectors.sections.Section`. Every
 error names the bad key and, for a file, its line:
@@ -118,13 +118,14 @@ class Config:
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     policy: Mapping[str, Any] = field(default_factory=dict)
     bus: Mapping[str, Any] = field(default_factory=dict)
+    handoff: Mapping[str, Any] = field(default_factory=dict)
     demo: bool = False
     source: str = ""
 
 
 _T = TypeVar("_T")
 _SECTIONS = {"server": ServerConfig, "store": StoreConfig, "auth": AuthConfig}
-_RAW = ("connectors", "events", "webhooks", "policy", "bus")
+_RAW = ("connectors", "events", "webhooks", "policy", "bus", "handoff")
 
 
 def _read(section: Section, key: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
@@ -227,6 +228,7 @@ def load_config(
         webhooks=raw.get("webhooks") or {},
         policy=raw.get("policy") or {},
         bus=raw.get("bus") or {},
+        handoff=raw.get("handoff") or {},
         demo=top.flag("demo", path is None and "bot" not in raw),
         source=source,
     )

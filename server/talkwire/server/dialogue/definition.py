@@ -36,6 +36,8 @@ Structure (every key is optional unless marked; see ``talkwire/server/demo/bot.y
           quick_replies: [{label: "My orders", intent: list_orders, parameters: {}}]
           subscribe: ["order:{order_id}"]
           suggest: false               # true: append the bot's suggestions as buttons
+          handoff: {queue: billing, reason: "asked for {topic}"}   # then hand off to a person
+      handoff: {after_fallbacks: 3, queue: general, reason: "..."}   # the automatic rule
       llm: {base_url: ..., model: ..., api_key_env: ..., enabled: true, ...}   # optional
 
 Template values: the intent's slots by name (also under ``slots``), ``user``
@@ -66,6 +68,7 @@ __all__ = [
     "ActionDef",
     "BotDefinition",
     "FallbackDef",
+    "HandoffDef",
     "IntentDef",
     "LlmConfig",
     "LookupDef",
@@ -157,6 +160,19 @@ class ActionDef:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoffDef:
+    """Hand the session to a person: ``queue`` ("" -> ``handoff.default_queue``), ``reason``.
+
+    On an intent: after its reply. On the bot: after ``after_fallbacks`` fallback
+    replies in a row (0: never).
+    """
+
+    queue: str = ""
+    reason: Template | None = None
+    after_fallbacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class IntentDef:
     name: str
     label: str
@@ -170,6 +186,7 @@ class IntentDef:
     quick_replies: tuple[QuickReplyDef, ...] = ()
     subscribe: tuple[Template, ...] = ()
     suggest: bool = False
+    handoff: HandoffDef | None = None
     path: Path_ = ()
 
 
@@ -220,6 +237,7 @@ class BotDefinition:
     clarify_margin: float = 0.04
     max_attempts: int = 3
     llm: LlmConfig | None = None
+    handoff: HandoffDef | None = None
     source: str = "<config>"
     # The parsed data, ``{"bot": ...}``; from YAML it knows the line of every key.
     tree: Any = field(default=None, repr=False, compare=False)
