@@ -1,4 +1,4 @@
-"""Human handoff on a real grpc.aio server: the bot hands off, an agent takes over and hands back."""
+"""Human handoff on a real grpc.aio server: the bot hands off, an agent takes over, hands back."""
 
 from __future__ import annotations
 
@@ -136,13 +136,10 @@ async def test_accept_is_race_free_and_precise(channel: grpc.aio.Channel) -> Non
     assert kind(frame) == "handoff:ACCEPTED"
 
     for token in (ANN, BEN):  # the winner's second accept too
-        try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
             await desk.Accept(agent_pb2.AcceptRequest(session_id=sid), metadata=metadata_for(token))
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "already accepted" in (exc.details() or "")
-        else:
-            raise AssertionError("a second accept succeeded")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already accepted" in (info.value.details() or "")
     unknown = desk.Accept(agent_pb2.AcceptRequest(session_id="nope"), metadata=metadata_for(ANN))
     assert await rpc_code(unknown) == grpc.StatusCode.NOT_FOUND
     user.cancel()
@@ -154,13 +151,10 @@ async def test_accepting_a_session_with_the_bot_fails(channel: grpc.aio.Channel)
     call = agent_stub(channel).Accept(
         agent_pb2.AcceptRequest(session_id=opened.session_id), metadata=metadata_for(ANN)
     )
-    try:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
-    except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "not waiting for an agent" in (exc.details() or "")
-    else:
-        raise AssertionError("accepted a session that was not queued")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not waiting for an agent" in (info.value.details() or "")
     user.cancel()
 
 
@@ -223,7 +217,7 @@ async def test_messages_after_release_are_refused_nothing_lost(channel: grpc.aio
 
 
 async def test_message_after_the_session_left_the_agent(channel: grpc.aio.Channel) -> None:
-    user, opened, frames = await _queued_session(channel)
+    user, opened, _ = await _queued_session(channel)
     sid = opened.session_id
     desk = agent_stub(channel)
     await desk.Accept(agent_pb2.AcceptRequest(session_id=sid), metadata=metadata_for(ANN))
