@@ -360,3 +360,27 @@ async def test_request_handoff_api_and_close(channel: grpc.aio.Channel) -> None:
         )
     )
     assert await resumed.status() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_agent_who_stays_away_sends_the_session_back_to_the_queue(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    app = await make_app(
+        handoff_config(tmp_path, handoff={"agent_timeout": 1, "sweep_interval": 0.2})
+    )
+    async with grpc.aio.insecure_channel(app.target) as channel:
+        user, opened, _ = await _queued_session(channel)
+        sid = opened.session_id
+        desk = agent_stub(channel)
+        await desk.Accept(agent_pb2.AcceptRequest(session_id=sid), metadata=metadata_for(ANN))
+        assert kind(await user.recv()) == "handoff:ACCEPTED"
+        # Ann never attends: the sweep puts the session back, keeping its place.
+        requeued = await user.recv(timeout=20)
+        assert (kind(requeued), requeued.handoff.position) == ("handoff:QUEUED", 1)
+        assert "did not come back" in requeued.handoff.reason
+        late = Attend(channel, ANN)
+        await late.send(agent_pb2.AttendRequest(open=agent_pb2.AttendOpen(session_id=sid)))
+        assert await late.status() == grpc.StatusCode.FAILED_PRECONDITION
+        await desk.Accept(agent_pb2.AcceptRequest(session_id=sid), metadata=metadata_for(BEN))
+        assert kind(await user.recv()) == "handoff:ACCEPTED"
+        user.cancel()
