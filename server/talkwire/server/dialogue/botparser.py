@@ -329,7 +329,7 @@ class _Parser:
         action = self.action(m["action"], (*path, "action")) if "action" in m else None
         reply = self.template(m.get("reply"), (*path, "reply"), optional=True)
         if action is None and reply is None and m.get("handoff") is None:
-            raise self.fail(path, "an intent needs an 'action', a 'reply' or a 'handoff'")
+            raise self.fail(path, "an intent needs an 'action' or a 'reply' (or a 'handoff')")
         subscribe = tuple(
             self.req_template(s, (*path, "subscribe", i))
             for i, s in enumerate(self.strings(m.get("subscribe"), (*path, "subscribe")))
