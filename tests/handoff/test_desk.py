@@ -384,3 +384,25 @@ async def test_agent_who_stays_away_sends_the_session_back_to_the_queue(
         await desk.Accept(agent_pb2.AcceptRequest(session_id=sid), metadata=metadata_for(BEN))
         assert kind(await user.recv()) == "handoff:ACCEPTED"
         user.cancel()
+
+
+async def test_an_admin_may_request_a_handoff_but_not_serve(channel: grpc.aio.Channel) -> None:
+    user = Stream(channel, "alice-token")
+    opened = await user.open()
+    desk = agent_stub(channel)
+    response = await desk.RequestHandoff(
+        agent_pb2.RequestHandoffRequest(session_id=opened.session_id, reason="escalated"),
+        metadata=metadata_for("admin-token"),
+    )
+    assert (response.session.queue, response.session.reason) == ("general", "escalated")
+    assert kind(await user.recv()) == "handoff:QUEUED"
+    call = desk.Accept(
+        agent_pb2.AcceptRequest(session_id=opened.session_id), metadata=metadata_for("admin-token")
+    )
+    assert await rpc_code(call) == grpc.StatusCode.PERMISSION_DENIED
+    refused = desk.RequestHandoff(
+        agent_pb2.RequestHandoffRequest(session_id=opened.session_id),
+        metadata=metadata_for("bob-token"),
+    )
+    assert await rpc_code(refused) == grpc.StatusCode.PERMISSION_DENIED
+    user.cancel()

@@ -99,7 +99,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RequestHandoff(self, request, context):
-        """Puts a session in a queue (a gateway, a back office or an agent asking for it).
+        """Puts a session in a queue (a back office or an agent asking for it); the
+        admin role may call it too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

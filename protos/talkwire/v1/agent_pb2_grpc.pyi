@@ -47,7 +47,9 @@ class AgentServiceStub:
     Transfer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.TransferRequest, _agent_pb2.TransferResponse]
     """Moves a session this agent holds to another queue."""
     RequestHandoff: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RequestHandoffRequest, _agent_pb2.RequestHandoffResponse]
-    """Puts a session in a queue (a gateway, a back office or an agent asking for it)."""
+    """Puts a session in a queue (a back office or an agent asking for it); the
+    admin role may call it too.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -68,7 +70,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Transfer: _aio.UnaryUnaryMultiCallable[_agent_pb2.TransferRequest, _agent_pb2.TransferResponse]  # type: ignore[assignment]
     """Moves a session this agent holds to another queue."""
     RequestHandoff: _aio.UnaryUnaryMultiCallable[_agent_pb2.RequestHandoffRequest, _agent_pb2.RequestHandoffResponse]  # type: ignore[assignment]
-    """Puts a session in a queue (a gateway, a back office or an agent asking for it)."""
+    """Puts a session in a queue (a back office or an agent asking for it); the
+    admin role may call it too.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """The agent desk: people taking over sessions from the bot. Every call needs
@@ -116,6 +120,8 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.RequestHandoffRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RequestHandoffResponse, _abc.Awaitable[_agent_pb2.RequestHandoffResponse]]:
-        """Puts a session in a queue (a gateway, a back office or an agent asking for it)."""
+        """Puts a session in a queue (a back office or an agent asking for it); the
+        admin role may call it too.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

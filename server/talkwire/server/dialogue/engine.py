@@ -20,6 +20,10 @@ One turn:
    input); an empty result renders ``not_found``; connector errors become an
    ``error`` frame with a friendly message and the connector's retriable flag.
    Then ``subscribe`` keys are subscribed and the reply is sent.
+6. An intent with ``handoff:`` (after its reply), or ``bot.handoff.after_fallbacks``
+   fallback replies in a row, asks for a person
+   (:func:`~talkwire.server.handoff.signal.request_handoff`); the handoff turn
+   router queues the session once the turn is done.
 """
 
 from __future__ import annotations
