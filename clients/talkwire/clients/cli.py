@@ -35,6 +35,7 @@ import grpc
 from google.protobuf import json_format
 
 from talkwire.clients.admin import AdminClient
+from talkwire.clients.agent import add_agent_command, describe_frame
 from talkwire.clients.chat import ChatClient, ChatSession
 from talkwire.clients.convert import from_struct
 from talkwire.clients.errors import RpcError, TalkwireError
@@ -169,7 +170,9 @@ class _ChatView:
 
     def render(self, frame: chat_pb2.ConverseResponse) -> None:
         kind = frame.WhichOneof("frame")
-        if kind in ("reply", "prompt"):
+        if kind == "handoff" or (kind == "reply" and frame.reply.author.role not in ("", "bot")):
+            self._print(describe_frame(frame, with_seq=False))  # a person, or the handoff
+        elif kind in ("reply", "prompt"):
             body = frame.reply if kind == "reply" else frame.prompt
             self._print(f"bot: {body.text}")
             self.quick_replies = list(body.quick_replies)
@@ -530,6 +533,7 @@ def add_client_commands(
     for p in (c_list, c_invoke):
         _add_connection_flags(p)
         p.set_defaults(func=_runner(connectors_command), handler=_runner(connectors_command))
+    add_agent_command(subparsers)  # talkwire agent: the desk lives in talkwire.clients.agent
     return connectors_sub
 
 

@@ -43,6 +43,7 @@ from prometheus_client import start_http_server
 
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
+from talkwire.server.agent import AgentService
 from talkwire.server.auth import Authenticator, build_authenticator
 from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
@@ -52,6 +53,7 @@ from talkwire.server.errors import ConfigError
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.settings import KafkaSettings
+from talkwire.server.handoff import HandoffDesk, HandoffSettings, HandoffTurns
 from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
 from talkwire.server.idempotency import SqlIdempotencyStore
@@ -63,7 +65,7 @@ from talkwire.server.sweeper import Sweeper
 from talkwire.server.tracing import default_tracer
 from talkwire.server.turns import EchoHandler, SubscriptionPolicy, TurnHandler
 from talkwire.server.web import WebGateway, WebSettings
-from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2
+from talkwire.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, chat_pb2
 
 __all__ = ["READY_SERVICE", "Application", "server_options"]
 
@@ -72,6 +74,7 @@ READY_SERVICE = "talkwire.ready"
 log = logging.getLogger(__name__)
 
 EVENTS_HEALTH = "talkwire.events"
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:
@@ -130,6 +133,8 @@ class Application:
         self.router: EventRouter
         self.authenticator: Authenticator
         self.handler: TurnHandler
+        self.handoff: HandoffDesk
+        self.turns: HandoffTurns
         self.policy: SubscriptionPolicy
         self.chat: ChatService
         self.sweeper: Sweeper
@@ -203,6 +208,13 @@ class Application:
     def _build_turns(self, bot: Any, policy_section: Mapping[str, Any]) -> None:
         """The turn handler, the subscription policy (no section: deny all), the router."""
         self.handler = self._build_handler(bot)
+        self.handoff = HandoffDesk(
+            store=self.store,
+            hub=self.hub,
+            settings=HandoffSettings.from_config(self.config.handoff),
+        )
+        # User turns reach the dialogue engine through the handoff router.
+        self.turns = HandoffTurns(self.handler, desk=self.handoff, hub=self.hub)
         self.policy = self._policy_override or ConfigPolicy.from_config(
             policy_section, self.connectors
         )
@@ -217,12 +229,13 @@ class Application:
     async def _open_services(self) -> None:
         """The chat service (with its write watchdog) and the expiry sweeper."""
         cfg = self.config
+        await self._stack.enter_async_context(self.handoff)
         self.chat = await self._stack.enter_async_context(
             ChatService(
                 store=self.store,
                 hub=self.hub,
                 authenticator=self.authenticator,
-                handler=self.handler,
+                handler=self.turns,
                 policy=self.policy,
                 config=cfg.server,
                 metrics=self.metrics,
@@ -278,7 +291,8 @@ class Application:
     async def _mark_serving(self) -> None:
         status = health_pb2.HealthCheckResponse
         await self._health.set("", status.SERVING)
-        for name in (CHAT_SERVICE, admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name):
+        admin = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+        for name in (CHAT_SERVICE, admin, AGENT_SERVICE):
             await self._health.set(name, status.SERVING)
         await self._set_ready(self.hub.ready)
 
@@ -345,11 +359,22 @@ class Application:
             ),
             server,
         )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(
+                store=self.store,
+                hub=self.hub,
+                authenticator=self.authenticator,
+                desk=self.handoff,
+                config=cfg.server,
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection(
             (
                 chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                AGENT_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             ),
             server,

@@ -2,7 +2,7 @@
 
 Loaded once at start into frozen dataclasses. Sections the core owns
 (``server``, ``store``, ``auth``) are validated here; sections owned by plugins
-(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``, ``web``) are
+(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``, ``web``, ``handoff``) are
 kept as mappings (with their YAML lines) and validated by their owners through
 the one section reader, :class:`talkwire.connectors.sections.Section`. Every
 error names the bad key and, for a file, its line:
@@ -121,13 +121,14 @@ class Config:
     policy: Mapping[str, Any] = field(default_factory=dict)
     bus: Mapping[str, Any] = field(default_factory=dict)
     web: Mapping[str, Any] = field(default_factory=dict)
+    handoff: Mapping[str, Any] = field(default_factory=dict)
     demo: bool = False
     source: str = ""
 
 
 _T = TypeVar("_T")
 _SECTIONS = {"server": ServerConfig, "store": StoreConfig, "auth": AuthConfig}
-_RAW = ("connectors", "events", "webhooks", "policy", "bus", "web")
+_RAW = ("connectors", "events", "webhooks", "policy", "bus", "web", "handoff")
 
 
 def _read(section: Section, key: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
@@ -231,6 +232,7 @@ def load_config(
         policy=raw.get("policy") or {},
         bus=raw.get("bus") or {},
         web=raw.get("web") or {},
+        handoff=raw.get("handoff") or {},
         demo=top.flag("demo", path is None and "bot" not in raw),
         source=source,
     )

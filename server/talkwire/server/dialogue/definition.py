@@ -38,6 +38,8 @@ Structure (every key is optional unless marked; see ``talkwire/server/demo/bot.y
           subscribe: ["order:{order_id}"]
           invalidate: ["order:{order_id}"]   # after the action: drop cached answers of these keys
           suggest: false               # true: append the bot's suggestions as buttons
+          handoff: {queue: billing, reason: "asked for {topic}"}   # then hand off to a person
+      handoff: {after_fallbacks: 3, queue: general, reason: "..."}   # the automatic rule
       llm: {base_url: ..., model: ..., api_key_env: ..., enabled: true, ...}   # optional
 
 Template values: the intent's slots by name (also under ``slots``), ``user``
@@ -68,6 +70,7 @@ __all__ = [
     "ActionDef",
     "BotDefinition",
     "FallbackDef",
+    "HandoffDef",
     "IntentDef",
     "LlmConfig",
     "LookupDef",
@@ -163,6 +166,19 @@ class ActionDef:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoffDef:
+    """Hand the session to a person: ``queue`` ("" -> ``handoff.default_queue``), ``reason``.
+
+    On an intent: after its reply. On the bot: after ``after_fallbacks`` fallback
+    replies in a row (0: never).
+    """
+
+    queue: str = ""
+    reason: Template | None = None
+    after_fallbacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class IntentDef:
     name: str
     label: str
@@ -180,6 +196,7 @@ class IntentDef:
     # Cache keys dropped after the action succeeded (a write's own effect, before any event).
     invalidate: tuple[Template, ...] = ()
     suggest: bool = False
+    handoff: HandoffDef | None = None
     path: Path_ = ()
 
 
@@ -230,6 +247,7 @@ class BotDefinition:
     clarify_margin: float = 0.04
     max_attempts: int = 3
     llm: LlmConfig | None = None
+    handoff: HandoffDef | None = None
     source: str = "<config>"
     # The parsed data, ``{"bot": ...}``; from YAML it knows the line of every key.
     tree: Any = field(default=None, repr=False, compare=False)

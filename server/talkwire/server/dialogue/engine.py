@@ -27,6 +27,10 @@ One turn:
    Yes / No buttons: the reserved intents ``_confirm`` and ``_decline``) once
    its slots are filled; the action runs only after a yes ("yes", "ok", "go
    ahead" or the Yes button); a no declines, another intent interrupts.
+7. An intent with ``handoff:`` (after its reply), or ``bot.handoff.after_fallbacks``
+   fallback replies in a row, asks for a person
+   (:func:`~talkwire.server.handoff.signal.request_handoff`); the handoff turn
+   router queues the session once the turn is done.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from talkwire.server.dialogue.actions import (
 from talkwire.server.dialogue.definition import (
     ActionDef,
     BotDefinition,
+    HandoffDef,
     IntentDef,
     LookupDef,
     QuickReplyDef,
@@ -76,6 +81,7 @@ from talkwire.server.dialogue.matcher import (
 )
 from talkwire.server.dialogue.slots import MISSING, extract, validate
 from talkwire.server.errors import ConfigError, PermissionDeniedError
+from talkwire.server.handoff.signal import request_handoff
 from talkwire.server.turns import QuickReply, Turn, TurnContext
 
 __all__ = [
@@ -91,6 +97,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_KEY = "dialogue"
+_FALLBACKS = "fallbacks_in_a_row"
 _CANCEL_RE = re.compile(
     r"^\s*(cancel|stop|never ?mind|forget it|abort|quit)\b[\s.!]*$", re.IGNORECASE
 )
@@ -566,6 +573,7 @@ class DialogueEngine:
             self._ask_confirmation(intent, slots, ctx, st)
             return
         st.pop("pending", None)
+        st.pop(_FALLBACKS, None)
         values = self._values(ctx, slots)
         result: Any = None
         if intent.action is not None:
@@ -595,6 +603,10 @@ class DialogueEngine:
             values["result"] = result
             self._invalidate(intent, values)
             await self._subscribe(intent, values, ctx)
+        if intent.handoff is not None:
+            self._hand_off(ctx, intent.handoff, values)
+            if intent.reply is None and intent.action is None:
+                return
         text = (intent.reply or self.bot.message("done")).render(values)
         quick = self._quick_replies(intent.quick_replies, values)
         if intent.suggest:
@@ -733,7 +745,26 @@ class DialogueEngine:
             if n != exclude and n in self.bot.intents
         ]
 
+    @staticmethod
+    def _hand_off(ctx: TurnContext, rule: HandoffDef, values: Mapping[str, Any]) -> None:
+        reason = rule.reason.render(values) if rule.reason is not None else ""
+        request_handoff(ctx.state, rule.queue, reason)
+
+    def _count_fallback(self, ctx: TurnContext) -> None:
+        """The ``handoff.after_fallbacks`` rule: N fallback replies in a row ask for a person."""
+        rule = self.bot.handoff
+        if rule is None or rule.after_fallbacks <= 0:
+            return
+        st = self._state(ctx)
+        count = int(st.get(_FALLBACKS) or 0) + 1
+        if count >= rule.after_fallbacks:
+            st.pop(_FALLBACKS, None)
+            self._hand_off(ctx, rule, self._values(ctx, {}))
+        else:
+            st[_FALLBACKS] = count
+
     def _fallback(self, ctx: TurnContext, result: MatchResult | None) -> None:
+        self._count_fallback(ctx)
         quick: list[QuickReply] = []
         seen: set[str] = set()
         if result is not None:

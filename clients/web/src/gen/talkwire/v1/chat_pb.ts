@@ -2,8 +2,8 @@
 // @generated from file talkwire/v1/chat.proto (package talkwire.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file talkwire/v1/chat.proto.
  */
 export const file_talkwire_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0YWxrd2lyZS92MS9jaGF0LnByb3RvEgt0YWxrd2lyZS52MSLDAgoPQ29udmVyc2VSZXF1ZXN0EgoKAmlkGAEgASgJEiEKBG9wZW4YCiABKAsyES50YWxrd2lyZS52MS5PcGVuSAASKwoHbWVzc2FnZRgLIAEoCzIYLnRhbGt3aXJlLnYxLlVzZXJNZXNzYWdlSAASKQoGYWN0aW9uGAwgASgLMhcudGFsa3dpcmUudjEuVXNlckFjdGlvbkgAEh8KA2FjaxgNIAEoCzIQLnRhbGt3aXJlLnYxLkFja0gAEisKCXN1YnNjcmliZRgOIAEoCzIWLnRhbGt3aXJlLnYxLlN1YnNjcmliZUgAEi8KC3Vuc3Vic2NyaWJlGA8gASgLMhgudGFsa3dpcmUudjEuVW5zdWJzY3JpYmVIABIhCgRwaW5nGBAgASgLMhEudGFsa3dpcmUudjEuUGluZ0gAQgcKBWZyYW1lIs0BCgRPcGVuEhIKCnNlc3Npb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhAKCGxhc3Rfc2VxGAMgASgEEg8KB2NoYW5uZWwYBCABKAkSDgoGbG9jYWxlGAUgASgJEjUKCmF0dHJpYnV0ZXMYBiADKAsyIS50YWxrd2lyZS52MS5PcGVuLkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIbCgtVc2VyTWVzc2FnZRIMCgR0ZXh0GAEgASgJIlgKClVzZXJBY3Rpb24SDgoGaW50ZW50GAEgASgJEisKCnBhcmFtZXRlcnMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBWxhYmVsGAMgASgJIhIKA0FjaxILCgNzZXEYASABKAQiGAoJU3Vic2NyaWJlEgsKA2tleRgBIAEoCSIaCgtVbnN1YnNjcmliZRILCgNrZXkYASABKAkiFAoEUGluZxIMCgRkYXRhGAEgASgJIooDChBDb252ZXJzZVJlc3BvbnNlEgsKA3NlcRgBIAEoBBITCgtpbl9yZXBseV90bxgCIAEoCRIrCgdzZW50X2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZvcGVuZWQYCiABKAsyEy50YWxrd2lyZS52MS5PcGVuZWRIABIjCgVyZXBseRgLIAEoCzISLnRhbGt3aXJlLnYxLlJlcGx5SAASJQoGdXBkYXRlGAwgASgLMhMudGFsa3dpcmUudjEuVXBkYXRlSAASJQoGcHJvbXB0GA0gASgLMhMudGFsa3dpcmUudjEuUHJvbXB0SAASJwoFZXJyb3IYDiABKAsyFi50YWxrd2lyZS52MS5UdXJuRXJyb3JIABIhCgRwb25nGA8gASgLMhEudGFsa3dpcmUudjEuUG9uZ0gAEjgKDHN1YnNjcmlwdGlvbhgQIAEoCzIgLnRhbGt3aXJlLnYxLlN1YnNjcmlwdGlvbkNoYW5nZWRIAEIHCgVmcmFtZSJnCgZPcGVuZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxyZXN1bWVfdG9rZW4YAiABKAkSDwoHcmVzdW1lZBgDIAEoCBIQCghyZXBsYXllZBgEIAEoDRIQCghoZWFkX3NlcRgFIAEoBCJYCgpRdWlja1JlcGx5Eg0KBWxhYmVsGAEgASgJEg4KBmludGVudBgCIAEoCRIrCgpwYXJhbWV0ZXJzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJ8CgVSZXBseRIMCgR0ZXh0GAEgASgJEi4KDXF1aWNrX3JlcGxpZXMYAiADKAsyFy50YWxrd2lyZS52MS5RdWlja1JlcGx5EiUKBGRhdGEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg4KBmludGVudBgEIAEoCSLAAQoGVXBkYXRlEhAKCGV2ZW50X2lkGAEgASgJEgsKA2tleRgCIAEoCRIMCgR0eXBlGAMgASgJEgwKBHRleHQYBCABKAkSJQoEZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLb2NjdXJyZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNvdXJjZRgHIAEoCRITCgt0cmFjZXBhcmVudBgIIAEoCSJkCgZQcm9tcHQSDAoEc2xvdBgBIAEoCRIMCgR0ZXh0GAIgASgJEi4KDXF1aWNrX3JlcGxpZXMYAyADKAsyFy50YWxrd2lyZS52MS5RdWlja1JlcGx5Eg4KBmludGVudBgEIAEoCSI9CglUdXJuRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJpYWJsZRgDIAEoCCIUCgRQb25nEgwKBGRhdGEYASABKAkiMgoTU3Vic2NyaXB0aW9uQ2hhbmdlZBILCgNrZXkYASABKAkSDgoGYWN0aXZlGAIgASgIMloKC0NoYXRTZXJ2aWNlEksKCENvbnZlcnNlEhwudGFsa3dpcmUudjEuQ29udmVyc2VSZXF1ZXN0Gh0udGFsa3dpcmUudjEuQ29udmVyc2VSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZ0YWxrd2lyZS92MS9jaGF0LnByb3RvEgt0YWxrd2lyZS52MSLDAgoPQ29udmVyc2VSZXF1ZXN0EgoKAmlkGAEgASgJEiEKBG9wZW4YCiABKAsyES50YWxrd2lyZS52MS5PcGVuSAASKwoHbWVzc2FnZRgLIAEoCzIYLnRhbGt3aXJlLnYxLlVzZXJNZXNzYWdlSAASKQoGYWN0aW9uGAwgASgLMhcudGFsa3dpcmUudjEuVXNlckFjdGlvbkgAEh8KA2FjaxgNIAEoCzIQLnRhbGt3aXJlLnYxLkFja0gAEisKCXN1YnNjcmliZRgOIAEoCzIWLnRhbGt3aXJlLnYxLlN1YnNjcmliZUgAEi8KC3Vuc3Vic2NyaWJlGA8gASgLMhgudGFsa3dpcmUudjEuVW5zdWJzY3JpYmVIABIhCgRwaW5nGBAgASgLMhEudGFsa3dpcmUudjEuUGluZ0gAQgcKBWZyYW1lIs0BCgRPcGVuEhIKCnNlc3Npb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhAKCGxhc3Rfc2VxGAMgASgEEg8KB2NoYW5uZWwYBCABKAkSDgoGbG9jYWxlGAUgASgJEjUKCmF0dHJpYnV0ZXMYBiADKAsyIS50YWxrd2lyZS52MS5PcGVuLkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIbCgtVc2VyTWVzc2FnZRIMCgR0ZXh0GAEgASgJIlgKClVzZXJBY3Rpb24SDgoGaW50ZW50GAEgASgJEisKCnBhcmFtZXRlcnMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBWxhYmVsGAMgASgJIhIKA0FjaxILCgNzZXEYASABKAQiGAoJU3Vic2NyaWJlEgsKA2tleRgBIAEoCSIaCgtVbnN1YnNjcmliZRILCgNrZXkYASABKAkiFAoEUGluZxIMCgRkYXRhGAEgASgJIrMDChBDb252ZXJzZVJlc3BvbnNlEgsKA3NlcRgBIAEoBBITCgtpbl9yZXBseV90bxgCIAEoCRIrCgdzZW50X2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZvcGVuZWQYCiABKAsyEy50YWxrd2lyZS52MS5PcGVuZWRIABIjCgVyZXBseRgLIAEoCzISLnRhbGt3aXJlLnYxLlJlcGx5SAASJQoGdXBkYXRlGAwgASgLMhMudGFsa3dpcmUudjEuVXBkYXRlSAASJQoGcHJvbXB0GA0gASgLMhMudGFsa3dpcmUudjEuUHJvbXB0SAASJwoFZXJyb3IYDiABKAsyFi50YWxrd2lyZS52MS5UdXJuRXJyb3JIABIhCgRwb25nGA8gASgLMhEudGFsa3dpcmUudjEuUG9uZ0gAEjgKDHN1YnNjcmlwdGlvbhgQIAEoCzIgLnRhbGt3aXJlLnYxLlN1YnNjcmlwdGlvbkNoYW5nZWRIABInCgdoYW5kb2ZmGBEgASgLMhQudGFsa3dpcmUudjEuSGFuZG9mZkgAQgcKBWZyYW1lImcKBk9wZW5lZBISCgpzZXNzaW9uX2lkGAEgASgJEhQKDHJlc3VtZV90b2tlbhgCIAEoCRIPCgdyZXN1bWVkGAMgASgIEhAKCHJlcGxheWVkGAQgASgNEhAKCGhlYWRfc2VxGAUgASgEIlgKClF1aWNrUmVwbHkSDQoFbGFiZWwYASABKAkSDgoGaW50ZW50GAIgASgJEisKCnBhcmFtZXRlcnMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IqEBCgVSZXBseRIMCgR0ZXh0GAEgASgJEi4KDXF1aWNrX3JlcGxpZXMYAiADKAsyFy50YWxrd2lyZS52MS5RdWlja1JlcGx5EiUKBGRhdGEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg4KBmludGVudBgEIAEoCRIjCgZhdXRob3IYBSABKAsyEy50YWxrd2lyZS52MS5BdXRob3IiOAoGQXV0aG9yEgwKBHJvbGUYASABKAkSCgoCaWQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIpABCgdIYW5kb2ZmEigKBXN0YXRlGAEgASgOMhkudGFsa3dpcmUudjEuSGFuZG9mZlN0YXRlEg0KBXF1ZXVlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIQCghwb3NpdGlvbhgEIAEoDRIaChJhZ2VudF9kaXNwbGF5X25hbWUYBSABKAkSDgoGY2xvc2VkGAYgASgIIsABCgZVcGRhdGUSEAoIZXZlbnRfaWQYASABKAkSCwoDa2V5GAIgASgJEgwKBHR5cGUYAyABKAkSDAoEdGV4dBgEIAEoCRIlCgRkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgtvY2N1cnJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc291cmNlGAcgASgJEhMKC3RyYWNlcGFyZW50GAggASgJImQKBlByb21wdBIMCgRzbG90GAEgASgJEgwKBHRleHQYAiABKAkSLgoNcXVpY2tfcmVwbGllcxgDIAMoCzIXLnRhbGt3aXJlLnYxLlF1aWNrUmVwbHkSDgoGaW50ZW50GAQgASgJIj0KCVR1cm5FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cmlhYmxlGAMgASgIIhQKBFBvbmcSDAoEZGF0YRgBIAEoCSIyChNTdWJzY3JpcHRpb25DaGFuZ2VkEgsKA2tleRgBIAEoCRIOCgZhY3RpdmUYAiABKAgqfAoMSGFuZG9mZlN0YXRlEh0KGUhBTkRPRkZfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRIQU5ET0ZGX1NUQVRFX1FVRVVFRBABEhoKFkhBTkRPRkZfU1RBVEVfQUNDRVBURUQQAhIXChNIQU5ET0ZGX1NUQVRFX0VOREVEEAMyWgoLQ2hhdFNlcnZpY2USSwoIQ29udmVyc2USHC50YWxrd2lyZS52MS5Db252ZXJzZVJlcXVlc3QaHS50YWxrd2lyZS52MS5Db252ZXJzZVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A client frame.
@@ -327,6 +327,14 @@ export type ConverseResponse = Message<"talkwire.v1.ConverseResponse"> & {
      */
     value: SubscriptionChanged;
     case: "subscription";
+  } | {
+    /**
+     * A change of the session's handoff to a person (durable).
+     *
+     * @generated from field: talkwire.v1.Handoff handoff = 17;
+     */
+    value: Handoff;
+    case: "handoff";
   } | { case: undefined; value?: undefined };
 };
 
@@ -434,6 +442,15 @@ export type Reply = Message<"talkwire.v1.Reply"> & {
    * @generated from field: string intent = 4;
    */
   intent: string;
+
+  /**
+   * Who wrote it. Unset (or role "bot"): the bot. Role "agent": a person at the
+   * agent desk. Role "user": the user's own message, stored and delivered to the
+   * agent while a person holds the session (the durable receipt of that message).
+   *
+   * @generated from field: talkwire.v1.Author author = 5;
+   */
+  author?: Author | undefined;
 };
 
 /**
@@ -442,6 +459,85 @@ export type Reply = Message<"talkwire.v1.Reply"> & {
  */
 export const ReplySchema: GenMessage<Reply> = /*@__PURE__*/
   messageDesc(file_talkwire_v1_chat, 11);
+
+/**
+ * The author of a reply.
+ *
+ * @generated from message talkwire.v1.Author
+ */
+export type Author = Message<"talkwire.v1.Author"> & {
+  /**
+   * "bot", "agent" or "user".
+   *
+   * @generated from field: string role = 1;
+   */
+  role: string;
+
+  /**
+   * The author's subject (empty for the bot).
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string display_name = 3;
+   */
+  displayName: string;
+};
+
+/**
+ * Describes the message talkwire.v1.Author.
+ * Use `create(AuthorSchema)` to create a new message.
+ */
+export const AuthorSchema: GenMessage<Author> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_chat, 12);
+
+/**
+ * A durable handoff frame: queued, accepted, ended.
+ *
+ * @generated from message talkwire.v1.Handoff
+ */
+export type Handoff = Message<"talkwire.v1.Handoff"> & {
+  /**
+   * @generated from field: talkwire.v1.HandoffState state = 1;
+   */
+  state: HandoffState;
+
+  /**
+   * @generated from field: string queue = 2;
+   */
+  queue: string;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: uint32 position = 4;
+   */
+  position: number;
+
+  /**
+   * @generated from field: string agent_display_name = 5;
+   */
+  agentDisplayName: string;
+
+  /**
+   * True when the session was closed with the end of the handoff.
+   *
+   * @generated from field: bool closed = 6;
+   */
+  closed: boolean;
+};
+
+/**
+ * Describes the message talkwire.v1.Handoff.
+ * Use `create(HandoffSchema)` to create a new message.
+ */
+export const HandoffSchema: GenMessage<Handoff> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_chat, 13);
 
 /**
  * A proactive push caused by a change event or AdminService.Publish.
@@ -499,7 +595,7 @@ export type Update = Message<"talkwire.v1.Update"> & {
  * Use `create(UpdateSchema)` to create a new message.
  */
 export const UpdateSchema: GenMessage<Update> = /*@__PURE__*/
-  messageDesc(file_talkwire_v1_chat, 12);
+  messageDesc(file_talkwire_v1_chat, 14);
 
 /**
  * The bot asks for a missing slot.
@@ -533,7 +629,7 @@ export type Prompt = Message<"talkwire.v1.Prompt"> & {
  * Use `create(PromptSchema)` to create a new message.
  */
 export const PromptSchema: GenMessage<Prompt> = /*@__PURE__*/
-  messageDesc(file_talkwire_v1_chat, 13);
+  messageDesc(file_talkwire_v1_chat, 15);
 
 /**
  * A recoverable, per-turn error; the stream stays open.
@@ -564,7 +660,7 @@ export type TurnError = Message<"talkwire.v1.TurnError"> & {
  * Use `create(TurnErrorSchema)` to create a new message.
  */
 export const TurnErrorSchema: GenMessage<TurnError> = /*@__PURE__*/
-  messageDesc(file_talkwire_v1_chat, 14);
+  messageDesc(file_talkwire_v1_chat, 16);
 
 /**
  * Answers `ping`.
@@ -583,7 +679,7 @@ export type Pong = Message<"talkwire.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_talkwire_v1_chat, 15);
+  messageDesc(file_talkwire_v1_chat, 17);
 
 /**
  * Confirms a subscribe or unsubscribe.
@@ -607,7 +703,46 @@ export type SubscriptionChanged = Message<"talkwire.v1.SubscriptionChanged"> & {
  * Use `create(SubscriptionChangedSchema)` to create a new message.
  */
 export const SubscriptionChangedSchema: GenMessage<SubscriptionChanged> = /*@__PURE__*/
-  messageDesc(file_talkwire_v1_chat, 16);
+  messageDesc(file_talkwire_v1_chat, 18);
+
+/**
+ * Where the session stands in a handoff to a person.
+ *
+ * @generated from enum talkwire.v1.HandoffState
+ */
+export enum HandoffState {
+  /**
+   * @generated from enum value: HANDOFF_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Waiting in `queue` for an agent; `position` is 1 for the next to be served.
+   *
+   * @generated from enum value: HANDOFF_STATE_QUEUED = 1;
+   */
+  QUEUED = 1,
+
+  /**
+   * An agent (`agent_display_name`) took the session; the bot is quiet.
+   *
+   * @generated from enum value: HANDOFF_STATE_ACCEPTED = 2;
+   */
+  ACCEPTED = 2,
+
+  /**
+   * The agent handed the session back to the bot (or closed it).
+   *
+   * @generated from enum value: HANDOFF_STATE_ENDED = 3;
+   */
+  ENDED = 3,
+}
+
+/**
+ * Describes the enum talkwire.v1.HandoffState.
+ */
+export const HandoffStateSchema: GenEnum<HandoffState> = /*@__PURE__*/
+  enumDesc(file_talkwire_v1_chat, 0);
 
 /**
  * The session stream between a channel gateway and talkwire.
