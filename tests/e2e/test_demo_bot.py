@@ -218,3 +218,20 @@ async def test_without_kafka_a_write_still_drops_the_cached_answer(alice: Any) -
     assert (await _answer(alice, "reply"))[-1].reply.text == "Your balance is 100.50 EUR."
     await alice.send("where is my order 1002")
     assert "cancelled" in (await _answer(alice, "reply"))[-1].reply.text
+
+
+async def test_talk_to_a_person_queues_a_handoff_with_context(alice: Any) -> None:
+    await alice.send("where is my order 1001")
+    await _answer(alice, "reply")
+    await alice.send("can I talk to a real person")
+    frames = await _answer(alice, "handoff")
+    handoff = frames[-1].handoff
+    assert handoff.state == chat_pb2.HANDOFF_STATE_QUEUED
+    assert (handoff.queue, handoff.reason, handoff.position) == ("general", "asked for a person", 1)
+    reply = (await _answer(alice, "reply"))[-1].reply
+    assert reply.text == "Connecting you to a person. Someone will be with you shortly."
+    # While queued the bot is quiet: the next words are stored for the agent, not answered.
+    await alice.send("where is my order 1002")
+    receipt = (await _answer(alice, "reply"))[-1].reply
+    assert receipt.author.role == "user"
+    assert receipt.text == "where is my order 1002"

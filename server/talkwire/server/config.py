@@ -91,7 +91,7 @@ class AuthConfig:
     # none: every caller is this subject with these claims (development only).
     demo_subject: str = "demo"
     demo_claims: Mapping[str, Any] = field(default_factory=lambda: {"customer_id": "c-100"})
-    demo_roles: tuple[str, ...] = ("admin",)
+    demo_roles: tuple[str, ...] = ("admin", "agent")
     # static: token -> {subject, claims, roles}; tokens may be given as env:NAME or file:PATH.
     tokens: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # jwt

@@ -1,4 +1,4 @@
-"""Connector sections of the demo: the ``crm`` (sql) and ``erp`` (rest) connectors.
+"""Connector sections of the demo: the ``crm`` (sql) and ``erp`` (openapi) connectors.
 
 Operations (names used by the demo bot):
 
@@ -16,15 +16,17 @@ crm (sql, SQLite demo database):
   or is already delivered or cancelled
 - ``order_owner(order_id: integer) -> row`` ``{customer_id}`` or ``None``
 
-erp (rest, the demo ERP app):
+erp (openapi: the demo ERP app, described by ``erp-openapi.yaml``):
 - ``get_balance(customer_id: string) -> object`` ``{balance, currency}``;
   cached 10 s, invalidated by ``balance:{customer_id}``
-- ``make_payment(customer_id: string, amount: number) -> object`` (write)
+- ``make_payment(customer_id: string, amount: number) -> object`` (write;
+  invalidates ``balance:{customer_id}``)
   ``{payment_id, amount, currency, balance}``
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from talkwire.server.demo.crm import sqlite_url
@@ -117,40 +119,33 @@ def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
             },
         },
         "erp": {
-            "type": "rest",
+            # The demo ERP as an OpenAPI-described backend: the operations come from
+            # erp-openapi.yaml; only the two listed are exposed.
+            "type": "openapi",
+            "spec": str(Path(__file__).with_name("erp-openapi.yaml")),
             "base_url": erp_base_url,
             "allow_private": True,
             "timeout": 5,
             "retries": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.5},
             "breaker": {"failures": 5, "reset_after": 10},
             "operations": {
-                "get_balance": {
+                "getBalance": {
+                    "name": "get_balance",
                     "description": "The customer's account balance",
-                    "method": "GET",
-                    "path": "/customers/{customer_id}/balance",
-                    "params": {"customer_id": cust},
-                    "result": "object",
                     "fields": {"balance": "balance", "currency": "currency"},
                     "cache_ttl": 10,
                     "cache_keys": ["balance:{customer_id}"],
                 },
-                "make_payment": {
+                "makePayment": {
+                    "name": "make_payment",
                     "description": "Pay an amount towards the customer's balance",
-                    "method": "POST",
-                    "path": "/payments",
-                    "params": {
-                        "customer_id": cust,
-                        "amount": {"type": "number", "description": "Amount to pay"},
-                    },
-                    "body": {"customer_id": "{customer_id}", "amount": "{amount}"},
-                    "write": True,
-                    "result": "object",
                     "fields": {
                         "payment_id": "payment_id",
                         "amount": "amount",
                         "currency": "currency",
                         "balance": "balance",
                     },
+                    "invalidates": ["balance:{customer_id}"],
                 },
             },
         },
