@@ -9,4 +9,5 @@ SCENARIOS = (
     "connectors",
     "matcher",
     "outbound",
+    "web",
 )

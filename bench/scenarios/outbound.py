@@ -180,7 +180,7 @@ async def _latency(bootstrap: str, rate: int, seconds: float) -> list[float]:
                 for i in range(warmup):
                     await asyncio.sleep(1 / rate)
                     await store.append(ids[i % len(ids)], [payload])
-                while (await store.db.read(_pending_count)) > 0:
+                while (await store.executor.read(_pending_count)) > 0:
                     await asyncio.sleep(0.01)
                 measured_from[0] = time.time()
                 t0 = time.perf_counter()

@@ -27,6 +27,7 @@ _SERVICES = {
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "talkwire.v1.AdminService",
+    "talkwire.v1.AgentService",
     "talkwire.v1.ChatService",
 }
 
@@ -93,6 +94,7 @@ async def test_health_list_returns_every_service_with_its_status(
         "talkwire.ready": serving,
         "talkwire.v1.ChatService": serving,
         "talkwire.v1.AdminService": serving,
+        "talkwire.v1.AgentService": serving,
     }
     for name, status in statuses.items():  # the same as Check says, service by service
         checked = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)

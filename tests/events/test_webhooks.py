@@ -300,3 +300,39 @@ async def test_produce_to_refuses_a_used_delivery_id_before_producing(
         assert (await consumer.end_offsets([tp]))[tp] == 1  # produced once
     finally:
         await consumer.stop()
+
+
+async def test_produce_to_in_a_running_server_reaches_the_session_through_kafka(
+    make_app: Any, tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    # The webhook forwards to Kafka; the same server consumes that topic and pushes.
+    await create_topics(kafka_bootstrap, topic_name)
+    events = {
+        "bootstrap": kafka_bootstrap,
+        "group_id": f"tw-{uuid.uuid4().hex[:8]}",
+        "session_timeout": 2.0,
+        "heartbeat_interval": 0.3,
+        "topics": {
+            topic_name: {
+                "format": "protobuf",
+                "keys": ["order:{after.id}"],
+                "update_text": "Order {after.id} is now {after.status}",
+            }
+        },
+    }
+    webhooks = {
+        "listen": "127.0.0.1:0",
+        "secrets": [CURRENT],
+        "keys": ["order:{after.id}"],
+        "produce_to": topic_name,
+    }
+    policy = {"default": "deny", "rules": [{"key": "order:{order_id}"}]}
+    app: Application = await make_app(
+        make_config(tmp_path, events=events, webhooks=webhooks, policy=policy)
+    )
+    async with grpc.aio.insecure_channel(app.target) as channel:
+        s, _ = await _subscribed(app, channel)
+        reply = await _post_to(app, _body(), ts=int(time.time()), delivery="via-kafka")
+        assert reply.status_code == 202, reply.text
+        assert await _updates_until(s, "Order 1001 is now shipped") == ["Order 1001 is now shipped"]
+        s.cancel()

@@ -217,6 +217,32 @@ async def test_old_events_are_pruned_unless_a_sink_waits_for_them(
     section = hook(receiver.url, on=["session.opened"])
     async with outbound_store(url, section) as (store, service):
         sid = await converse(store, 2)
-        later = OutboundOutbox(store.db, clock=lambda: time.time() + 10**7)
+        later = OutboundOutbox(store.executor, clock=lambda: time.time() + 10**7)
         assert await later.prune(86400) == 4  # the turns and frames; not the pending one
         assert [e.kind for e in await service.outbox.session_events(sid)] == ["session.opened"]
+
+
+async def test_each_handoff_step_is_an_event_in_its_transaction(store_url: str) -> None:
+    from talkwire.server.handoff.store import HandoffStore
+
+    async with outbound_store(store_url, {}) as (store, service):
+        handoffs = HandoffStore(store)
+        record, _ = await store.create_session(Identity("alice"), channel="web")
+        ann = Identity("ann", {"name": "Ann"}, frozenset({"agent"}))
+        await handoffs.queue(record.id, queue="billing", reason="asked", context={})
+        await handoffs.accept(record.id, ann, may_serve=lambda q: True)
+        await handoffs.transfer(record.id, "ann", queue="general")
+        await handoffs.accept(record.id, ann, may_serve=lambda q: True)
+        await handoffs.close(record.id, "ann", reason="done")
+        events = await service.outbox.session_events(record.id)
+        assert [e.kind for e in events if e.kind != "frame.appended"] == [
+            "session.opened",
+            "handoff.queued",
+            "handoff.accepted",
+            "handoff.transferred",
+            "handoff.accepted",
+            "handoff.released",
+            "session.closed",
+        ]
+        # Each step's user-visible handoff frame is in the stream too, in the same order.
+        assert sum(e.kind == "frame.appended" for e in events) == 5

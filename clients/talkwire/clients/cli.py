@@ -35,6 +35,7 @@ import grpc
 from google.protobuf import json_format
 
 from talkwire.clients.admin import AdminClient
+from talkwire.clients.agent import add_agent_command, describe_frame
 from talkwire.clients.chat import ChatClient, ChatSession
 from talkwire.clients.convert import from_struct
 from talkwire.clients.errors import RpcError, TalkwireError
@@ -169,7 +170,9 @@ class _ChatView:
 
     def render(self, frame: chat_pb2.ConverseResponse) -> None:
         kind = frame.WhichOneof("frame")
-        if kind in ("reply", "prompt"):
+        if kind == "handoff" or (kind == "reply" and frame.reply.author.role not in ("", "bot")):
+            self._print(describe_frame(frame, with_seq=False))  # a person, or the handoff
+        elif kind in ("reply", "prompt"):
             body = frame.reply if kind == "reply" else frame.prompt
             self._print(f"bot: {body.text}")
             self.quick_replies = list(body.quick_replies)
@@ -459,11 +462,14 @@ async def _connectors(args: argparse.Namespace, out: TextIO) -> int:
 # -- registration ------------------------------------------------------------------------
 
 
-def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+def add_client_commands(
+    subparsers: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Register ``chat``, ``sessions`` and ``connectors`` on a ``talkwire`` subparsers object.
 
     Every leaf parser sets ``func`` and ``handler`` (aliases): ``args.handler(args)``
-    runs the command and returns its exit code.
+    runs the command and returns its exit code. Returns the ``connectors``
+    subcommands, so the server CLI can add offline ones (``inspect``).
     """
     chat = subparsers.add_parser(
         "chat",
@@ -508,6 +514,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_outbound_commands(subparsers, sessions_sub)
 
     connectors = subparsers.add_parser("connectors", help="list / invoke connectors (admin)")
+    connectors_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     connectors_sub = connectors.add_subparsers(dest="connectors_command", required=True)
     c_list = connectors_sub.add_parser("list", help="list connectors and their operations")
     c_list.add_argument("--json", action="store_true", help="print JSON")
@@ -523,10 +530,14 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     c_invoke.add_argument("--json", dest="json_params", metavar="OBJECT", help="parameters")
     c_invoke.add_argument("--as-subject", help="act as this subject")
     c_invoke.add_argument("--claims", help="claims of that subject, a JSON object")
-    c_invoke.add_argument("--idempotency-key", help="idempotency key for writes")
+    c_invoke.add_argument(
+        "--idempotency-key", help="idempotency key: a write runs once per key (same result after)"
+    )
     for p in (c_list, c_invoke):
         _add_connection_flags(p)
         p.set_defaults(func=_runner(connectors_command), handler=_runner(connectors_command))
+    add_agent_command(subparsers)  # talkwire agent: the desk lives in talkwire.clients.agent
+    return connectors_sub
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,8 @@ def build_operation(
         read |= check_template_fields(template, declared, f"{where}.{key}")
     for key in base.cache_keys:
         read |= check_template_fields(key, declared, f"{where}.cache_keys")
+    for key in base.invalidates:
+        read |= check_template_fields(key, declared, f"{where}.invalidates")
     return dataclasses.replace(base, claims=tuple(sorted(read)))
 
 

@@ -32,8 +32,10 @@ Operation keys: ``method`` (GET), ``path`` (template; values are URL-quoted),
 entries rendering to null are dropped), ``select`` (path expression into the
 response, e.g. ``data.items[0]``), ``fields`` (``{out: path}`` mapping applied
 after ``select``, per item for lists), ``idempotent`` (override the method's
-default), ``timeout`` and the common keys (``params``, ``result``, ``write``,
-``cache_ttl``, ``cache_keys``, ``description``). Write operations with POST or
+default), ``drop_nulls`` (headers and top-level body entries rendering to null
+are left out instead of sent empty / as null), ``timeout`` and the common keys
+(``params``, ``result``, ``write``, ``cache_ttl``, ``cache_keys``, ``invalidates``,
+``description``). Write operations with POST or
 PATCH send an ``Idempotency-Key`` header (``CallContext.idempotency_key`` or a
 fresh UUID kept across the retries of one call) and are therefore retried.
 See :mod:`talkwire.connectors.httpbase` for the connection settings.
@@ -57,6 +59,7 @@ from talkwire.connectors.retry import IDEMPOTENT_METHODS
 from talkwire.connectors.spec import (
     COMMON_OPERATION_KEYS,
     check_keys,
+    get_bool,
     get_number,
     parse_operation,
     validate_params,
@@ -82,6 +85,7 @@ _REST_OP_KEYS = COMMON_OPERATION_KEYS | {
     "fields",
     "idempotent",
     "timeout",
+    "drop_nulls",
 }
 
 
@@ -107,6 +111,7 @@ class _RestOp:
     send_key: bool
     timeout: float | None
     uses_user: bool
+    drop_nulls: bool = False
 
 
 class RestConnector(HttpConnectorBase):
@@ -167,6 +172,7 @@ class RestConnector(HttpConnectorBase):
             send_key=send_key,
             timeout=timeout,
             uses_user=bool(op.claims),
+            drop_nulls=get_bool(section, "drop_nulls", False, where),
         )
 
     async def invoke(
@@ -190,13 +196,18 @@ class RestConnector(HttpConnectorBase):
             if spec.headers or spec.send_key or (ctx is not None and ctx.idempotency_key):
                 headers = {}
                 for k, t in spec.headers.items():
-                    v = stringify(compile_template(t).render_value(values))
+                    raw = compile_template(t).render_value(values)
+                    if raw is None and spec.drop_nulls:
+                        continue
+                    v = stringify(raw)
                     if "\r" in v or "\n" in v:
                         raise RejectedInputError(f"header {k} value contains a line break")
                     headers[k] = v
                 if spec.send_key or (spec.op.write and ctx is not None and ctx.idempotency_key):
                     headers[self.idempotency_header] = self.idempotency_key(ctx)
             body = render_value(spec.body, values) if spec.has_body else None
+            if spec.drop_nulls and isinstance(body, dict):
+                body = {k: v for k, v in body.items() if v is not None}
         except TemplateError as exc:
             raise RejectedInputError(
                 f"cannot build the request: {exc}", connector=self.name, operation=operation

@@ -39,6 +39,7 @@ __all__ = [
     "get_bool",
     "get_number",
     "parameters_schema",
+    "parse_invalidates",
     "parse_operation",
     "parse_parameters",
     "reader",
@@ -51,7 +52,16 @@ log = logging.getLogger(__name__)
 PARAMETER_TYPES: tuple[str, ...] = get_args(ParameterType)
 RESULTS = ("rows", "row", "object", "value")
 COMMON_OPERATION_KEYS = frozenset(
-    {"description", "params", "parameters", "result", "write", "cache_ttl", "cache_keys"}
+    {
+        "description",
+        "params",
+        "parameters",
+        "result",
+        "write",
+        "cache_ttl",
+        "cache_keys",
+        "invalidates",
+    }
 )
 _PARAM_KEYS = frozenset({"type", "required", "default", "description"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -188,6 +198,7 @@ def parse_operation(
     declared = {p.name for p in params}
     for i, key in enumerate(keys):
         check_template_fields(key, declared, f"{where}.cache_keys[{i}]")
+    invalidates = parse_invalidates(section, declared, where, write=write)
     return Operation(
         name=name,
         parameters=params,
@@ -196,7 +207,25 @@ def parse_operation(
         result=result,
         cache_ttl=cache_ttl,
         cache_keys=tuple(keys),
+        invalidates=invalidates,
     )
+
+
+def parse_invalidates(
+    section: Mapping[str, Any], declared: Iterable[str], where: str, *, write: bool
+) -> tuple[str, ...]:
+    """``invalidates: ["customer:{customer_id}"]``: key templates a successful write drops."""
+    raw = section.get("invalidates", ())
+    if isinstance(raw, str):
+        raw = (raw,)
+    if not isinstance(raw, list | tuple) or not all(isinstance(k, str) and k for k in raw):
+        raise ConnectorConfigError(f"{where}.invalidates", "must be a list of key templates")
+    if raw and not write:
+        raise ConnectorConfigError(f"{where}.invalidates", "only write operations invalidate")
+    names = set(declared)
+    for i, key in enumerate(raw):
+        check_template_fields(key, names, f"{where}.invalidates[{i}]")
+    return tuple(raw)
 
 
 def check_template_fields(template: Any, declared: Iterable[str], where: str) -> set[str]:

@@ -4,8 +4,9 @@
 components and owns their order of start and stop. It starts them in this
 order: the store, the hub (with its cluster), the connectors, the handler and
 the policy, the router, the chat service, the sweeper, the gRPC server (chat is
-served from here on), metrics, then the event ingress (Kafka joins its
-consumer group on its own; ``talkwire.events`` reports it). It stops them in
+served from here on), the web gateway (``web:``, if configured), metrics, then
+the event ingress (Kafka joins its consumer group on its own;
+``talkwire.events`` reports it). It stops them in
 the reverse order.
 
 :meth:`Application.drain` is the graceful shutdown (SIGTERM), one sequence:
@@ -42,6 +43,7 @@ from prometheus_client import start_http_server
 
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
+from talkwire.server.agent import AgentService
 from talkwire.server.auth import Authenticator, build_authenticator
 from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
@@ -51,8 +53,10 @@ from talkwire.server.errors import ConfigError, TalkwireError
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.settings import KafkaSettings
+from talkwire.server.handoff import HandoffDesk, HandoffSettings, HandoffTurns
 from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
+from talkwire.server.idempotency import SqlIdempotencyStore
 from talkwire.server.metrics import Metrics
 from talkwire.server.outbound.service import OutboundService, recorder_for
 from talkwire.server.outbound.settings import OutboundSettings
@@ -62,7 +66,8 @@ from talkwire.server.store import Retention, SessionStore
 from talkwire.server.sweeper import Sweeper
 from talkwire.server.tracing import default_tracer
 from talkwire.server.turns import EchoHandler, SubscriptionPolicy, TurnHandler
-from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2
+from talkwire.server.web import WebGateway, WebSettings
+from talkwire.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, chat_pb2
 
 __all__ = ["READY_SERVICE", "Application", "server_options"]
 
@@ -72,6 +77,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_HEALTH = "talkwire.events"
 OUTBOUND_HEALTH = "talkwire.outbound"
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:
@@ -120,7 +126,6 @@ class Application:
         self._stop_grace = 0.5
         self._health = HealthServicer()
         self._tasks: asyncio.TaskGroup | None = None
-        self._ingress_watch: asyncio.Task[None] | None = None
         self._outbound_watch: asyncio.Task[None] | None = None
         self.metrics_port = 0
         self._draining = False
@@ -129,9 +134,12 @@ class Application:
         self.store: SessionStore
         self.hub: SessionHub
         self.connectors: ConnectorRegistry
+        self.idempotency: SqlIdempotencyStore
         self.router: EventRouter
         self.authenticator: Authenticator
         self.handler: TurnHandler
+        self.handoff: HandoffDesk
+        self.turns: HandoffTurns
         self.policy: SubscriptionPolicy
         self.chat: ChatService
         self.sweeper: Sweeper
@@ -170,15 +178,14 @@ class Application:
         await self._open_services()
         await self._start_grpc(self.chat)
         self._stack.push_async_callback(self._stop_grpc)
+        await self._start_web()
         self._start_metrics()
         await self._mark_serving()
         # Chat is served from here on; the consumer joins its group on its own.
         await self._start_ingress()
-        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._stack.callback(self._stop_watching)
-        if self.kafka is not None:
-            self._ingress_watch = self._tasks.create_task(self._watch_ingress())
         if self.outbound.sinks:
+            self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._stack.callback(self._stop_watching)
             self._outbound_watch = self._tasks.create_task(self._watch_outbound())
         log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
         log.info("%s", self._describe(bot, policy_section))
@@ -199,17 +206,27 @@ class Application:
         self.hub = await self._stack.enter_async_context(
             open_hub(self.store, cfg, on_bus_state=self._set_ready)
         )
+        self.idempotency = SqlIdempotencyStore(self.store.executor)
         self.connectors = await self._stack.enter_async_context(
             ConnectorRegistry(
                 connector_sections,
                 observer=self.metrics.connector_call,
                 on_breaker=self.metrics.breaker_state,
+                idempotency=self.idempotency,
+                idempotency_window=cfg.store.idempotency_window,
             )
         )
 
     def _build_turns(self, bot: Any, policy_section: Mapping[str, Any]) -> None:
         """The turn handler, the subscription policy (no section: deny all), the router."""
         self.handler = self._build_handler(bot)
+        self.handoff = HandoffDesk(
+            store=self.store,
+            hub=self.hub,
+            settings=HandoffSettings.from_config(self.config.handoff),
+        )
+        # User turns reach the dialogue engine through the handoff router.
+        self.turns = HandoffTurns(self.handler, desk=self.handoff, hub=self.hub)
         self.policy = self._policy_override or ConfigPolicy.from_config(
             policy_section, self.connectors
         )
@@ -224,12 +241,13 @@ class Application:
     async def _open_services(self) -> None:
         """The chat service (with its write watchdog) and the expiry sweeper."""
         cfg = self.config
+        await self._stack.enter_async_context(self.handoff)
         self.chat = await self._stack.enter_async_context(
             ChatService(
                 store=self.store,
                 hub=self.hub,
                 authenticator=self.authenticator,
-                handler=self.handler,
+                handler=self.turns,
                 policy=self.policy,
                 config=cfg.server,
                 metrics=self.metrics,
@@ -242,6 +260,7 @@ class Application:
                 interval=cfg.server.sweep_interval,
                 session_ttl=cfg.store.session_ttl,
                 dedup_window=cfg.store.dedup_window,
+                also=(self.idempotency.forget_expired,),
             )
         )
         self.outbound = await self._stack.enter_async_context(
@@ -292,7 +311,8 @@ class Application:
     async def _mark_serving(self) -> None:
         status = health_pb2.HealthCheckResponse
         await self._health.set("", status.SERVING)
-        for name in (CHAT_SERVICE, admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name):
+        admin = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+        for name in (CHAT_SERVICE, admin, AGENT_SERVICE):
             await self._health.set(name, status.SERVING)
         await self._set_ready(self.hub.ready)
 
@@ -311,16 +331,38 @@ class Application:
         # not Kafka silently off); ``enabled: false`` keeps a valid one off.
         events = KafkaSettings.from_config(self.config.events) if self.config.events else None
         if events is not None and events.enabled:
+            status = health_pb2.HealthCheckResponse
+
+            async def on_health(healthy: bool) -> None:
+                await self._health.set(
+                    EVENTS_HEALTH, status.SERVING if healthy else status.NOT_SERVING
+                )
+
+            # Returns at once: the consumer connects and joins on its own (health
+            # ``talkwire.events`` NOT_SERVING until it has), chat is served meanwhile.
             self.kafka = await self._stack.enter_async_context(
-                KafkaIngress(events, self.router, self.store)
+                KafkaIngress(
+                    events,
+                    self.router,
+                    self.store,
+                    on_health=on_health,
+                    metrics=self.metrics,
+                )
             )
         if self.config.webhooks:
             from talkwire.server.events.webhooks import WebhookIngress, WebhookSettings
 
             hooks = WebhookSettings(self.config.webhooks)
             if hooks.enabled:
+                producer = None
+                if hooks.produce_to and events is not None and events.enabled:
+                    from talkwire.server.events.producer import LazyProducer
+
+                    producer = await self._stack.enter_async_context(
+                        LazyProducer(events.client_kwargs())
+                    )
                 self.webhooks = await self._stack.enter_async_context(
-                    WebhookIngress(hooks, self.router, self.store)
+                    WebhookIngress(hooks, self.router, self.store, producer=producer)
                 )
 
     async def _start_grpc(self, chat: ChatService) -> None:
@@ -338,11 +380,22 @@ class Application:
             ),
             server,
         )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(
+                store=self.store,
+                hub=self.hub,
+                authenticator=self.authenticator,
+                desk=self.handoff,
+                config=cfg.server,
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection(
             (
                 chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                AGENT_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             ),
             server,
@@ -356,22 +409,22 @@ class Application:
         await server.start()
         self._server = server
 
+    async def _start_web(self) -> None:
+        """The WebSocket gateway and widget (``web:``; off without the section)."""
+        self.web: WebGateway | None = None
+        settings = WebSettings(self.config.web) if self.config.web else None
+        if settings is not None and settings.enabled:
+            self.web = await self._stack.enter_async_context(
+                WebGateway(
+                    settings, self.chat, max_message_bytes=self.config.server.max_message_bytes
+                )
+            )
+
     async def _stop_grpc(self) -> None:
         """Close the port (step 5 of the drain), after what the grace period left."""
         server, self._server = self._server, None
         if server is not None:
             await server.stop(self._stop_grace)
-
-    async def _watch_ingress(self) -> None:
-        """Report the Kafka consumer's health and lag (health service ``talkwire.events``)."""
-        serving = health_pb2.HealthCheckResponse.SERVING
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        while self.kafka is not None:
-            healthy = self.kafka.healthy
-            self.metrics.consumer_stalled.set(0 if healthy else 1)
-            self.metrics.consumer_lag_total.set(self.kafka.lag)
-            await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
-            await asyncio.sleep(2.0)
 
     async def _watch_outbound(self) -> None:
         """Outbox depth and age per sink (metrics), and health ``talkwire.outbound``:
@@ -397,8 +450,6 @@ class Application:
     def _stop_watching(self) -> None:
         if self._outbound_watch is not None:
             self._outbound_watch.cancel()
-        if self._ingress_watch is not None:
-            self._ingress_watch.cancel()
 
     def _start_metrics(self) -> None:
         """Serve Prometheus metrics on ``server.metrics_listen`` (HOST:PORT), if set."""

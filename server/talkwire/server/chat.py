@@ -5,6 +5,10 @@ turn worker (one turn at a time; what arrives mid-turn is queued) and the
 writer (the attachment's feed -> the wire, with a write timeout). The first of
 them to end the attachment decides the final status.
 
+The stream itself is a :class:`~talkwire.server.transport.FrameStream`: a gRPC
+``Converse`` call (:meth:`ChatService.handler`) or a WebSocket of the web
+gateway (``talkwire.server.web``), both served by :meth:`ChatService.serve`.
+
 The service is an async context manager: while it runs, a watchdog ends the
 streams whose client stopped reading (``server.write_timeout``) and writes the
 acks clients sent (coalesced, newest per session). It owns the per-session turn
@@ -45,6 +49,7 @@ from talkwire.server.hub import Attachment, SessionHub
 from talkwire.server.identity import Identity
 from talkwire.server.metrics import Metrics
 from talkwire.server.store import SessionRecord, SessionStore
+from talkwire.server.transport import UNDECODABLE, FrameStream, GrpcStream
 from talkwire.server.turns import QuickReply, SubscriptionPolicy, Turn, TurnHandler
 from talkwire.v1 import chat_pb2
 
@@ -247,29 +252,29 @@ class ChatService:
         requests: AsyncIterator[chat_pb2.ConverseRequest],
         context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
     ) -> None:
-        """Never let an unexpected error reach the wire as UNKNOWN or a traceback."""
+        await self.serve(GrpcStream(requests, context))
+
+    async def serve(self, stream: FrameStream) -> None:
+        """Serve one session stream to its end; never lets an error out as UNKNOWN."""
         try:
-            await self.converse(requests, context)
+            await self.converse(stream)
         except Exception:
             log.exception("Converse failed")
-            self._finish(context, Status(grpc.StatusCode.INTERNAL, "internal error", False))
+            stream.finish(Status(grpc.StatusCode.INTERNAL, "internal error", False))
 
-    async def converse(
-        self,
-        requests: AsyncIterator[chat_pb2.ConverseRequest],
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
-    ) -> None:
+    async def converse(self, stream: FrameStream) -> None:
+        requests = stream.requests()
         try:
-            identity = self._admit(context)
+            identity = self._admit(stream)
         except TalkwireError as exc:
             await _read_open_frame(requests)
-            self._finish(context, status_for(exc))
+            stream.finish(status_for(exc))
             return
         try:
             first = await self._first_frame(requests)
             record, token = await self._open(identity, first)
         except TalkwireError as exc:
-            self._finish(context, status_for(exc))
+            stream.finish(status_for(exc))
             return
         last_seq = first.open.last_seq
         # Attach before reading the replay: a frame committed meanwhile is then either
@@ -280,7 +285,7 @@ class ChatService:
             await self._hub.claim(att)
             replay = await self._store.replay(record, last_seq) if first.open.session_id else []
             opened = _opened(first, record, token, replay)
-            await self._run(att, record, opened, replay, requests, context)
+            await self._run(att, record, opened, replay, requests, stream)
         except TalkwireError as exc:
             att.terminate(status_for(exc))
         finally:
@@ -289,15 +294,13 @@ class ChatService:
             # The status goes out now; the bookkeeping writes follow in the background
             # (a busy store must not keep a client waiting to learn its stream ended).
             self._background(self._after_detach(att, record.id))
-        self._finish(context, att.status)
+        stream.finish(att.status)
 
-    def _admit(
-        self, context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes]
-    ) -> Identity:
+    def _admit(self, stream: FrameStream) -> Identity:
         """The caller's identity, from the call metadata alone (no frame read yet)."""
         if self._hub.draining:
             raise UnavailableError("server is shutting down; connect to another server")
-        return self._auth.authenticate(context.invocation_metadata() or ())
+        return self._auth.authenticate(stream.metadata())
 
     async def _after_detach(self, att: Attachment, session_id: str) -> None:
         try:
@@ -364,17 +367,6 @@ class ChatService:
                 except Exception:  # noqa: BLE001 - acks only shorten retention; never stop serving
                     log.warning("could not record %d acks; later acks cover them", len(acks))
 
-    @staticmethod
-    def _finish(
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
-        status: Status | None,
-    ) -> None:
-        if status is None or status.code == grpc.StatusCode.OK:
-            return
-        context.set_code(status.code)
-        context.set_details(status.message)
-        context.set_trailing_metadata((("talkwire-retriable", "1" if status.retriable else "0"),))
-
     async def _first_frame(
         self, requests: AsyncIterator[chat_pb2.ConverseRequest]
     ) -> chat_pb2.ConverseRequest:
@@ -426,7 +418,7 @@ class ChatService:
         opened: chat_pb2.ConverseResponse,
         replay: list[Any],
         requests: AsyncIterator[chat_pb2.ConverseRequest],
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+        stream: FrameStream,
     ) -> None:
         turns: asyncio.Queue[_Work | None] = asyncio.Queue(self._config.turn_queue_size)
         state: dict[str, Any] = dict(record.dialogue)
@@ -437,14 +429,14 @@ class ChatService:
         loop = asyncio.get_running_loop()
         try:
             att.writing_since = loop.time()
-            await context.write(encode_template(opened))
+            await stream.write(encode_template(opened))
             att.writing_since = None
-        except (TalkwireError, grpc.aio.AioRpcError) as exc:
+        except TalkwireError as exc:
             att.terminate(status_for(exc))
             return
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._write_loop(att, replay, context))
+                tg.create_task(self._write_loop(att, replay, stream))
                 tg.create_task(self._read_loop(att, requests, turns))
                 tg.create_task(self._turn_loop(att, record, state, turns))
                 tg.create_task(_until_ended(att))
@@ -455,7 +447,7 @@ class ChatService:
         self,
         att: Attachment,
         replay: list[Any],
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+        stream: FrameStream,
     ) -> None:
         # The write watchdog ends a stream whose write is stuck longer than
         # server.write_timeout (one timer for all streams, not one per frame).
@@ -464,10 +456,10 @@ class ChatService:
         try:
             async for payload in att.payloads(replay):
                 att.writing_since = loop.time()
-                await context.write(payload)
+                await stream.write(payload)
                 att.writing_since = None
                 frames_out.inc()
-        except (TalkwireError, grpc.aio.AioRpcError) as exc:
+        except TalkwireError as exc:
             att.terminate(status_for(exc))
 
     async def _read_loop(
@@ -624,7 +616,7 @@ async def _read_open_frame(requests: AsyncIterator[chat_pb2.ConverseRequest]) ->
     the status reaches it as sent. A caller that writes nothing gets its status
     after ``_REFUSAL_WAIT`` seconds.
     """
-    with contextlib.suppress(StopAsyncIteration, TimeoutError):
+    with contextlib.suppress(StopAsyncIteration, TimeoutError, TalkwireError):
         async with asyncio.timeout(_REFUSAL_WAIT):
             await anext(requests)
 
@@ -636,10 +628,6 @@ async def _until_ended(att: Attachment) -> None:
 
 def _identity_bytes(payload: bytes) -> bytes:
     return payload
-
-
-UNDECODABLE = chat_pb2.ConverseRequest()
-"""Stands for a client frame that is not a valid ConverseRequest (never raised in grpc)."""
 
 
 def _decode_request(data: bytes) -> chat_pb2.ConverseRequest:

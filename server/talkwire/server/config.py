@@ -2,7 +2,7 @@
 
 Loaded once at start into frozen dataclasses. Sections the core owns
 (``server``, ``store``, ``auth``) are validated here; sections owned by plugins
-(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``) are
+(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``, ``web``, ``handoff``) are
 kept as mappings (with their YAML lines) and validated by their owners through
 the one section reader, :class:`talkwire.connectors.sections.Section`. Every
 error names the bad key and, for a file, its line:
@@ -78,6 +78,8 @@ class StoreConfig:
     retention_age: float = 24 * 3600.0
     session_ttl: float = 24 * 3600.0
     dedup_window: float = 7 * 24 * 3600.0
+    # How long connector idempotency keys are remembered (seconds).
+    idempotency_window: float = 24 * 3600.0
     pool_size: int = 10
 
 
@@ -89,7 +91,7 @@ class AuthConfig:
     # none: every caller is this subject with these claims (development only).
     demo_subject: str = "demo"
     demo_claims: Mapping[str, Any] = field(default_factory=lambda: {"customer_id": "c-100"})
-    demo_roles: tuple[str, ...] = ("admin",)
+    demo_roles: tuple[str, ...] = ("admin", "agent")
     # static: token -> {subject, claims, roles}; tokens may be given as env:NAME or file:PATH.
     tokens: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # jwt
@@ -119,13 +121,15 @@ class Config:
     policy: Mapping[str, Any] = field(default_factory=dict)
     bus: Mapping[str, Any] = field(default_factory=dict)
     outbound: Mapping[str, Any] = field(default_factory=dict)
+    web: Mapping[str, Any] = field(default_factory=dict)
+    handoff: Mapping[str, Any] = field(default_factory=dict)
     demo: bool = False
     source: str = ""
 
 
 _T = TypeVar("_T")
 _SECTIONS = {"server": ServerConfig, "store": StoreConfig, "auth": AuthConfig}
-_RAW = ("connectors", "events", "webhooks", "policy", "bus", "outbound")
+_RAW = ("connectors", "events", "webhooks", "policy", "bus", "web", "handoff", "outbound")
 
 
 def _read(section: Section, key: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
@@ -229,6 +233,8 @@ def load_config(
         policy=raw.get("policy") or {},
         bus=raw.get("bus") or {},
         outbound=raw.get("outbound") or {},
+        web=raw.get("web") or {},
+        handoff=raw.get("handoff") or {},
         demo=top.flag("demo", path is None and "bot" not in raw),
         source=source,
     )

@@ -11,6 +11,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "conversation_events",
     "dead_letters",
+    "handoffs",
+    "idempotency_keys",
     "metadata",
     "outbound_dead",
     "outbound_pending",
@@ -153,4 +155,45 @@ outbound_dead = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("reason", _Text, nullable=False),
     sa.Column("dead_at", sa.Float, nullable=False),
+)
+
+# Idempotency keys of connector writes (talkwire.server.idempotency); ``id`` hashes
+# connector, operation, caller and key. ``result`` is the first call's JSON result.
+idempotency_keys = sa.Table(
+    "talkwire_idempotency_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("result", _Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+# Handoff states of a session (``bot`` has no row, or a row in state BOT).
+HANDOFF_BOT = 0
+HANDOFF_QUEUED = 1
+HANDOFF_AGENT = 2
+
+handoffs = sa.Table(
+    "talkwire_handoffs",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.SmallInteger, nullable=False, default=HANDOFF_BOT),
+    sa.Column("queue", sa.String(64), nullable=False, default=""),
+    sa.Column("reason", _Text, nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    # When the session entered its current queue (orders the queue).
+    sa.Column("queued_at", sa.Float, nullable=False),
+    sa.Column("agent", sa.String(255), nullable=True),
+    sa.Column("agent_name", sa.String(255), nullable=False, default=""),
+    # The last sign of life of the agent holding it (the timeout back to the queue).
+    sa.Column("agent_seen_at", sa.Float, nullable=True),
+    # Frames above pin_seq stay retained while queued or with an agent (user acks
+    # stop below it), so the agent's stream can replay them.
+    sa.Column("pin_seq", _Seq, nullable=False, default=0),
+    # JSON: what the bot knew (slots, results, last turns) when it handed off.
+    sa.Column("context", _Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_talkwire_handoffs_queue", "state", "queue", "queued_at"),
 )

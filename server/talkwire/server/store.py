@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 _CHUNK = 2000
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,11 @@ _APPEND_UPDATE = {
     True: _S.update().where(_ACTIVE_SESSION).values(_ADVANCE_DIALOGUE),
 }
 _LOCK_HEAD = sa.select(_S.c.head_seq).where(_ACTIVE_SESSION).with_for_update()
+_H = schema.handoffs
+_HANDOFF_PIN = sa.select(_H.c.pin_seq).where(
+    _H.c.session_id == sa.bindparam("sid"),
+    _H.c.state.in_((schema.HANDOFF_QUEUED, schema.HANDOFF_AGENT)),
+)
 _SET_HEAD = (
     _S.update().where(_S.c.id == sa.bindparam("b_id")).values(head_seq=sa.bindparam("b_head"))
 )
@@ -188,8 +194,8 @@ class SessionStore:
         return self._db.dialect
 
     @property
-    def db(self) -> SqlExecutor:
-        """The executor (the outbound outbox runs its own queries through it)."""
+    def executor(self) -> SqlExecutor:
+        """Where this store's transactions run (for focused modules on the same database)."""
         return self._db
 
     async def __aenter__(self) -> Self:
@@ -412,40 +418,63 @@ class SessionStore:
         with_dialogue = dialogue is not None
         if with_dialogue:
             params["dialogue"] = json.dumps(dialogue)
-        returning = self._db.update_returning
+        return await self._db.write(
+            lambda conn: self._append_tx(conn, session_id, templates, params, with_dialogue, turn)
+        )
 
-        def tx(conn: Connection) -> list[StoredFrame]:
-            if returning:
-                head = conn.execute(_APPEND_RETURNING[with_dialogue], params).scalar()
-                if head is None:
-                    raise NotFoundError(f"session {session_id} not found or closed")
-                first = int(head) - n + 1
-            else:
-                row = conn.execute(_LOCK_HEAD, params).first()
-                if row is None:
-                    raise NotFoundError(f"session {session_id} not found or closed")
-                first = int(row[0]) + 1
-                conn.execute(_APPEND_UPDATE[with_dialogue], params)
-            frames = [
-                StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)
-            ]
-            if frames:
-                conn.execute(
-                    _INSERT_OUTBOX,
-                    [
-                        {
-                            "session_id": session_id,
-                            "seq": f.seq,
-                            "created_at": now,
-                            "payload": f.payload,
-                        }
-                        for f in frames
-                    ],
-                )
-            self._record_frames(conn, session_id, frames, now, turn)
-            return frames
+    def append_in(
+        self, conn: Connection, session_id: str, templates: Sequence[bytes]
+    ) -> list[StoredFrame]:
+        """Append durable frames inside a :meth:`transaction` (e.g. a handoff step)."""
+        params: dict[str, Any] = {"sid": session_id, "n": len(templates), "now": self._clock()}
+        return self._append_tx(conn, session_id, templates, params, False)
 
-        return await self._db.write(tx)
+    def _append_tx(
+        self,
+        conn: Connection,
+        session_id: str,
+        templates: Sequence[bytes],
+        params: Mapping[str, Any],
+        with_dialogue: bool,
+        turn: bytes | None = None,
+    ) -> list[StoredFrame]:
+        n = len(templates)
+        if self._db.update_returning:
+            head = conn.execute(_APPEND_RETURNING[with_dialogue], params).scalar()
+            if head is None:
+                raise NotFoundError(f"session {session_id} not found or closed")
+            first = int(head) - n + 1
+        else:
+            row = conn.execute(_LOCK_HEAD, params).first()
+            if row is None:
+                raise NotFoundError(f"session {session_id} not found or closed")
+            first = int(row[0]) + 1
+            conn.execute(_APPEND_UPDATE[with_dialogue], params)
+        frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
+        if frames:
+            now = params["now"]
+            conn.execute(
+                _INSERT_OUTBOX,
+                [
+                    {
+                        "session_id": session_id,
+                        "seq": f.seq,
+                        "created_at": now,
+                        "payload": f.payload,
+                    }
+                    for f in frames
+                ],
+            )
+        self._record_frames(conn, session_id, frames, params["now"], turn)
+        return frames
+
+    async def transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` as one write transaction (for stores built on these tables)."""
+        return await self._db.write(work)
+
+    async def reading(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` as one read transaction."""
+        return await self._db.read(work)
 
     def _record_frames(
         self,
@@ -531,18 +560,26 @@ class SessionStore:
 
     @staticmethod
     def _ack(conn: Connection, session_id: str, seq: int, now: float) -> None:
+        # While a handoff holds the session, frames above its pin stay for the agent's stream.
+        pin = conn.execute(_HANDOFF_PIN, {"sid": session_id}).scalar()
+        floor = seq if pin is None else min(seq, int(pin))
         result = conn.execute(
             _S.update()
-            .where(_S.c.id == session_id, _S.c.acked_seq < seq, _S.c.head_seq >= seq)
+            .where(
+                _S.c.id == session_id,
+                # a repeated ack still drops what a released pin no longer keeps
+                sa.or_(_S.c.acked_seq < seq, _S.c.floor_seq < floor),
+                _S.c.head_seq >= seq,
+            )
             .values(
-                acked_seq=seq,
-                floor_seq=sa.case((_S.c.floor_seq < seq, seq), else_=_S.c.floor_seq),
+                acked_seq=sa.case((_S.c.acked_seq < seq, seq), else_=_S.c.acked_seq),
+                floor_seq=sa.case((_S.c.floor_seq < floor, floor), else_=_S.c.floor_seq),
                 last_active_at=now,
             )
         )
         if not result.rowcount:
             return  # an old ack, or one beyond the newest frame: nothing to drop
-        conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= seq))
+        conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= floor))
 
     async def prune(self) -> int:
         """Apply the retention window (count and age) to unacked frames; return rows dropped."""

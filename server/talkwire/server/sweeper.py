@@ -4,13 +4,15 @@ Every ``server.sweep_interval`` seconds one pass expires the sessions idle for
 longer than ``store.session_ttl`` (except those attached anywhere: the hub asks
 its cluster's registry), closes their streams, prunes the outbox to its
 retention window and forgets processed event ids older than
-``store.dedup_window``. A failed pass is logged and retried at the next tick.
+``store.dedup_window`` (and idempotency keys past their window). A failed pass
+is logged and retried at the next tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -33,12 +35,15 @@ class Sweeper:
         interval: float,
         session_ttl: float,
         dedup_window: float,
+        also: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
+        """``also``: more expiry passes run on every tick (e.g. idempotency keys)."""
         self._store = store
         self._hub = hub
         self._interval = interval
         self._session_ttl = session_ttl
         self._dedup_window = dedup_window
+        self._also = tuple(also)
         self._tasks: asyncio.TaskGroup | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -70,6 +75,8 @@ class Sweeper:
             try:
                 await self.sweep_now()
                 await self._store.forget_processed(self._dedup_window)
+                for forget in self._also:
+                    await forget()
             except Exception:
                 log.exception("sweep failed; retrying in %ss", self._interval)
 

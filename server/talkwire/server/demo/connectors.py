@@ -1,4 +1,4 @@
-"""Connector sections of the demo: the ``crm`` (sql) and ``erp`` (rest) connectors.
+"""Connector sections of the demo: the ``crm`` (sql) and ``erp`` (openapi) connectors.
 
 Operations (names used by the demo bot):
 
@@ -11,17 +11,22 @@ crm (sql, SQLite demo database):
   ``{ticket_id, status}``
 - ``ticket_status(ticket_id: integer, customer_id: string) -> row``
   ``{ticket_id, subject, status, created_at}`` or ``None``; invalidated by ``ticket:{ticket_id}``
+- ``cancel_order(order_id: integer, customer_id: string) -> rows`` (write)
+  ``[{order_id, item, status}]``, or ``[]`` when the order is not the customer's
+  or is already delivered or cancelled
 - ``order_owner(order_id: integer) -> row`` ``{customer_id}`` or ``None``
 
-erp (rest, the demo ERP app):
+erp (openapi: the demo ERP app, described by ``erp-openapi.yaml``):
 - ``get_balance(customer_id: string) -> object`` ``{balance, currency}``;
   cached 10 s, invalidated by ``balance:{customer_id}``
-- ``make_payment(customer_id: string, amount: number) -> object`` (write)
+- ``make_payment(customer_id: string, amount: number) -> object`` (write;
+  invalidates ``balance:{customer_id}``)
   ``{payment_id, amount, currency, balance}``
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from talkwire.server.demo.crm import sqlite_url
@@ -90,6 +95,21 @@ def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
                     "cache_ttl": 30,
                     "cache_keys": ["ticket:{ticket_id}"],
                 },
+                "cancel_order": {
+                    "description": "Cancel one of the customer's orders (not once delivered)",
+                    "sql": (
+                        "UPDATE orders SET status = 'cancelled' "
+                        "WHERE id = :order_id AND customer_id = :customer_id "
+                        "AND status NOT IN ('delivered', 'cancelled') "
+                        "RETURNING id AS order_id, item, status"
+                    ),
+                    "params": {
+                        "order_id": {"type": "integer", "description": "Order number"},
+                        "customer_id": cust,
+                    },
+                    "write": True,
+                    "result": "rows",
+                },
                 "order_owner": {
                     "description": "Which customer an order belongs to (for authorisation)",
                     "sql": "SELECT customer_id FROM orders WHERE id = :order_id",
@@ -99,40 +119,33 @@ def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
             },
         },
         "erp": {
-            "type": "rest",
+            # The demo ERP as an OpenAPI-described backend: the operations come from
+            # erp-openapi.yaml; only the two listed are exposed.
+            "type": "openapi",
+            "spec": str(Path(__file__).with_name("erp-openapi.yaml")),
             "base_url": erp_base_url,
             "allow_private": True,
             "timeout": 5,
             "retries": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.5},
             "breaker": {"failures": 5, "reset_after": 10},
             "operations": {
-                "get_balance": {
+                "getBalance": {
+                    "name": "get_balance",
                     "description": "The customer's account balance",
-                    "method": "GET",
-                    "path": "/customers/{customer_id}/balance",
-                    "params": {"customer_id": cust},
-                    "result": "object",
                     "fields": {"balance": "balance", "currency": "currency"},
                     "cache_ttl": 10,
                     "cache_keys": ["balance:{customer_id}"],
                 },
-                "make_payment": {
+                "makePayment": {
+                    "name": "make_payment",
                     "description": "Pay an amount towards the customer's balance",
-                    "method": "POST",
-                    "path": "/payments",
-                    "params": {
-                        "customer_id": cust,
-                        "amount": {"type": "number", "description": "Amount to pay"},
-                    },
-                    "body": {"customer_id": "{customer_id}", "amount": "{amount}"},
-                    "write": True,
-                    "result": "object",
                     "fields": {
                         "payment_id": "payment_id",
                         "amount": "amount",
                         "currency": "currency",
                         "balance": "balance",
                     },
+                    "invalidates": ["balance:{customer_id}"],
                 },
             },
         },

@@ -11,6 +11,7 @@ DEMO_POLICY: Mapping[str, Any] = {
     "default": "deny",
     "rules": [
         {"key": "customer:{user.customer_id}"},
+        {"key": "balance:{user.customer_id}"},
         {
             "key": "order:{order_id}",
             "check": {

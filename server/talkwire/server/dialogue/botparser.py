@@ -23,6 +23,7 @@ from talkwire.server.dialogue.definition import (
     ActionDef,
     BotDefinition,
     FallbackDef,
+    HandoffDef,
     IntentDef,
     LlmConfig,
     LookupDef,
@@ -61,6 +62,9 @@ _INTENT_KEYS = (
     "quick_replies",
     "subscribe",
     "suggest",
+    "confirm",
+    "invalidate",
+    "handoff",
 )
 _LLM_KEYS = (
     "enabled",
@@ -86,7 +90,9 @@ _BOT_KEYS = (
     "intents",
     "llm",
     "max_attempts",
+    "handoff",
 )
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED_SLOT_NAMES = frozenset({"user", "result", "slots", "session", "index", "row", "value"})
 
@@ -324,14 +330,19 @@ class _Parser:
             self.regex(pat, (*path, "patterns", i))
         action = self.action(m["action"], (*path, "action")) if "action" in m else None
         reply = self.template(m.get("reply"), (*path, "reply"), optional=True)
-        if action is None and reply is None:
-            raise self.fail(path, "an intent needs an 'action' or a 'reply'")
+        if action is None and reply is None and m.get("handoff") is None:
+            raise self.fail(path, "an intent needs an 'action' or a 'reply' (or a 'handoff')")
         subscribe = tuple(
             self.req_template(s, (*path, "subscribe", i))
             for i, s in enumerate(self.strings(m.get("subscribe"), (*path, "subscribe")))
         )
+        invalidate = tuple(
+            self.req_template(s, (*path, "invalidate", i))
+            for i, s in enumerate(self.strings(m.get("invalidate"), (*path, "invalidate")))
+        )
         return IntentDef(
             name=name,
+            invalidate=invalidate,
             label=self.string(m.get("label", name.replace("_", " ")), (*path, "label")),
             description=self.string(m.get("description", ""), (*path, "description"), optional=True)
             or "",
@@ -341,10 +352,33 @@ class _Parser:
             action=action,
             reply=reply,
             not_found=self.template(m.get("not_found"), (*path, "not_found"), optional=True),
+            confirm=self.template(m.get("confirm"), (*path, "confirm"), optional=True),
             quick_replies=self.quick_replies(m.get("quick_replies"), (*path, "quick_replies")),
             subscribe=subscribe,
             suggest=self.boolean(m.get("suggest"), (*path, "suggest"), False),
+            handoff=(
+                self.handoff(m["handoff"], (*path, "handoff"), rule=False)
+                if m.get("handoff") is not None
+                else None
+            ),
             path=path,
+        )
+
+    def handoff(self, value: Any, path: Path_, *, rule: bool) -> HandoffDef:
+        keys = ("queue", "reason", "after_fallbacks") if rule else ("queue", "reason")
+        m = self.mapping(value, path, keys)
+        queue = self.string(m.get("queue", ""), (*path, "queue"), optional=True) or ""
+        if queue and not _QUEUE_RE.match(queue):
+            raise self.fail(
+                (*path, "queue"), f"bad queue name {queue!r} (use [A-Za-z0-9_-]{{1,64}})"
+            )
+        after = _opt_int(self.number(m.get("after_fallbacks"), (*path, "after_fallbacks"))) or 0
+        if after < 0:
+            raise self.fail((*path, "after_fallbacks"), "expected a number >= 0")
+        return HandoffDef(
+            queue=queue,
+            reason=self.template(m.get("reason"), (*path, "reason"), optional=True),
+            after_fallbacks=after,
         )
 
     def llm(self, value: Any, path: Path_) -> LlmConfig | None:
@@ -441,6 +475,11 @@ class _Parser:
             clarify_margin=self.number(mm.get("margin", 0.04), (*root, "matcher", "margin")) or 0.0,
             max_attempts=max(1, max_attempts),
             llm=llm if llm is not None and llm.enabled else None,
+            handoff=(
+                self.handoff(m["handoff"], (*root, "handoff"), rule=True)
+                if m.get("handoff") is not None
+                else None
+            ),
             source=self.source,
             tree=self.tree,
         )

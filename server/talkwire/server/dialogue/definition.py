@@ -33,9 +33,13 @@ Structure (every key is optional unless marked; see ``talkwire/server/demo/bot.y
             params: {order_id: "{order_id}", customer_id: "{user.customer_id}"}
           reply: "Order {order_id} ({result.item}) is {result.status}, ETA {result.eta}."
           not_found: "I couldn't find order {order_id}."
+          confirm: "Cancel order {order_id}?"   # ask yes/no before the action runs
           quick_replies: [{label: "My orders", intent: list_orders, parameters: {}}]
           subscribe: ["order:{order_id}"]
+          invalidate: ["order:{order_id}"]   # after the action: drop cached answers of these keys
           suggest: false               # true: append the bot's suggestions as buttons
+          handoff: {queue: billing, reason: "asked for {topic}"}   # then hand off to a person
+      handoff: {after_fallbacks: 3, queue: general, reason: "..."}   # the automatic rule
       llm: {base_url: ..., model: ..., api_key_env: ..., enabled: true, ...}   # optional
 
 Template values: the intent's slots by name (also under ``slots``), ``user``
@@ -66,6 +70,7 @@ __all__ = [
     "ActionDef",
     "BotDefinition",
     "FallbackDef",
+    "HandoffDef",
     "IntentDef",
     "LlmConfig",
     "LookupDef",
@@ -93,6 +98,10 @@ DEFAULT_MESSAGES: dict[str, str] = {
     "done": "Done.",
     "confirm": "I'm about to {action}. Shall I go ahead?",
     "declined": "OK, I won't do that.",
+    "yes": "Yes",
+    "no": "No",
+    "confirm_again": "Please answer yes or no.",
+    "nothing_to_confirm": "There is nothing waiting for a yes or no right now.",
     "assistant_unavailable": "Sorry, the assistant is not available right now. Please try again.",
 }
 
@@ -157,6 +166,19 @@ class ActionDef:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoffDef:
+    """Hand the session to a person: ``queue`` ("" -> ``handoff.default_queue``), ``reason``.
+
+    On an intent: after its reply. On the bot: after ``after_fallbacks`` fallback
+    replies in a row (0: never).
+    """
+
+    queue: str = ""
+    reason: Template | None = None
+    after_fallbacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class IntentDef:
     name: str
     label: str
@@ -167,9 +189,14 @@ class IntentDef:
     action: ActionDef | None = None
     reply: Template | None = None
     not_found: Template | None = None
+    # Asked (with Yes / No buttons) once the slots are filled, before the action runs.
+    confirm: Template | None = None
     quick_replies: tuple[QuickReplyDef, ...] = ()
     subscribe: tuple[Template, ...] = ()
+    # Cache keys dropped after the action succeeded (a write's own effect, before any event).
+    invalidate: tuple[Template, ...] = ()
     suggest: bool = False
+    handoff: HandoffDef | None = None
     path: Path_ = ()
 
 
@@ -220,6 +247,7 @@ class BotDefinition:
     clarify_margin: float = 0.04
     max_attempts: int = 3
     llm: LlmConfig | None = None
+    handoff: HandoffDef | None = None
     source: str = "<config>"
     # The parsed data, ``{"bot": ...}``; from YAML it knows the line of every key.
     tree: Any = field(default=None, repr=False, compare=False)

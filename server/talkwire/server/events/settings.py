@@ -17,8 +17,13 @@ Example::
       retry_initial: 0.2                     # store-unavailable backoff (doubles) ...
       retry_max: 5.0                         # ... up to this
       stall_after: 30.0                      # watchdog: no progress for this long -> unhealthy
-      session_timeout: 10.0                  # group session timeout (seconds)
-      heartbeat_interval: 3.0
+      session_timeout: 6.0                   # group session timeout (seconds): how long a
+                                             # killed replica keeps its partitions; 6 is
+                                             # Kafka's default group.min.session.timeout.ms
+      heartbeat_interval: 1.0                # < session_timeout; also how soon a member
+                                             # notices a rebalance
+      rebalance_timeout: 10.0                # how long the group waits for members to rejoin
+      max_poll_interval: 300.0               # a consumer stuck longer in one batch leaves
       security:
         protocol: SASL_SSL                   # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
         cafile: /etc/talkwire/ca.pem
@@ -135,6 +140,8 @@ _KEYS = frozenset(
         "stall_after",
         "session_timeout",
         "heartbeat_interval",
+        "rebalance_timeout",
+        "max_poll_interval",
         "security",
         "topics",
         "enabled",
@@ -158,8 +165,10 @@ class KafkaSettings:
     retry_initial: float = 0.2
     retry_max: float = 5.0
     stall_after: float = 30.0
-    session_timeout: float = 10.0
-    heartbeat_interval: float = 3.0
+    session_timeout: float = 6.0
+    heartbeat_interval: float = 1.0
+    rebalance_timeout: float = 10.0
+    max_poll_interval: float = 300.0
     security: SecuritySettings = field(default_factory=SecuritySettings)
     enabled: bool = True
 
@@ -173,6 +182,10 @@ class KafkaSettings:
         topics = parse_topics(sec.section("topics"))
         if not topics:
             raise sec.error("topics", "at least one topic is required")
+        heartbeat = sec.number("heartbeat_interval", 1.0, positive=True)
+        session_timeout = sec.number("session_timeout", 6.0, positive=True)
+        if heartbeat >= session_timeout:
+            raise sec.error("heartbeat_interval", "must be below session_timeout")
         dlt = sec.text("dead_letter_topic", "")
         if dlt and dlt in topics:
             raise sec.error("dead_letter_topic", "must not be one of the consumed topics")
@@ -189,8 +202,10 @@ class KafkaSettings:
             retry_initial=sec.number("retry_initial", 0.2, positive=True),
             retry_max=sec.number("retry_max", 5.0, positive=True),
             stall_after=sec.number("stall_after", 30.0, positive=True),
-            session_timeout=sec.number("session_timeout", 10.0, positive=True),
-            heartbeat_interval=sec.number("heartbeat_interval", 3.0, positive=True),
+            session_timeout=session_timeout,
+            heartbeat_interval=heartbeat,
+            rebalance_timeout=sec.number("rebalance_timeout", 10.0, positive=True),
+            max_poll_interval=sec.number("max_poll_interval", 300.0, positive=True),
             security=SecuritySettings.from_config(sec.section("security")),
             enabled=sec.flag("enabled", True),
         )

@@ -60,9 +60,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from talkwire.connectors.sections import Section
+from talkwire.server.aio import cancel_and_wait
 from talkwire.server.errors import AlreadyExistsError, ConfigError, UnavailableError
 from talkwire.server.events.decode import DecodeError, decode
-from talkwire.server.events.kafka import cancel_and_wait
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute
 from talkwire.server.store import FanoutResult, SessionStore

@@ -29,6 +29,11 @@ from talkwire.server import schema
 
 __all__ = [
     "FRAME_APPENDED",
+    "HANDOFF_ACCEPTED",
+    "HANDOFF_QUEUED",
+    "HANDOFF_RELEASED",
+    "HANDOFF_REQUEUED",
+    "HANDOFF_TRANSFERRED",
     "KINDS",
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
@@ -48,6 +53,11 @@ FRAME_APPENDED = "frame.appended"
 SUBSCRIPTION_CHANGED = "subscription.changed"
 SESSION_CLOSED = "session.closed"
 SESSION_EXPIRED = "session.expired"
+HANDOFF_QUEUED = "handoff.queued"
+HANDOFF_ACCEPTED = "handoff.accepted"
+HANDOFF_RELEASED = "handoff.released"
+HANDOFF_TRANSFERRED = "handoff.transferred"
+HANDOFF_REQUEUED = "handoff.requeued"
 
 KINDS = (
     SESSION_OPENED,
@@ -57,9 +67,15 @@ KINDS = (
     SUBSCRIPTION_CHANGED,
     SESSION_CLOSED,
     SESSION_EXPIRED,
+    HANDOFF_QUEUED,
+    HANDOFF_ACCEPTED,
+    HANDOFF_RELEASED,
+    HANDOFF_TRANSFERRED,
+    HANDOFF_REQUEUED,
 )
-"""The kinds talkwire writes today. The set is open: ``handoff.*`` and later kinds are
-plain strings too (at most 64 characters); a sink's ``on:`` may name ``handoff.*``."""
+"""The kinds talkwire writes today. The set is open: later kinds are plain strings too
+(at most 64 characters); a sink's ``on:`` may name a family such as ``handoff.*``.
+An agent closing the session writes ``handoff.released`` then ``session.closed``."""
 
 _E = schema.conversation_events
 _P = schema.outbound_pending

@@ -73,7 +73,7 @@ class OutboundService:
         settings.check_known(_EXTRA)
         self.settings = settings
         self.store = store
-        self.outbox = OutboundOutbox(store.db, clock=clock)
+        self.outbox = OutboundOutbox(store.executor, clock=clock)
         self._clock = clock
         self.sinks: list[Sink] = [
             build_sink(s, connectors, self._session_context) for s in settings.sinks
