@@ -235,3 +235,24 @@ async def test_talk_to_a_person_queues_a_handoff_with_context(alice: Any) -> Non
     receipt = (await _answer(alice, "reply"))[-1].reply
     assert receipt.author.role == "user"
     assert receipt.text == "where is my order 1002"
+
+
+async def test_a_closed_conversation_lands_in_the_crm_notes(
+    alice: Any, demo_app: Application, tmp_path: Path
+) -> None:
+    from talkwire.clients import AdminClient
+    from tests.support.waiting import eventually
+
+    await alice.send("where is my order 1001")
+    await _answer(alice, "reply")
+    async with AdminClient(demo_app.target, token="admin-token") as admin:
+        await admin.close_session(alice.session_id, reason="done")
+
+    def notes() -> list[tuple[str, str, str]]:
+        with sqlite3.connect(tmp_path / "demo-crm.db") as db:
+            return db.execute("SELECT customer, session_id, body FROM notes").fetchall()
+
+    [(customer, session_id, body)] = await eventually(notes, message="a CRM note")
+    assert (customer, session_id) == ("alice", alice.session_id)
+    assert "where is my order 1001" in body
+    assert "Order 1001 (Espresso machine)" in body

@@ -172,8 +172,8 @@ class Application:
         """Start the components in order; aclose stops them in the reverse order."""
         cfg = self.config
         self.authenticator = build_authenticator(cfg.auth)
-        connector_sections, bot, policy_section = await self._sections()
-        await self._open_state(connector_sections)
+        connector_sections, bot, policy_section, outbound_section = await self._sections()
+        await self._open_state(connector_sections, outbound_section)
         self._build_turns(bot, policy_section)
         await self._open_services()
         await self._start_grpc(self.chat)
@@ -190,11 +190,13 @@ class Application:
         log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
         log.info("%s", self._describe(bot, policy_section))
 
-    async def _open_state(self, connector_sections: Mapping[str, Any]) -> None:
+    async def _open_state(
+        self, connector_sections: Mapping[str, Any], outbound_section: Mapping[str, Any]
+    ) -> None:
         """The store, the hub with its cluster, the connectors."""
         cfg = self.config
         _ensure_sqlite_dir(cfg.store.url)
-        self.outbound_settings = OutboundSettings.from_config(cfg.outbound)
+        self.outbound_settings = OutboundSettings.from_config(outbound_section)
         self.store = await self._stack.enter_async_context(
             SessionStore(
                 cfg.store.url,
@@ -272,15 +274,17 @@ class Application:
             )
         )
 
-    async def _sections(self) -> tuple[Mapping[str, Any], Any, Mapping[str, Any]]:
-        """The connector, bot and policy sections: the config's, or the demo's under them."""
+    async def _sections(
+        self,
+    ) -> tuple[Mapping[str, Any], Any, Mapping[str, Any], Mapping[str, Any]]:
+        """The connector, bot, policy and outbound sections: the config's, or the demo's."""
         cfg = self.config
         if not cfg.demo:
-            return cfg.connectors, cfg.bot, cfg.policy
+            return cfg.connectors, cfg.bot, cfg.policy, cfg.outbound
         from talkwire.server.demo import open_demo
 
         demo = await self._stack.enter_async_context(open_demo(cfg))
-        return demo.connectors, demo.bot, demo.policy
+        return demo.connectors, demo.bot, demo.policy, demo.outbound
 
     def _build_handler(self, bot: Any) -> TurnHandler:
         if self._handler_override is not None:

@@ -46,12 +46,13 @@ class DemoSections:
     connectors: Mapping[str, Any]
     bot: Any
     policy: Mapping[str, Any]
+    outbound: Mapping[str, Any]
 
 
 @contextlib.asynccontextmanager
 async def open_demo(config: Config) -> AsyncIterator[DemoSections]:
     """Seed the demo CRM in ``server.data_dir`` and serve the demo ERP while entered."""
-    from talkwire.server.demo.connectors import demo_connector_sections
+    from talkwire.server.demo.connectors import DEMO_OUTBOUND, demo_connector_sections
     from talkwire.server.demo.crm import create_demo_crm
     from talkwire.server.demo.erp import serve_demo_erp
     from talkwire.server.demo.policy import DEMO_POLICY
@@ -65,4 +66,5 @@ async def open_demo(config: Config) -> AsyncIterator[DemoSections]:
             connectors={**demo_connector_sections(crm_url, erp_url), **config.connectors},
             bot=config.bot or str(bot_path()),
             policy=config.policy or DEMO_POLICY,
+            outbound=config.outbound or DEMO_OUTBOUND,
         )

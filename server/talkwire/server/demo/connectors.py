@@ -31,7 +31,24 @@ from typing import Any
 
 from talkwire.server.demo.crm import sqlite_url
 
-__all__ = ["demo_connector_sections"]
+__all__ = ["DEMO_OUTBOUND", "demo_connector_sections"]
+
+
+# Every closed or expired session's transcript becomes a row of the CRM's notes table
+# (the outbound connector sink; the event id makes a re-send a no-op).
+DEMO_OUTBOUND: dict[str, Any] = {
+    "crm_notes": {
+        "connector": "crm",
+        "operation": "add_note",
+        "on": ["session.closed", "session.expired"],
+        "params": {
+            "event_id": "{event.id}",
+            "customer": "{session.subject}",
+            "session_id": "{session.id}",
+            "body": "{transcript}",
+        },
+    }
+}
 
 
 def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
@@ -109,6 +126,21 @@ def demo_connector_sections(crm_url: str, erp_base_url: str) -> dict[str, Any]:
                     },
                     "write": True,
                     "result": "rows",
+                },
+                "add_note": {
+                    "description": "Attach a closed conversation's transcript to the customer",
+                    "sql": (
+                        "INSERT INTO notes (event_id, customer, session_id, body) "
+                        "VALUES (:event_id, :customer, :session_id, :body) "
+                        "ON CONFLICT (event_id) DO NOTHING"
+                    ),
+                    "params": {
+                        "event_id": {"type": "string"},
+                        "customer": {"type": "string"},
+                        "session_id": {"type": "string"},
+                        "body": {"type": "string"},
+                    },
+                    "write": True,
                 },
                 "order_owner": {
                     "description": "Which customer an order belongs to (for authorisation)",

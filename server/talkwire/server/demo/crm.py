@@ -36,6 +36,10 @@ SCHEMA = (
         customer_id TEXT NOT NULL REFERENCES customers(id),
         amount NUMERIC NOT NULL, currency TEXT NOT NULL,
         idempotency_key TEXT UNIQUE, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)""",
+    # Closed conversations, written by the outbound connector sink (one row per event).
+    """CREATE TABLE IF NOT EXISTS notes (
+        event_id TEXT PRIMARY KEY, customer TEXT NOT NULL, session_id TEXT NOT NULL,
+        body TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)""",
     "CREATE INDEX IF NOT EXISTS orders_customer ON orders(customer_id)",
     "CREATE INDEX IF NOT EXISTS tickets_customer ON tickets(customer_id)",
 )
