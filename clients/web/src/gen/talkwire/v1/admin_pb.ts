@@ -8,6 +8,8 @@ import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ConverseResponse } from "./chat_pb";
 import { file_talkwire_v1_chat } from "./chat_pb";
+import type { ConversationEvent } from "./conversation_pb";
+import { file_talkwire_v1_conversation } from "./conversation_pb";
 import type { ChangeEvent } from "./events_pb";
 import { file_talkwire_v1_events } from "./events_pb";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
@@ -16,7 +18,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file talkwire/v1/admin.proto.
  */
 export const file_talkwire_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chd0YWxrd2lyZS92MS9hZG1pbi5wcm90bxILdGFsa3dpcmUudjEiqQMKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEg8KB2NoYW5uZWwYAyABKAkSDgoGbG9jYWxlGAQgASgJEjgKCmF0dHJpYnV0ZXMYBSADKAsyJC50YWxrd2lyZS52MS5TZXNzaW9uLkF0dHJpYnV0ZXNFbnRyeRIoCgVzdGF0ZRgGIAEoDjIZLnRhbGt3aXJlLnYxLlNlc3Npb25TdGF0ZRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X2FjdGl2ZV9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIaGVhZF9zZXEYCSABKAQSEQoJYWNrZWRfc2VxGAogASgEEhAKCGF0dGFjaGVkGAsgASgIEhUKDXN1YnNjcmlwdGlvbnMYDCADKAkSDwoHcmVwbGljYRgNIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJyChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEg8KB3N1YmplY3QYAyABKAkSCwoDa2V5GAQgASgJEhYKDmluY2x1ZGVfY2xvc2VkGAUgASgIIlcKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQudGFsa3dpcmUudjEuU2Vzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI7ChJHZXRTZXNzaW9uUmVzcG9uc2USJQoHc2Vzc2lvbhgBIAEoCzIULnRhbGt3aXJlLnYxLlNlc3Npb24iOQoTQ2xvc2VTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI9ChRDbG9zZVNlc3Npb25SZXNwb25zZRIlCgdzZXNzaW9uGAEgASgLMhQudGFsa3dpcmUudjEuU2Vzc2lvbiJoCg5QdWJsaXNoUmVxdWVzdBIUCgpzZXNzaW9uX2lkGAEgASgJSAASDQoDa2V5GAIgASgJSAASJwoFZXZlbnQYAyABKAsyGC50YWxrd2lyZS52MS5DaGFuZ2VFdmVudEIICgZ0YXJnZXQiSQoPUHVibGlzaFJlc3BvbnNlEhAKCGV2ZW50X2lkGAEgASgJEhEKCWRlbGl2ZXJlZBgCIAEoDRIRCglkdXBsaWNhdGUYAyABKAgiNQoMV2F0Y2hSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKDVdhdGNoUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIsCgVmcmFtZRgCIAEoCzIdLnRhbGt3aXJlLnYxLkNvbnZlcnNlUmVzcG9uc2UiUgoNUGFyYW1ldGVySW5mbxIMCgRuYW1lGAEgASgJEgwKBHR5cGUYAiABKAkSEAoIcmVxdWlyZWQYAyABKAgSEwoLZGVzY3JpcHRpb24YBCABKAkigQEKDU9wZXJhdGlvbkluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIuCgpwYXJhbWV0ZXJzGAMgAygLMhoudGFsa3dpcmUudjEuUGFyYW1ldGVySW5mbxINCgV3cml0ZRgEIAEoCBIOCgZyZXN1bHQYBSABKAkiWwoNQ29ubmVjdG9ySW5mbxIMCgRuYW1lGAEgASgJEgwKBHR5cGUYAiABKAkSLgoKb3BlcmF0aW9ucxgDIAMoCzIaLnRhbGt3aXJlLnYxLk9wZXJhdGlvbkluZm8iFwoVTGlzdENvbm5lY3RvcnNSZXF1ZXN0IkgKFkxpc3RDb25uZWN0b3JzUmVzcG9uc2USLgoKY29ubmVjdG9ycxgBIAMoCzIaLnRhbGt3aXJlLnYxLkNvbm5lY3RvckluZm8ivgEKFkludm9rZUNvbm5lY3RvclJlcXVlc3QSEQoJY29ubmVjdG9yGAEgASgJEhEKCW9wZXJhdGlvbhgCIAEoCRIrCgpwYXJhbWV0ZXJzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdzdWJqZWN0GAQgASgJEicKBmNsYWltcxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFwoPaWRlbXBvdGVuY3lfa2V5GAYgASgJInMKF0ludm9rZUNvbm5lY3RvclJlc3BvbnNlEiYKBnJlc3VsdBgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxjb21wbGV0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKnwKDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUU0VTU0lPTl9TVEFURV9BQ1RJVkUQARIYChRTRVNTSU9OX1NUQVRFX0NMT1NFRBACEhkKFVNFU1NJT05fU1RBVEVfRVhQSVJFRBADMsgECgxBZG1pblNlcnZpY2USUwoMTGlzdFNlc3Npb25zEiAudGFsa3dpcmUudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLnRhbGt3aXJlLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEk0KCkdldFNlc3Npb24SHi50YWxrd2lyZS52MS5HZXRTZXNzaW9uUmVxdWVzdBofLnRhbGt3aXJlLnYxLkdldFNlc3Npb25SZXNwb25zZRJTCgxDbG9zZVNlc3Npb24SIC50YWxrd2lyZS52MS5DbG9zZVNlc3Npb25SZXF1ZXN0GiEudGFsa3dpcmUudjEuQ2xvc2VTZXNzaW9uUmVzcG9uc2USRAoHUHVibGlzaBIbLnRhbGt3aXJlLnYxLlB1Ymxpc2hSZXF1ZXN0GhwudGFsa3dpcmUudjEuUHVibGlzaFJlc3BvbnNlEkAKBVdhdGNoEhkudGFsa3dpcmUudjEuV2F0Y2hSZXF1ZXN0GhoudGFsa3dpcmUudjEuV2F0Y2hSZXNwb25zZTABElkKDkxpc3RDb25uZWN0b3JzEiIudGFsa3dpcmUudjEuTGlzdENvbm5lY3RvcnNSZXF1ZXN0GiMudGFsa3dpcmUudjEuTGlzdENvbm5lY3RvcnNSZXNwb25zZRJcCg9JbnZva2VDb25uZWN0b3ISIy50YWxrd2lyZS52MS5JbnZva2VDb25uZWN0b3JSZXF1ZXN0GiQudGFsa3dpcmUudjEuSW52b2tlQ29ubmVjdG9yUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_talkwire_v1_chat, file_talkwire_v1_events]);
+  fileDesc("Chd0YWxrd2lyZS92MS9hZG1pbi5wcm90bxILdGFsa3dpcmUudjEiqQMKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEg8KB2NoYW5uZWwYAyABKAkSDgoGbG9jYWxlGAQgASgJEjgKCmF0dHJpYnV0ZXMYBSADKAsyJC50YWxrd2lyZS52MS5TZXNzaW9uLkF0dHJpYnV0ZXNFbnRyeRIoCgVzdGF0ZRgGIAEoDjIZLnRhbGt3aXJlLnYxLlNlc3Npb25TdGF0ZRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X2FjdGl2ZV9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIaGVhZF9zZXEYCSABKAQSEQoJYWNrZWRfc2VxGAogASgEEhAKCGF0dGFjaGVkGAsgASgIEhUKDXN1YnNjcmlwdGlvbnMYDCADKAkSDwoHcmVwbGljYRgNIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJyChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEg8KB3N1YmplY3QYAyABKAkSCwoDa2V5GAQgASgJEhYKDmluY2x1ZGVfY2xvc2VkGAUgASgIIlcKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQudGFsa3dpcmUudjEuU2Vzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI7ChJHZXRTZXNzaW9uUmVzcG9uc2USJQoHc2Vzc2lvbhgBIAEoCzIULnRhbGt3aXJlLnYxLlNlc3Npb24iOQoTQ2xvc2VTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI9ChRDbG9zZVNlc3Npb25SZXNwb25zZRIlCgdzZXNzaW9uGAEgASgLMhQudGFsa3dpcmUudjEuU2Vzc2lvbiJoCg5QdWJsaXNoUmVxdWVzdBIUCgpzZXNzaW9uX2lkGAEgASgJSAASDQoDa2V5GAIgASgJSAASJwoFZXZlbnQYAyABKAsyGC50YWxrd2lyZS52MS5DaGFuZ2VFdmVudEIICgZ0YXJnZXQiSQoPUHVibGlzaFJlc3BvbnNlEhAKCGV2ZW50X2lkGAEgASgJEhEKCWRlbGl2ZXJlZBgCIAEoDRIRCglkdXBsaWNhdGUYAyABKAgiNQoMV2F0Y2hSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKDVdhdGNoUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIsCgVmcmFtZRgCIAEoCzIdLnRhbGt3aXJlLnYxLkNvbnZlcnNlUmVzcG9uc2UiUgoNUGFyYW1ldGVySW5mbxIMCgRuYW1lGAEgASgJEgwKBHR5cGUYAiABKAkSEAoIcmVxdWlyZWQYAyABKAgSEwoLZGVzY3JpcHRpb24YBCABKAkigQEKDU9wZXJhdGlvbkluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIuCgpwYXJhbWV0ZXJzGAMgAygLMhoudGFsa3dpcmUudjEuUGFyYW1ldGVySW5mbxINCgV3cml0ZRgEIAEoCBIOCgZyZXN1bHQYBSABKAkiWwoNQ29ubmVjdG9ySW5mbxIMCgRuYW1lGAEgASgJEgwKBHR5cGUYAiABKAkSLgoKb3BlcmF0aW9ucxgDIAMoCzIaLnRhbGt3aXJlLnYxLk9wZXJhdGlvbkluZm8iFwoVTGlzdENvbm5lY3RvcnNSZXF1ZXN0IkgKFkxpc3RDb25uZWN0b3JzUmVzcG9uc2USLgoKY29ubmVjdG9ycxgBIAMoCzIaLnRhbGt3aXJlLnYxLkNvbm5lY3RvckluZm8ivgEKFkludm9rZUNvbm5lY3RvclJlcXVlc3QSEQoJY29ubmVjdG9yGAEgASgJEhEKCW9wZXJhdGlvbhgCIAEoCRIrCgpwYXJhbWV0ZXJzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdzdWJqZWN0GAQgASgJEicKBmNsYWltcxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFwoPaWRlbXBvdGVuY3lfa2V5GAYgASgJInMKF0ludm9rZUNvbm5lY3RvclJlc3BvbnNlEiYKBnJlc3VsdBgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxjb21wbGV0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKFEdldFRyYW5zY3JpcHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiYAoVR2V0VHJhbnNjcmlwdFJlc3BvbnNlEi4KBmV2ZW50cxgBIAMoCzIeLnRhbGt3aXJlLnYxLkNvbnZlcnNhdGlvbkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIaChhHZXRPdXRib3VuZFN0YXR1c1JlcXVlc3QivQEKEk91dGJvdW5kU2lua1N0YXR1cxIMCgRuYW1lGAEgASgJEgwKBHR5cGUYAiABKAkSDwoHcGVuZGluZxgDIAEoBBIeChZvbGRlc3RfcGVuZGluZ19zZWNvbmRzGAQgASgBEhUKDWRlYWRfbGV0dGVyZWQYBSABKAQSEQoJZGVsaXZlcmVkGAYgASgEEg8KB3JldHJpZWQYByABKAQSDgoGZmFpbGVkGAggASgEEg8KB2JyZWFrZXIYCSABKAkigQEKGUdldE91dGJvdW5kU3RhdHVzUmVzcG9uc2USLgoFc2lua3MYASADKAsyHy50YWxrd2lyZS52MS5PdXRib3VuZFNpbmtTdGF0dXMSFAoMb3V0Ym94X2RlcHRoGAIgASgEEh4KFm9sZGVzdF9wZW5kaW5nX3NlY29uZHMYAyABKAEiJgoWUmVkcml2ZU91dGJvdW5kUmVxdWVzdBIMCgRzaW5rGAEgASgJIisKF1JlZHJpdmVPdXRib3VuZFJlc3BvbnNlEhAKCHJlcXVldWVkGAEgASgEKnwKDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUU0VTU0lPTl9TVEFURV9BQ1RJVkUQARIYChRTRVNTSU9OX1NUQVRFX0NMT1NFRBACEhkKFVNFU1NJT05fU1RBVEVfRVhQSVJFRBADMuIGCgxBZG1pblNlcnZpY2USUwoMTGlzdFNlc3Npb25zEiAudGFsa3dpcmUudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLnRhbGt3aXJlLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEk0KCkdldFNlc3Npb24SHi50YWxrd2lyZS52MS5HZXRTZXNzaW9uUmVxdWVzdBofLnRhbGt3aXJlLnYxLkdldFNlc3Npb25SZXNwb25zZRJTCgxDbG9zZVNlc3Npb24SIC50YWxrd2lyZS52MS5DbG9zZVNlc3Npb25SZXF1ZXN0GiEudGFsa3dpcmUudjEuQ2xvc2VTZXNzaW9uUmVzcG9uc2USRAoHUHVibGlzaBIbLnRhbGt3aXJlLnYxLlB1Ymxpc2hSZXF1ZXN0GhwudGFsa3dpcmUudjEuUHVibGlzaFJlc3BvbnNlEkAKBVdhdGNoEhkudGFsa3dpcmUudjEuV2F0Y2hSZXF1ZXN0GhoudGFsa3dpcmUudjEuV2F0Y2hSZXNwb25zZTABElkKDkxpc3RDb25uZWN0b3JzEiIudGFsa3dpcmUudjEuTGlzdENvbm5lY3RvcnNSZXF1ZXN0GiMudGFsa3dpcmUudjEuTGlzdENvbm5lY3RvcnNSZXNwb25zZRJcCg9JbnZva2VDb25uZWN0b3ISIy50YWxrd2lyZS52MS5JbnZva2VDb25uZWN0b3JSZXF1ZXN0GiQudGFsa3dpcmUudjEuSW52b2tlQ29ubmVjdG9yUmVzcG9uc2USVgoNR2V0VHJhbnNjcmlwdBIhLnRhbGt3aXJlLnYxLkdldFRyYW5zY3JpcHRSZXF1ZXN0GiIudGFsa3dpcmUudjEuR2V0VHJhbnNjcmlwdFJlc3BvbnNlEmIKEUdldE91dGJvdW5kU3RhdHVzEiUudGFsa3dpcmUudjEuR2V0T3V0Ym91bmRTdGF0dXNSZXF1ZXN0GiYudGFsa3dpcmUudjEuR2V0T3V0Ym91bmRTdGF0dXNSZXNwb25zZRJcCg9SZWRyaXZlT3V0Ym91bmQSIy50YWxrd2lyZS52MS5SZWRyaXZlT3V0Ym91bmRSZXF1ZXN0GiQudGFsa3dpcmUudjEuUmVkcml2ZU91dGJvdW5kUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_talkwire_v1_chat, file_talkwire_v1_conversation, file_talkwire_v1_events]);
 
 /**
  * @generated from message talkwire.v1.Session
@@ -539,6 +541,202 @@ export const InvokeConnectorResponseSchema: GenMessage<InvokeConnectorResponse> 
   messageDesc(file_talkwire_v1_admin, 17);
 
 /**
+ * @generated from message talkwire.v1.GetTranscriptRequest
+ */
+export type GetTranscriptRequest = Message<"talkwire.v1.GetTranscriptRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message talkwire.v1.GetTranscriptRequest.
+ * Use `create(GetTranscriptRequestSchema)` to create a new message.
+ */
+export const GetTranscriptRequestSchema: GenMessage<GetTranscriptRequest> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 18);
+
+/**
+ * @generated from message talkwire.v1.GetTranscriptResponse
+ */
+export type GetTranscriptResponse = Message<"talkwire.v1.GetTranscriptResponse"> & {
+  /**
+   * "turn.received" and "frame.appended" events, oldest first.
+   *
+   * @generated from field: repeated talkwire.v1.ConversationEvent events = 1;
+   */
+  events: ConversationEvent[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message talkwire.v1.GetTranscriptResponse.
+ * Use `create(GetTranscriptResponseSchema)` to create a new message.
+ */
+export const GetTranscriptResponseSchema: GenMessage<GetTranscriptResponse> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 19);
+
+/**
+ * @generated from message talkwire.v1.GetOutboundStatusRequest
+ */
+export type GetOutboundStatusRequest = Message<"talkwire.v1.GetOutboundStatusRequest"> & {
+};
+
+/**
+ * Describes the message talkwire.v1.GetOutboundStatusRequest.
+ * Use `create(GetOutboundStatusRequestSchema)` to create a new message.
+ */
+export const GetOutboundStatusRequestSchema: GenMessage<GetOutboundStatusRequest> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 20);
+
+/**
+ * @generated from message talkwire.v1.OutboundSinkStatus
+ */
+export type OutboundSinkStatus = Message<"talkwire.v1.OutboundSinkStatus"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string type = 2;
+   */
+  type: string;
+
+  /**
+   * Events waiting for this sink.
+   *
+   * @generated from field: uint64 pending = 3;
+   */
+  pending: bigint;
+
+  /**
+   * Age of the oldest waiting event, in seconds.
+   *
+   * @generated from field: double oldest_pending_seconds = 4;
+   */
+  oldestPendingSeconds: number;
+
+  /**
+   * @generated from field: uint64 dead_lettered = 5;
+   */
+  deadLettered: bigint;
+
+  /**
+   * Counters since this replica started.
+   *
+   * @generated from field: uint64 delivered = 6;
+   */
+  delivered: bigint;
+
+  /**
+   * @generated from field: uint64 retried = 7;
+   */
+  retried: bigint;
+
+  /**
+   * @generated from field: uint64 failed = 8;
+   */
+  failed: bigint;
+
+  /**
+   * "closed", "open" or "half_open".
+   *
+   * @generated from field: string breaker = 9;
+   */
+  breaker: string;
+};
+
+/**
+ * Describes the message talkwire.v1.OutboundSinkStatus.
+ * Use `create(OutboundSinkStatusSchema)` to create a new message.
+ */
+export const OutboundSinkStatusSchema: GenMessage<OutboundSinkStatus> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 21);
+
+/**
+ * @generated from message talkwire.v1.GetOutboundStatusResponse
+ */
+export type GetOutboundStatusResponse = Message<"talkwire.v1.GetOutboundStatusResponse"> & {
+  /**
+   * @generated from field: repeated talkwire.v1.OutboundSinkStatus sinks = 1;
+   */
+  sinks: OutboundSinkStatus[];
+
+  /**
+   * Rows in the outbound outbox (all sinks).
+   *
+   * @generated from field: uint64 outbox_depth = 2;
+   */
+  outboxDepth: bigint;
+
+  /**
+   * @generated from field: double oldest_pending_seconds = 3;
+   */
+  oldestPendingSeconds: number;
+};
+
+/**
+ * Describes the message talkwire.v1.GetOutboundStatusResponse.
+ * Use `create(GetOutboundStatusResponseSchema)` to create a new message.
+ */
+export const GetOutboundStatusResponseSchema: GenMessage<GetOutboundStatusResponse> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 22);
+
+/**
+ * @generated from message talkwire.v1.RedriveOutboundRequest
+ */
+export type RedriveOutboundRequest = Message<"talkwire.v1.RedriveOutboundRequest"> & {
+  /**
+   * Only this sink's dead letters; every sink's when empty.
+   *
+   * @generated from field: string sink = 1;
+   */
+  sink: string;
+};
+
+/**
+ * Describes the message talkwire.v1.RedriveOutboundRequest.
+ * Use `create(RedriveOutboundRequestSchema)` to create a new message.
+ */
+export const RedriveOutboundRequestSchema: GenMessage<RedriveOutboundRequest> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 23);
+
+/**
+ * @generated from message talkwire.v1.RedriveOutboundResponse
+ */
+export type RedriveOutboundResponse = Message<"talkwire.v1.RedriveOutboundResponse"> & {
+  /**
+   * Dead-lettered deliveries queued again.
+   *
+   * @generated from field: uint64 requeued = 1;
+   */
+  requeued: bigint;
+};
+
+/**
+ * Describes the message talkwire.v1.RedriveOutboundResponse.
+ * Use `create(RedriveOutboundResponseSchema)` to create a new message.
+ */
+export const RedriveOutboundResponseSchema: GenMessage<RedriveOutboundResponse> = /*@__PURE__*/
+  messageDesc(file_talkwire_v1_admin, 24);
+
+/**
  * @generated from enum talkwire.v1.SessionState
  */
 export enum SessionState {
@@ -634,6 +832,36 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof InvokeConnectorRequestSchema;
     output: typeof InvokeConnectorResponseSchema;
+  },
+  /**
+   * A session's conversation: user turns and durable frames, in order, paged.
+   *
+   * @generated from rpc talkwire.v1.AdminService.GetTranscript
+   */
+  getTranscript: {
+    methodKind: "unary";
+    input: typeof GetTranscriptRequestSchema;
+    output: typeof GetTranscriptResponseSchema;
+  },
+  /**
+   * Outbox depth, oldest pending age and per-sink counters.
+   *
+   * @generated from rpc talkwire.v1.AdminService.GetOutboundStatus
+   */
+  getOutboundStatus: {
+    methodKind: "unary";
+    input: typeof GetOutboundStatusRequestSchema;
+    output: typeof GetOutboundStatusResponseSchema;
+  },
+  /**
+   * Sends dead-lettered deliveries again.
+   *
+   * @generated from rpc talkwire.v1.AdminService.RedriveOutbound
+   */
+  redriveOutbound: {
+    methodKind: "unary";
+    input: typeof RedriveOutboundRequestSchema;
+    output: typeof RedriveOutboundResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_talkwire_v1_admin, 0);
