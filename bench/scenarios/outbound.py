@@ -94,7 +94,7 @@ async def _throughput(bootstrap: str, sessions: int, turns: int) -> dict[str, fl
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'o.db'}"
         async with SessionStore(url, events=recorder_for(settings)) as store:
             ids = await _prefill(store, sessions, turns)
-            outbox = OutboundOutbox(store.db)
+            outbox = OutboundOutbox(store.executor)
             rows = [e for sid in ids for e in await outbox.session_events(sid)]
             n = len(rows)
             progress(f"outbound: relay publishes {n} events")

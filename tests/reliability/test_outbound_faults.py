@@ -59,7 +59,7 @@ async def _chat(target: str, turns: int, pause: float = 0.0) -> str:
 
 async def _check(url: str, receiver: WebhookReceiver, sessions: list[str], label: str) -> Report:
     async with SessionStore(url) as store:
-        outbox = OutboundOutbox(store.db)
+        outbox = OutboundOutbox(store.executor)
         history = OutboundHistory()
         for sid in sessions:
             for e in await outbox.session_events(sid):

@@ -75,7 +75,7 @@ async def test_three_replicas_one_killed_outbound_loses_nothing(
         sessions = [*first, *await asyncio.gather(*load)]
         receiver.script.clear()
         async with SessionStore(scale_db) as store:
-            outbox = OutboundOutbox(store.db)
+            outbox = OutboundOutbox(store.executor)
 
             async def drained() -> bool:
                 return (await outbox.backlog([sink]))[sink].pending == 0
