@@ -332,3 +332,18 @@ async def _still_serving(channel: grpc.aio.Channel) -> None:
     await s.send(message("alive?"))
     assert (await s.recv()).reply.text == "alive?"
     s.cancel()
+
+
+async def test_publish_of_an_overlong_event_id_is_invalid_argument(
+    channel: grpc.aio.Channel,
+) -> None:
+    from talkwire.v1 import admin_pb2, admin_pb2_grpc, events_pb2
+
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    request = admin_pb2.PublishRequest(
+        key="order:1", event=events_pb2.ChangeEvent(id="x" * 256, text="shipped")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await admin.Publish(request, metadata=(("authorization", "Bearer admin-token"),))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "event.id" in (refused.value.details() or "")

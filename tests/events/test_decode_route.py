@@ -137,6 +137,7 @@ def test_debezium_envelope(wrap: bool) -> None:
         ("debezium", b'{"op": "t", "source": {}}', []),
         ("debezium", b"[1, 2]", []),
         ("avro", b"x", []),
+        ("json", b'{"id": "' + b"x" * 256 + b'"}', []),  # longer than the store keeps
     ],
 )
 def test_decode_errors_are_typed(fmt: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:

@@ -406,3 +406,21 @@ async def test_an_admin_may_request_a_handoff_but_not_serve(channel: grpc.aio.Ch
     )
     assert await rpc_code(refused) == grpc.StatusCode.PERMISSION_DENIED
     user.cancel()
+
+
+async def test_an_agent_cannot_request_a_handoff_into_a_queue_it_may_not_serve(
+    channel: grpc.aio.Channel,
+) -> None:
+    user = Stream(channel, "alice-token")
+    opened = await user.open()
+    desk = agent_stub(channel)
+    # Gus may not serve billing: queueing a session there would pull it out of his reach
+    # into someone else's, or (for a queue he serves) to himself.
+    call = desk.RequestHandoff(
+        agent_pb2.RequestHandoffRequest(session_id=opened.session_id, queue="billing"),
+        metadata=metadata_for(GUS),
+    )
+    assert await rpc_code(call) == grpc.StatusCode.PERMISSION_DENIED
+    listing = await desk.ListQueue(agent_pb2.ListQueueRequest(), metadata=metadata_for(ANN))
+    assert list(listing.sessions) == []  # nothing was queued
+    user.cancel()

@@ -200,3 +200,18 @@ async def test_close_closes_the_session(stores: tuple[SessionStore, HandoffStore
     assert closed is not None and closed.state == schema.CLOSED
     assert await store.subscriptions(record.id) == []
     assert await handoffs.waiting() == []
+
+
+async def test_closing_a_held_session_releases_it(
+    stores: tuple[SessionStore, HandoffStore, Clock],
+) -> None:
+    store, handoffs, _ = stores
+    record, _ = await store.create_session(ALICE)
+    await handoffs.queue(record.id, queue="billing", reason="why", context={})
+    await handoffs.accept(record.id, ANN, may_serve=_anyone)
+    assert await store.close_session(record.id)
+    current = await handoffs.get(record.id)
+    assert current is not None and current.state == schema.HANDOFF_BOT
+    with pytest.raises(FailedPreconditionError):  # the agent no longer holds it
+        await handoffs.agent_append(record.id, "ann", [_update()])
+    assert await handoffs.waiting() == []

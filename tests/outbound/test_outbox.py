@@ -246,3 +246,31 @@ async def test_each_handoff_step_is_an_event_in_its_transaction(store_url: str) 
         ]
         # Each step's user-visible handoff frame is in the stream too, in the same order.
         assert sum(e.kind == "frame.appended" for e in events) == 5
+
+
+async def test_a_handoff_transcript_names_each_speaker_once(store_url: str) -> None:
+    from talkwire.server.handoff.frames import authored_reply
+    from talkwire.server.handoff.store import HandoffStore
+    from talkwire.server.outbound.events import transcript_text
+
+    async with outbound_store(store_url, {}) as (store, service):
+        handoffs = HandoffStore(store)
+        record, _ = await store.create_session(Identity("alice"), channel="web")
+        ann = Identity("ann", {"name": "Ann"}, frozenset({"agent"}))
+        await store.append(record.id, [reply("a person will help")], turn=user_message("help"))
+        await handoffs.queue(record.id, queue="billing", reason="asked", context={})
+        await handoffs.accept(record.id, ann, may_serve=lambda q: True)
+        # While held, a user turn is stored as a user-authored reply plus its turn.received.
+        await handoffs.user_append(record.id, authored_reply("user", "hi", author_id="alice"))
+        await store.append(record.id, [], turn=user_message("hi"))
+        hello = authored_reply("agent", "hello", author_id="ann", display_name="Ann")
+        await handoffs.agent_append(record.id, "ann", [hello])
+        text = transcript_text(await service.transcript(record.id))
+        assert text.splitlines() == [
+            "user: help",
+            "bot: a person will help",
+            "(handoff queued)",
+            "(handoff accepted by Ann)",
+            "user: hi",
+            "agent Ann: hello",
+        ]

@@ -25,6 +25,7 @@ from talkwire.server.errors import (
     TalkwireError,
     status_for,
 )
+from talkwire.server.events.decode import MAX_EVENT_ID
 from talkwire.server.frames import jsonable, now_timestamp
 from talkwire.server.hub import SessionHub
 from talkwire.server.identity import Identity
@@ -199,6 +200,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             target = request.WhichOneof("target")
             if target is None:
                 raise InvalidArgumentError("publish needs a session_id or a key")
+            if len(request.event.id) > MAX_EVENT_ID:
+                raise InvalidArgumentError(f"event.id: longer than {MAX_EVENT_ID} characters")
             event = events_pb2.ChangeEvent()
             event.CopyFrom(request.event)
             result = await self._publisher.publish(
@@ -225,9 +228,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             record = await self._store.get_session(request.session_id)
             if record is None:
                 raise NotFoundError(f"session {request.session_id} not found")
-            feed = self._hub.watch(record.id, after_seq=request.after_seq)
+        except TalkwireError as exc:
+            await context.abort(exc.code, exc.message)
+            return
+        feed = self._hub.watch(record.id, after_seq=request.after_seq)
+        try:
             replay = await self._store.replay(record, request.after_seq)
         except TalkwireError as exc:
+            self._hub.unwatch(feed)  # a refused replay leaves no watcher behind
             await context.abort(exc.code, exc.message)
             return
         try:

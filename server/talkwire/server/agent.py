@@ -182,8 +182,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         request: agent_pb2.RequestHandoffRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> agent_pb2.RequestHandoffResponse:
-        async def body(_: Identity) -> agent_pb2.RequestHandoffResponse:
+        async def body(caller: Identity) -> agent_pb2.RequestHandoffResponse:
             _check_session_id(request.session_id)
+            settings = self._desk.settings
+            queue = request.queue or settings.default_queue
+            # An agent may only queue into a queue it may serve (else it could pull any
+            # customer's session to itself); a back office with the admin role may queue anywhere.
+            if not caller.is_admin and not settings.may_serve(caller, queue):
+                raise PermissionDeniedError(f"not allowed to serve queue {queue!r}")
             step = await self._desk.queue(
                 request.session_id, queue=request.queue, reason=request.reason
             )
@@ -225,6 +231,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             pass
         except* (TalkwireError, grpc.aio.AioRpcError) as group:
             feed.terminate(status_for(group.exceptions[0]))
+        except* Exception as group:  # noqa: BLE001 - a bug ends the stream INTERNAL, logged
+            feed.terminate(_logged(group.exceptions[0]))
         finally:
             self._hub.unwatch(feed)
             if self._attending.get(feed.session_id) is feed:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from talkwire.server.errors import UnavailableError
 
 __all__ = ["AsyncEngineExecutor", "SqlExecutor", "SqliteExecutor", "open_executor"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Tx = Callable[[Connection], T]
@@ -72,9 +75,12 @@ def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and (
         isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
     ):
-        return UnavailableError(f"session store unavailable: {exc.orig!r}")
+        log.warning("session store unavailable: %r", exc.orig)
+        return UnavailableError("session store unavailable")
     if isinstance(exc, OSError):
-        return UnavailableError(f"session store unavailable: {exc!r}")
+        # The driver's text names hosts and ports: it goes to the log, not to clients.
+        log.warning("session store unavailable: %r", exc)
+        return UnavailableError("session store unavailable")
     return exc
 
 

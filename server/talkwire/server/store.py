@@ -131,6 +131,7 @@ def _hash_token(token: str) -> str:
 
 _S = schema.sessions
 _O = schema.outbox
+_HO = schema.handoffs
 _SUB = schema.subscriptions
 _PE = schema.processed_events
 
@@ -375,6 +376,15 @@ class SessionStore:
             )
             if not result.rowcount:
                 return False
+            # A person holding (or waiting for) the session lets go: it is over.
+            released = conn.execute(
+                _HO.update()
+                .where(_HO.c.session_id == session_id, _HO.c.state != schema.HANDOFF_BOT)
+                .values(state=schema.HANDOFF_BOT, updated_at=now)
+            ).rowcount
+            if released:
+                reason = {"reason": "session expired" if state == schema.EXPIRED else "closed"}
+                self.events.record(conn, session_id, kinds.HANDOFF_RELEASED, data=reason, now=now)
             kind = kinds.SESSION_EXPIRED if state == schema.EXPIRED else kinds.SESSION_CLOSED
             self.events.record(conn, session_id, kind, data={}, now=now)
             conn.execute(_SUB.delete().where(_SUB.c.session_id == session_id))

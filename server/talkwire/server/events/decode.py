@@ -54,6 +54,7 @@ from talkwire.v1 import events_pb2
 
 __all__ = [
     "FORMATS",
+    "MAX_EVENT_ID",
     "DecodeError",
     "Headers",
     "decode",
@@ -439,7 +440,7 @@ def decode(
     """
     if fmt == "debezium":
         event = _decode_debezium(value, key, topic)
-        return None if event is None else _with_trace(event, headers)
+        return None if event is None else _with_trace(_checked_id(event), headers)
     if value is None:
         raise DecodeError("empty record (null value)")
     if fmt == "protobuf":
@@ -454,4 +455,16 @@ def decode(
         if not fallback_id:
             raise DecodeError("the event has no id")
         event.id = fallback_id
-    return _with_trace(event, headers)
+    return _with_trace(_checked_id(event), headers)
+
+
+MAX_EVENT_ID = 255
+"""The longest event id the store keeps for deduplication (``processed_events.event_id``)."""
+
+
+def _checked_id(event: events_pb2.ChangeEvent) -> events_pb2.ChangeEvent:
+    # A longer id could never be stored: the record would be retried forever, stalling
+    # its partition. It is dead-lettered instead.
+    if len(event.id) > MAX_EVENT_ID:
+        raise DecodeError(f"event id longer than {MAX_EVENT_ID} characters")
+    return event

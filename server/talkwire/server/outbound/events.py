@@ -115,7 +115,19 @@ def _line(e: conversation_pb2.ConversationEvent) -> str:
     f = e.frame
     kind = f.WhichOneof("frame")
     if kind == "reply":
-        return f"bot: {f.reply.text}"
+        role = f.reply.author.role or "bot"
+        if role == "user":
+            return ""  # the receipt of a user turn during a handoff: its turn.received says it
+        name = f.reply.author.display_name
+        return (
+            f"{role} {name}: {f.reply.text}"
+            if role == "agent" and name
+            else f"{role}: {f.reply.text}"
+        )
+    if kind == "handoff":
+        state = chat_pb2.HandoffState.Name(f.handoff.state).removeprefix("HANDOFF_STATE_").lower()
+        who = f" by {f.handoff.agent_display_name}" if f.handoff.agent_display_name else ""
+        return f"(handoff {state}{who})"
     if kind == "prompt":
         return f"bot: {f.prompt.text}"
     if kind == "update":
