@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import sqlite3
 import time
 import uuid
 from collections import defaultdict
@@ -36,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema
+from talkwire.server import schema, sqlitehot
 from talkwire.server.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -48,7 +49,7 @@ from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
 from talkwire.server.outbound import record as kinds
 from talkwire.server.outbound.record import EventRecorder, EventRow
-from talkwire.server.sqlexec import SqlExecutor, open_executor
+from talkwire.server.sqlexec import SqlExecutor, SqliteExecutor, open_executor
 from talkwire.server.storeurl import missing_database
 
 __all__ = [
@@ -125,6 +126,10 @@ class FanoutResult:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(data), separators=(",", ":"), default=str).encode()
+
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -179,19 +184,28 @@ class SessionStore:
         echo: bool = False,
         executor: SqlExecutor | None = None,
         events: EventRecorder | None = None,
+        durability: str = "process",
     ) -> None:
         self.url = url
         self.events = events or EventRecorder(clock=clock)
         """Writes conversation events; call ``events.record(conn, ...)`` inside a transaction."""
         self.retention = retention or Retention()
         self._clock = clock
-        self._db = executor or open_executor(url, pool_size=pool_size, echo=echo)
+        self._db = executor or open_executor(
+            url, pool_size=pool_size, echo=echo, durability=durability
+        )
         self._sqlite = self._db.dialect == "sqlite"
+        self._raw = self._db if isinstance(self._db, SqliteExecutor) else None
         self._closed = False
 
     @property
     def dialect(self) -> str:
         return self._db.dialect
+
+    @property
+    def sqlite(self) -> SqliteExecutor | None:
+        """The SQLite executor when the hot paths run raw ``sqlite3`` (else None)."""
+        return self._raw
 
     @property
     def executor(self) -> SqlExecutor:
@@ -319,6 +333,18 @@ class SessionStore:
         replica: str | None,
     ) -> SessionRecord:
         """Read a session, let ``check`` accept it (or raise), and mark it attached: one write."""
+        if self._raw is not None:
+
+            def raw_tx(conn: sqlite3.Connection) -> SessionRecord:
+                row = sqlitehot.session_row(conn, session_id)
+                record = check(None if row is None else self._record(row))
+                now = self._clock()
+                sqlitehot.touch_replica(conn, session_id, now, replica)
+                data = _json({"replica": replica or ""})
+                self.events.record_raw(conn, [(session_id, kinds.SESSION_RESUMED, 0, now, data)])
+                return record
+
+            return await self._raw.write_raw(raw_tx)
 
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
@@ -413,6 +439,11 @@ class SessionStore:
         is recorded as a ``turn.received`` event before the frames' ``frame.appended``.
         """
         now = self._clock()
+        if self._raw is not None:
+            saved = None if dialogue is None else json.dumps(dialogue)
+            return await self._raw.write_raw(
+                lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn)
+            )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
         with_dialogue = dialogue is not None
@@ -468,6 +499,27 @@ class SessionStore:
         self._record_frames(conn, session_id, frames, params["now"], turn)
         return frames
 
+    def _append_raw(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        templates: Sequence[bytes],
+        now: float,
+        dialogue: str | None,
+        turn: bytes | None,
+    ) -> list[StoredFrame]:
+        first = sqlitehot.append(conn, session_id, templates, now, dialogue)
+        if first is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        payloads = [with_seq(first + i, t) for i, t in enumerate(templates)]
+        sqlitehot.insert_frames(conn, session_id, first, payloads, now)
+        rows = [(session_id, kinds.TURN_RECEIVED, 0, now, turn)] if turn is not None else []
+        rows += [
+            (session_id, kinds.FRAME_APPENDED, first + i, now, p) for i, p in enumerate(payloads)
+        ]
+        self.events.record_raw(conn, rows)
+        return [StoredFrame(first + i, p) for i, p in enumerate(payloads)]
+
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (for stores built on these tables)."""
         return await self._db.write(work)
@@ -492,6 +544,11 @@ class SessionStore:
         self, session_id: str, after_seq: int, *, limit: int | None = None
     ) -> list[StoredFrame]:
         """Retained frames with seq > ``after_seq``, in order."""
+        if self._raw is not None:
+            rows = await self._raw.read_raw(
+                lambda conn: sqlitehot.frames_after(conn, session_id, after_seq, limit)
+            )
+            return [StoredFrame(seq, payload) for seq, payload in rows]
         params: dict[str, Any] = {"sid": session_id, "after": after_seq}
         stmt = _FRAMES_AFTER
         if limit is not None:
@@ -551,6 +608,14 @@ class SessionStore:
         now = self._clock()
 
         ordered = sorted(acks)  # lock sessions in id order, as fan-outs do: no deadlock
+        if self._raw is not None:
+
+            def raw_tx(conn: sqlite3.Connection) -> None:
+                for session_id, seq in ordered:
+                    sqlitehot.ack(conn, session_id, seq, now)
+
+            await self._raw.write_raw(raw_tx)
+            return
 
         def tx(conn: Connection) -> None:
             for session_id, seq in ordered:
