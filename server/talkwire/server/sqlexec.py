@@ -225,6 +225,7 @@ class SqliteExecutor:
         self._local = threading.local()
         self._raw_readers: list[sqlite3.Connection] = []
         self._raw_lock = threading.Lock()
+        self._loop_conn: sqlite3.Connection | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="talkwire-sqlite-read")
         self._thread = threading.Thread(target=self._run, name="talkwire-sqlite-write", daemon=True)
@@ -264,6 +265,26 @@ class SqliteExecutor:
         future = loop.run_in_executor(self._readers, self._read_raw_sync, fn)
         result: T = await asyncio.shield(future)
         return result
+
+    async def read_point(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a one-row indexed ``fn`` on the event loop's own connection, no thread hop.
+
+        A WAL reader never waits for the writer, so this costs microseconds; should
+        the database be busy all the same (recovery, a checkpoint restart), it does
+        not wait on the loop but moves to :meth:`read_raw`.
+        """
+        if self._closed:
+            raise UnavailableError("session store is closed")
+        conn = self._loop_conn
+        if conn is None:
+            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            _pragmas(conn, self._synchronous)
+            conn.execute("PRAGMA busy_timeout=0")
+            self._loop_conn = conn
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError:
+            return await self.read_raw(fn)
 
     def _read_sync(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -385,6 +406,9 @@ class SqliteExecutor:
             for reader in self._raw_readers:
                 reader.close()
             self._raw_readers.clear()
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
         self._writer_engine.dispose()
         self._reader_engine.dispose()
 

@@ -115,7 +115,7 @@ class HandoffStore:
         """The session's handoff row (``None``: never handed off)."""
         raw = self._store.sqlite
         if raw is not None:  # every turn asks: the raw SQLite read
-            row = await raw.read_raw(lambda conn: sqlitehot.handoff_row(conn, session_id))
+            row = await raw.read_point(lambda conn: sqlitehot.handoff_row(conn, session_id))
             return None if row is None else _record(row)
         return await self._store.reading(lambda conn: self._get(conn, session_id))
 
