@@ -19,12 +19,20 @@ from talkwire.server import schema
 __all__ = [
     "SESSION_COLUMNS",
     "ack",
+    "active_sessions",
     "append",
+    "claim_delivery",
+    "claim_events",
     "frames_after",
     "handoff_row",
+    "heads",
     "insert_events",
     "insert_frames",
+    "insert_outbox",
+    "seen_events",
     "session_row",
+    "set_heads",
+    "subscribers",
     "touch_replica",
 ]
 
@@ -153,3 +161,69 @@ def handoff_row(conn: sqlite3.Connection, session_id: str) -> dict[str, Any] | N
     """The session's handoff row as a column -> value mapping."""
     row = conn.execute(_HANDOFF, (session_id,)).fetchone()
     return None if row is None else dict(zip(_HANDOFF_COLUMNS, row, strict=True))
+
+
+# -- fan-out ------------------------------------------------------------------
+
+_SUB = schema.subscriptions.name
+_PE = schema.processed_events.name
+_CLAIM = f"INSERT INTO {_PE} (event_id, processed_at) VALUES (?, ?)"  # noqa: S608
+_SET_HEAD = f"UPDATE {_S} SET head_seq = ? WHERE id = ?"  # noqa: S608
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def seen_events(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` were processed before (at most a few thousand per call)."""
+    sql = f"SELECT event_id FROM {_PE} WHERE event_id IN ({_marks(len(ids))})"  # noqa: S608
+    return {str(r[0]) for r in conn.execute(sql, ids)}
+
+
+def claim_events(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> None:
+    """Record ``ids`` as processed (the caller checked none is)."""
+    conn.executemany(_CLAIM, [(i, now) for i in ids])
+
+
+def claim_delivery(conn: sqlite3.Connection, event_id: str, now: float) -> bool:
+    """Record a delivery id; False when it was recorded before (nothing written)."""
+    try:
+        conn.execute(_CLAIM, (event_id, now))
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def subscribers(conn: sqlite3.Connection, keys: Sequence[str]) -> list[tuple[str, str]]:
+    """``(key, session_id)`` of the active subscribers of ``keys``, ordered."""
+    sql = (
+        f"SELECT b.key, b.session_id FROM {_SUB} AS b JOIN {_S} AS s ON s.id = b.session_id "  # noqa: S608
+        f"WHERE b.key IN ({_marks(len(keys))}) AND s.state = {schema.ACTIVE} "
+        "ORDER BY b.key, b.session_id"
+    )
+    return conn.execute(sql, keys).fetchall()
+
+
+def active_sessions(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    sql = f"SELECT id FROM {_S} WHERE id IN ({_marks(len(ids))}) AND state = {schema.ACTIVE}"  # noqa: S608
+    return {str(r[0]) for r in conn.execute(sql, ids)}
+
+
+def heads(conn: sqlite3.Connection, ids: Sequence[str]) -> list[tuple[str, int]]:
+    """``(id, head_seq)`` of the active sessions among ``ids``, in id order."""
+    sql = (
+        f"SELECT id, head_seq FROM {_S} WHERE id IN ({_marks(len(ids))}) "  # noqa: S608
+        f"AND state = {schema.ACTIVE} ORDER BY id"
+    )
+    return conn.execute(sql, ids).fetchall()
+
+
+def set_heads(conn: sqlite3.Connection, new_heads: Sequence[tuple[int, str]]) -> None:
+    """``(head_seq, id)`` pairs."""
+    conn.executemany(_SET_HEAD, new_heads)
+
+
+def insert_outbox(conn: sqlite3.Connection, rows: Sequence[tuple[str, int, float, bytes]]) -> None:
+    """``(session_id, seq, created_at, payload)`` rows."""
+    conn.executemany(_INSERT_FRAME, rows)

@@ -126,6 +126,47 @@ class FanoutResult:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
+def _split_fresh(
+    events: Sequence[FanoutEvent], seen: set[str], result: FanoutResult
+) -> list[FanoutEvent]:
+    """The events not seen before nor earlier in ``events``; the rest are duplicates."""
+    fresh: list[FanoutEvent] = []
+    claimed: set[str] = set()
+    for ev in events:
+        if ev.event_id in seen or ev.event_id in claimed:
+            result.duplicates.append(ev.event_id)
+            continue
+        claimed.add(ev.event_id)
+        fresh.append(ev)
+    return fresh
+
+
+def _targets(
+    events: Sequence[FanoutEvent], by_key: Mapping[str, list[str]], active: set[str]
+) -> dict[str, list[str]]:
+    """Event id -> its sessions: the key subscribers, then the direct active session."""
+    targets: dict[str, list[str]] = {}
+    for ev in events:
+        found = dict.fromkeys(sid for k in ev.keys for sid in by_key.get(k, ()))
+        if ev.session_id and ev.session_id in active:
+            found[ev.session_id] = None
+        targets[ev.event_id] = list(found)
+    return targets
+
+
+def _per_session(
+    fresh: Sequence[FanoutEvent], targets: Mapping[str, list[str]], result: FanoutResult
+) -> dict[str, list[FanoutEvent]]:
+    """Session -> its events in order; counts deliveries per event into ``result``."""
+    per_session: dict[str, list[FanoutEvent]] = defaultdict(list)
+    for ev in fresh:
+        sessions = targets.get(ev.event_id, ())
+        result.delivered[ev.event_id] = len(sessions)
+        for session_id in sessions:
+            per_session[session_id].append(ev)
+    return per_session
+
+
 def _json(data: Mapping[str, Any]) -> bytes:
     return json.dumps(dict(data), separators=(",", ":"), default=str).encode()
 
@@ -773,7 +814,67 @@ class SessionStore:
         if not events and delivery_id is None:
             return FanoutResult()
         now = self._clock()
+        if self._raw is not None:
+            return await self._raw.write_raw(
+                lambda conn: self._fanout_raw(conn, events, now, delivery_id)
+            )
         return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
+
+    def _fanout_raw(
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None,
+    ) -> FanoutResult:
+        """:meth:`_fanout_tx` on SQLite's raw connection, statement for statement."""
+        if delivery_id is not None and not sqlitehot.claim_delivery(
+            conn, f"delivery:{delivery_id}", now
+        ):
+            raise AlreadyExistsError("delivery already processed (replay)")
+        result = FanoutResult()
+        ids = list(dict.fromkeys(ev.event_id for ev in events))
+        seen: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            seen |= sqlitehot.seen_events(conn, ids[i : i + _CHUNK])
+        fresh = _split_fresh(events, seen, result)
+        if fresh:
+            sqlitehot.claim_events(conn, [ev.event_id for ev in fresh], now)
+        keys = list(dict.fromkeys(k for ev in fresh for k in ev.keys))
+        by_key: dict[str, list[str]] = {}
+        for i in range(0, len(keys), _CHUNK):
+            for key, session_id in sqlitehot.subscribers(conn, keys[i : i + _CHUNK]):
+                by_key.setdefault(key, []).append(session_id)
+        direct = [ev.session_id for ev in fresh if ev.session_id]
+        active: set[str] = set()
+        for i in range(0, len(direct), _CHUNK):
+            active |= sqlitehot.active_sessions(conn, direct[i : i + _CHUNK])
+        per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
+        if not per_session:
+            return result
+        ordered = sorted(per_session)
+        new_heads: dict[str, int] = {}
+        for i in range(0, len(ordered), _CHUNK):
+            for session_id, head in sqlitehot.heads(conn, ordered[i : i + _CHUNK]):
+                new_heads[session_id] = int(head) + len(per_session[session_id])
+        if not new_heads:
+            return result
+        sqlitehot.set_heads(conn, [(v, k) for k, v in new_heads.items()])
+        rows: list[tuple[str, int, float, bytes]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in new_heads:
+                continue  # closed between lookup and lock
+            first = new_heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            self.events.record_raw(
+                conn, [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
+            )
+            rows.extend((session_id, f.seq, now, f.payload) for f in frames)
+        sqlitehot.insert_outbox(conn, rows)
+        return result
 
     def _fanout_tx(
         self,
@@ -787,12 +888,7 @@ class SessionStore:
         result = FanoutResult()
         fresh = self._claim_events(conn, events, now, result)
         targets = self._resolve_targets(conn, fresh)
-        per_session: dict[str, list[FanoutEvent]] = defaultdict(list)
-        for ev in fresh:
-            sessions = targets.get(ev.event_id, ())
-            result.delivered[ev.event_id] = len(sessions)
-            for session_id in sessions:
-                per_session[session_id].append(ev)
+        per_session = _per_session(fresh, targets, result)
         if not per_session:
             return result
         heads = self._allocate(conn, {k: len(v) for k, v in per_session.items()})
@@ -825,14 +921,7 @@ class SessionStore:
                 sa.select(_PE.c.event_id).where(_PE.c.event_id.in_(ids[i : i + _CHUNK]))
             )
             seen.update(r[0] for r in rows)
-        fresh: list[FanoutEvent] = []
-        claimed: set[str] = set()
-        for ev in events:
-            if ev.event_id in seen or ev.event_id in claimed:
-                result.duplicates.append(ev.event_id)
-                continue
-            claimed.add(ev.event_id)
-            fresh.append(ev)
+        fresh = _split_fresh(events, seen, result)
         if fresh:
             conn.execute(
                 _PE.insert(), [{"event_id": ev.event_id, "processed_at": now} for ev in fresh]
@@ -854,13 +943,7 @@ class SessionStore:
                 sa.select(_S.c.id).where(_S.c.id.in_(direct), _S.c.state == schema.ACTIVE)
             )
             active = {r[0] for r in rows}
-        targets: dict[str, list[str]] = {}
-        for ev in events:
-            found = dict.fromkeys(sid for k in ev.keys for sid in by_key.get(k, ()))
-            if ev.session_id and ev.session_id in active:
-                found[ev.session_id] = None
-            targets[ev.event_id] = list(found)
-        return targets
+        return _targets(events, by_key, active)
 
     def _allocate(self, conn: Connection, counts: Mapping[str, int]) -> dict[str, int]:
         """Advance head_seq of each session by its count; return the new heads."""
