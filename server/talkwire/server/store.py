@@ -6,7 +6,10 @@ one SQL database reached through SQLAlchemy: a SQLite file by default (WAL; one
 process; writes group-committed on one writer thread), PostgreSQL or
 MySQL/MariaDB by URL (async engine). See :mod:`talkwire.server.sqlexec`.
 
-Every operation is one transaction function of a SQLAlchemy ``Connection``.
+Every operation is one transaction function of a SQLAlchemy ``Connection``; on
+SQLite the hot ones (append, ack, replay, claim, fan-out) are instead functions of
+the stdlib ``sqlite3`` connection (:mod:`talkwire.server.sqlitehot`), run by the
+same writer in the same group commit.
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
