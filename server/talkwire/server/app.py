@@ -203,6 +203,7 @@ class Application:
                 retention=Retention(cfg.store.retention_frames, cfg.store.retention_age),
                 pool_size=cfg.store.pool_size,
                 events=recorder_for(self.outbound_settings),
+                durability=cfg.store.durability,
             )
         )
         self.hub = await self._stack.enter_async_context(

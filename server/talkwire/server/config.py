@@ -81,6 +81,9 @@ class StoreConfig:
     # How long connector idempotency keys are remembered (seconds).
     idempotency_window: float = 24 * 3600.0
     pool_size: int = 10
+    # SQLite: "process" (WAL + synchronous=NORMAL: survives kill -9) or "power"
+    # (synchronous=FULL: every commit fsynced, survives power loss).
+    durability: str = field(default="process", metadata={"choices": ("process", "power")})
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,25 @@ Store operations are plain functions of a SQLAlchemy (sync) ``Connection``.
   transaction half done.
 - :class:`SqliteExecutor` runs writes on one dedicated writer thread (SQLite
   has one writer anyway) with **group commit**: every write waiting when the
-  thread comes round is committed in one transaction, each inside its own
-  SAVEPOINT so one failing write does not undo the others. A turn costs one
-  thread hop instead of one per statement, and a burst of turns, resumes or
-  fan-outs shares one fsync. Reads run on a small thread pool (WAL lets them
-  proceed beside the writer).
+  thread comes round is committed in one transaction. The batch first runs
+  without SAVEPOINTs; only when one of its writes raises is the whole batch
+  rolled back and run again with one SAVEPOINT per write, so the failing write
+  does not undo the others (transaction functions must therefore be safe to run
+  twice, as they already are for the deadlock retries of the async engine).
+  A turn costs one thread hop instead of one per statement, and a burst of
+  turns, resumes or fan-outs shares one commit. Reads run on a small thread
+  pool (WAL lets them proceed beside the writer).
+
+  The hot paths skip SQLAlchemy on SQLite: :meth:`SqliteExecutor.write_raw` and
+  :meth:`SqliteExecutor.read_raw` hand the transaction function the stdlib
+  ``sqlite3`` connection (its statement cache makes constant SQL strings
+  prepared statements). Raw and SQLAlchemy writes share the writer's connection
+  and its group commit.
+
+Durability (``store.durability``): ``process`` (WAL, ``synchronous=NORMAL``: a
+committed write survives ``kill -9`` of the process; the OS may lose the last
+commits on power loss) or ``power`` (WAL, ``synchronous=FULL``: every commit is
+fsynced before it is acknowledged).
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +49,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from talkwire.server.errors import UnavailableError
 
-__all__ = ["AsyncEngineExecutor", "SqlExecutor", "SqliteExecutor", "open_executor"]
+__all__ = [
+    "DURABILITY",
+    "AsyncEngineExecutor",
+    "SqlExecutor",
+    "SqliteExecutor",
+    "open_executor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +63,10 @@ T = TypeVar("T")
 Tx = Callable[[Connection], T]
 
 _MAX_BATCH = 512
+
+DURABILITY = ("process", "power")
+"""``store.durability`` values: survives ``kill -9`` / survives power loss."""
+_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 
 
 class SqlExecutor(Protocol):
@@ -77,7 +102,7 @@ def _unavailable(exc: BaseException) -> BaseException:
     ):
         log.warning("session store unavailable: %r", exc.orig)
         return UnavailableError("session store unavailable")
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError | sqlite3.OperationalError | sqlite3.InterfaceError):
         # The driver's text names hosts and ports: it goes to the log, not to clients.
         log.warning("session store unavailable: %r", exc)
         return UnavailableError("session store unavailable")
@@ -135,18 +160,22 @@ class AsyncEngineExecutor:
         await self._engine.dispose()
 
 
-def _sqlite_engine(url: str, *, begin: str, echo: bool) -> Engine:
+def _pragmas(dbapi_conn: Any, synchronous: str) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _sqlite_engine(url: str, *, begin: str, echo: bool, synchronous: str) -> Engine:
     engine = sa.create_engine(
         url, echo=echo, connect_args={"check_same_thread": False, "isolation_level": None}
     )
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.close()
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        _pragmas(dbapi_conn, synchronous)
 
     # pysqlite's own transaction handling breaks SAVEPOINTs; emit BEGIN ourselves.
     @event.listens_for(engine, "begin")
@@ -157,11 +186,14 @@ def _sqlite_engine(url: str, *, begin: str, echo: bool) -> Engine:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "raw")
 
-    def __init__(self, fn: Callable[[Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop, *, raw: bool = False
+    ) -> None:
         self.fn = fn
         self.loop = loop
+        self.raw = raw  # fn takes the sqlite3 connection, not SQLAlchemy's
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
@@ -180,10 +212,26 @@ class SqliteExecutor:
     dialect = "sqlite"
     update_returning = True
 
-    def __init__(self, url: str, *, readers: int = 2, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, readers: int = 2, echo: bool = False, durability: str = "process"
+    ) -> None:
+        if durability not in _SYNCHRONOUS:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
+        self.durability = durability
+        synchronous = _SYNCHRONOUS[durability]
         sync_url = sa.make_url(url).set(drivername="sqlite")
-        self._writer_engine = _sqlite_engine(str(sync_url), begin="BEGIN IMMEDIATE", echo=echo)
-        self._reader_engine = _sqlite_engine(str(sync_url), begin="BEGIN", echo=echo)
+        self._path = sync_url.database or ":memory:"
+        self._synchronous = synchronous
+        self._writer_engine = _sqlite_engine(
+            str(sync_url), begin="BEGIN IMMEDIATE", echo=echo, synchronous=synchronous
+        )
+        self._reader_engine = _sqlite_engine(
+            str(sync_url), begin="BEGIN", echo=echo, synchronous=synchronous
+        )
+        self._local = threading.local()
+        self._raw_readers: list[sqlite3.Connection] = []
+        self._raw_lock = threading.Lock()
+        self._loop_conn: sqlite3.Connection | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="talkwire-sqlite-read")
         self._thread = threading.Thread(target=self._run, name="talkwire-sqlite-write", daemon=True)
@@ -191,9 +239,16 @@ class SqliteExecutor:
         self._closed = False
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
+        return await self._submit(fn, raw=False)
+
+    async def write_raw(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(sqlite3_connection)`` in the writer's (group-committed) transaction."""
+        return await self._submit(fn, raw=True)
+
+    async def _submit(self, fn: Callable[[Any], T], *, raw: bool) -> T:
         if self._closed:
             raise UnavailableError("session store is closed")
-        job = _Job(fn, asyncio.get_running_loop())
+        job = _Job(fn, asyncio.get_running_loop(), raw=raw)
         self._jobs.put(job)
         # The job runs to its end even if we are cancelled: shield the future.
         result: T = await asyncio.shield(job.future)
@@ -207,6 +262,36 @@ class SqliteExecutor:
         result: T = await asyncio.shield(future)
         return result
 
+    async def read_raw(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(sqlite3_connection)`` on a reader thread (autocommit: one statement
+        is one consistent snapshot; use :meth:`read` for several)."""
+        if self._closed:
+            raise UnavailableError("session store is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._readers, self._read_raw_sync, fn)
+        result: T = await asyncio.shield(future)
+        return result
+
+    async def read_point(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a one-row indexed ``fn`` on the event loop's own connection, no thread hop.
+
+        A WAL reader never waits for the writer, so this costs microseconds; should
+        the database be busy all the same (recovery, a checkpoint restart), it does
+        not wait on the loop but moves to :meth:`read_raw`.
+        """
+        if self._closed:
+            raise UnavailableError("session store is closed")
+        conn = self._loop_conn
+        if conn is None:
+            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            _pragmas(conn, self._synchronous)
+            conn.execute("PRAGMA busy_timeout=0")
+            self._loop_conn = conn
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError:
+            return await self.read_raw(fn)
+
     def _read_sync(self, fn: Callable[[Connection], T]) -> T:
         try:
             with self._reader_engine.connect() as conn:
@@ -214,8 +299,25 @@ class SqliteExecutor:
         except (DBAPIError, OSError) as exc:
             raise _unavailable(exc) from exc
 
+    def _read_raw_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._raw_reader())
+        except (sqlite3.Error, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    def _raw_reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            _pragmas(conn, self._synchronous)
+            with self._raw_lock:
+                self._raw_readers.append(conn)
+            self._local.conn = conn
+        return conn
+
     def _run(self) -> None:
         with self._writer_engine.connect() as conn:
+            raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
             while True:
                 first = self._jobs.get()
                 if first is None:
@@ -231,22 +333,55 @@ class SqliteExecutor:
                         stop = True
                         break
                     batch.append(job)
-                self._commit(conn, batch)
+                outcomes = self._commit_batch(conn, raw, batch)
+                if outcomes is None:  # a write failed: run each in its own SAVEPOINT
+                    outcomes = self._commit_each(conn, raw, batch)
+                self._settle_all(outcomes)
                 if stop:
                     return
 
     @staticmethod
-    def _commit(conn: Connection, batch: list[_Job]) -> None:
+    def _commit_batch(
+        conn: Connection, raw: sqlite3.Connection, batch: list[_Job]
+    ) -> list[tuple[_Job, Any, BaseException | None]] | None:
+        """The whole batch in one transaction, no SAVEPOINTs; None when a write raised
+        (the transaction is then rolled back, nothing of it stays)."""
+        if all(job.raw for job in batch):
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except Exception as exc:  # noqa: BLE001 - the database is unusable: every job fails
+                return [(job, None, exc) for job in batch]
+            results: list[tuple[_Job, Any, BaseException | None]]
+            try:
+                results = [(job, job.fn(raw), None) for job in batch]
+                raw.execute("COMMIT")
+            except Exception:  # noqa: BLE001 - retried per job
+                with contextlib.suppress(sqlite3.Error):
+                    raw.execute("ROLLBACK")
+                return None
+            return results
+        try:
+            with conn.begin():
+                results = [(job, job.fn(raw if job.raw else conn), None) for job in batch]
+            return results
+        except Exception:  # noqa: BLE001 - retried per job
+            return None
+
+    @staticmethod
+    def _commit_each(
+        conn: Connection, raw: sqlite3.Connection, batch: list[_Job]
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             with conn.begin():
                 if len(batch) == 1:
-                    outcomes.append((batch[0], batch[0].fn(conn), None))
+                    job = batch[0]
+                    outcomes.append((job, job.fn(raw if job.raw else conn), None))
                 else:
                     for job in batch:
                         savepoint = conn.begin_nested()
                         try:
-                            result = job.fn(conn)
+                            result = job.fn(raw if job.raw else conn)
                         except Exception as exc:  # noqa: BLE001 - reported to that job only
                             savepoint.rollback()
                             outcomes.append((job, None, exc))
@@ -256,6 +391,10 @@ class SqliteExecutor:
         except Exception as exc:  # noqa: BLE001 - the transaction failed: every job fails
             failed = {id(job): err for job, _, err in outcomes if err is not None}
             outcomes = [(job, None, failed.get(id(job), exc)) for job in batch]
+        return outcomes
+
+    @staticmethod
+    def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
         for job, result, err in outcomes:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 job.loop.call_soon_threadsafe(
@@ -269,12 +408,22 @@ class SqliteExecutor:
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._readers.shutdown(wait=True)
+        with self._raw_lock:
+            for reader in self._raw_readers:
+                reader.close()
+            self._raw_readers.clear()
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
         self._writer_engine.dispose()
         self._reader_engine.dispose()
 
 
-def open_executor(url: str, *, pool_size: int = 10, echo: bool = False) -> SqlExecutor:
-    """The executor for ``url``'s database."""
+def open_executor(
+    url: str, *, pool_size: int = 10, echo: bool = False, durability: str = "process"
+) -> SqlExecutor:
+    """The executor for ``url``'s database (``durability`` applies to SQLite; a server
+    database has its own settings, e.g. PostgreSQL's ``synchronous_commit``)."""
     if sa.make_url(url).get_backend_name() == "sqlite":
-        return SqliteExecutor(url, echo=echo)
+        return SqliteExecutor(url, echo=echo, durability=durability)
     return AsyncEngineExecutor(url, pool_size=pool_size, echo=echo)

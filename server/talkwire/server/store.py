@@ -6,7 +6,10 @@ one SQL database reached through SQLAlchemy: a SQLite file by default (WAL; one
 process; writes group-committed on one writer thread), PostgreSQL or
 MySQL/MariaDB by URL (async engine). See :mod:`talkwire.server.sqlexec`.
 
-Every operation is one transaction function of a SQLAlchemy ``Connection``.
+Every operation is one transaction function of a SQLAlchemy ``Connection``; on
+SQLite the hot ones (append, ack, replay, claim, fan-out) are instead functions of
+the stdlib ``sqlite3`` connection (:mod:`talkwire.server.sqlitehot`), run by the
+same writer in the same group commit.
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
@@ -24,6 +27,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import sqlite3
 import time
 import uuid
 from collections import defaultdict
@@ -36,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema
+from talkwire.server import schema, sqlitehot
 from talkwire.server.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -48,7 +52,7 @@ from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
 from talkwire.server.outbound import record as kinds
 from talkwire.server.outbound.record import EventRecorder, EventRow
-from talkwire.server.sqlexec import SqlExecutor, open_executor
+from talkwire.server.sqlexec import SqlExecutor, SqliteExecutor, open_executor
 from talkwire.server.storeurl import missing_database
 
 __all__ = [
@@ -125,6 +129,51 @@ class FanoutResult:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
+def _split_fresh(
+    events: Sequence[FanoutEvent], seen: set[str], result: FanoutResult
+) -> list[FanoutEvent]:
+    """The events not seen before nor earlier in ``events``; the rest are duplicates."""
+    fresh: list[FanoutEvent] = []
+    claimed: set[str] = set()
+    for ev in events:
+        if ev.event_id in seen or ev.event_id in claimed:
+            result.duplicates.append(ev.event_id)
+            continue
+        claimed.add(ev.event_id)
+        fresh.append(ev)
+    return fresh
+
+
+def _targets(
+    events: Sequence[FanoutEvent], by_key: Mapping[str, list[str]], active: set[str]
+) -> dict[str, list[str]]:
+    """Event id -> its sessions: the key subscribers, then the direct active session."""
+    targets: dict[str, list[str]] = {}
+    for ev in events:
+        found = dict.fromkeys(sid for k in ev.keys for sid in by_key.get(k, ()))
+        if ev.session_id and ev.session_id in active:
+            found[ev.session_id] = None
+        targets[ev.event_id] = list(found)
+    return targets
+
+
+def _per_session(
+    fresh: Sequence[FanoutEvent], targets: Mapping[str, list[str]], result: FanoutResult
+) -> dict[str, list[FanoutEvent]]:
+    """Session -> its events in order; counts deliveries per event into ``result``."""
+    per_session: dict[str, list[FanoutEvent]] = defaultdict(list)
+    for ev in fresh:
+        sessions = targets.get(ev.event_id, ())
+        result.delivered[ev.event_id] = len(sessions)
+        for session_id in sessions:
+            per_session[session_id].append(ev)
+    return per_session
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(data), separators=(",", ":"), default=str).encode()
+
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -180,19 +229,28 @@ class SessionStore:
         echo: bool = False,
         executor: SqlExecutor | None = None,
         events: EventRecorder | None = None,
+        durability: str = "process",
     ) -> None:
         self.url = url
         self.events = events or EventRecorder(clock=clock)
         """Writes conversation events; call ``events.record(conn, ...)`` inside a transaction."""
         self.retention = retention or Retention()
         self._clock = clock
-        self._db = executor or open_executor(url, pool_size=pool_size, echo=echo)
+        self._db = executor or open_executor(
+            url, pool_size=pool_size, echo=echo, durability=durability
+        )
         self._sqlite = self._db.dialect == "sqlite"
+        self._raw = self._db if isinstance(self._db, SqliteExecutor) else None
         self._closed = False
 
     @property
     def dialect(self) -> str:
         return self._db.dialect
+
+    @property
+    def sqlite(self) -> SqliteExecutor | None:
+        """The SQLite executor when the hot paths run raw ``sqlite3`` (else None)."""
+        return self._raw
 
     @property
     def executor(self) -> SqlExecutor:
@@ -320,6 +378,18 @@ class SessionStore:
         replica: str | None,
     ) -> SessionRecord:
         """Read a session, let ``check`` accept it (or raise), and mark it attached: one write."""
+        if self._raw is not None:
+
+            def raw_tx(conn: sqlite3.Connection) -> SessionRecord:
+                row = sqlitehot.session_row(conn, session_id)
+                record = check(None if row is None else self._record(row))
+                now = self._clock()
+                sqlitehot.touch_replica(conn, session_id, now, replica)
+                data = _json({"replica": replica or ""})
+                self.events.record_raw(conn, [(session_id, kinds.SESSION_RESUMED, 0, now, data)])
+                return record
+
+            return await self._raw.write_raw(raw_tx)
 
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
@@ -423,6 +493,11 @@ class SessionStore:
         is recorded as a ``turn.received`` event before the frames' ``frame.appended``.
         """
         now = self._clock()
+        if self._raw is not None:
+            saved = None if dialogue is None else json.dumps(dialogue)
+            return await self._raw.write_raw(
+                lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn)
+            )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
         with_dialogue = dialogue is not None
@@ -478,6 +553,27 @@ class SessionStore:
         self._record_frames(conn, session_id, frames, params["now"], turn)
         return frames
 
+    def _append_raw(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        templates: Sequence[bytes],
+        now: float,
+        dialogue: str | None,
+        turn: bytes | None,
+    ) -> list[StoredFrame]:
+        first = sqlitehot.append(conn, session_id, templates, now, dialogue)
+        if first is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        payloads = [with_seq(first + i, t) for i, t in enumerate(templates)]
+        sqlitehot.insert_frames(conn, session_id, first, payloads, now)
+        rows = [(session_id, kinds.TURN_RECEIVED, 0, now, turn)] if turn is not None else []
+        rows += [
+            (session_id, kinds.FRAME_APPENDED, first + i, now, p) for i, p in enumerate(payloads)
+        ]
+        self.events.record_raw(conn, rows)
+        return [StoredFrame(first + i, p) for i, p in enumerate(payloads)]
+
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (for stores built on these tables)."""
         return await self._db.write(work)
@@ -502,6 +598,11 @@ class SessionStore:
         self, session_id: str, after_seq: int, *, limit: int | None = None
     ) -> list[StoredFrame]:
         """Retained frames with seq > ``after_seq``, in order."""
+        if self._raw is not None:
+            rows = await self._raw.read_raw(
+                lambda conn: sqlitehot.frames_after(conn, session_id, after_seq, limit)
+            )
+            return [StoredFrame(seq, payload) for seq, payload in rows]
         params: dict[str, Any] = {"sid": session_id, "after": after_seq}
         stmt = _FRAMES_AFTER
         if limit is not None:
@@ -561,6 +662,14 @@ class SessionStore:
         now = self._clock()
 
         ordered = sorted(acks)  # lock sessions in id order, as fan-outs do: no deadlock
+        if self._raw is not None:
+
+            def raw_tx(conn: sqlite3.Connection) -> None:
+                for session_id, seq in ordered:
+                    sqlitehot.ack(conn, session_id, seq, now)
+
+            await self._raw.write_raw(raw_tx)
+            return
 
         def tx(conn: Connection) -> None:
             for session_id, seq in ordered:
@@ -718,7 +827,67 @@ class SessionStore:
         if not events and delivery_id is None:
             return FanoutResult()
         now = self._clock()
+        if self._raw is not None:
+            return await self._raw.write_raw(
+                lambda conn: self._fanout_raw(conn, events, now, delivery_id)
+            )
         return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
+
+    def _fanout_raw(
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None,
+    ) -> FanoutResult:
+        """:meth:`_fanout_tx` on SQLite's raw connection, statement for statement."""
+        if delivery_id is not None and not sqlitehot.claim_delivery(
+            conn, f"delivery:{delivery_id}", now
+        ):
+            raise AlreadyExistsError("delivery already processed (replay)")
+        result = FanoutResult()
+        ids = list(dict.fromkeys(ev.event_id for ev in events))
+        seen: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            seen |= sqlitehot.seen_events(conn, ids[i : i + _CHUNK])
+        fresh = _split_fresh(events, seen, result)
+        if fresh:
+            sqlitehot.claim_events(conn, [ev.event_id for ev in fresh], now)
+        keys = list(dict.fromkeys(k for ev in fresh for k in ev.keys))
+        by_key: dict[str, list[str]] = {}
+        for i in range(0, len(keys), _CHUNK):
+            for key, session_id in sqlitehot.subscribers(conn, keys[i : i + _CHUNK]):
+                by_key.setdefault(key, []).append(session_id)
+        direct = [ev.session_id for ev in fresh if ev.session_id]
+        active: set[str] = set()
+        for i in range(0, len(direct), _CHUNK):
+            active |= sqlitehot.active_sessions(conn, direct[i : i + _CHUNK])
+        per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
+        if not per_session:
+            return result
+        ordered = sorted(per_session)
+        new_heads: dict[str, int] = {}
+        for i in range(0, len(ordered), _CHUNK):
+            for session_id, head in sqlitehot.heads(conn, ordered[i : i + _CHUNK]):
+                new_heads[session_id] = int(head) + len(per_session[session_id])
+        if not new_heads:
+            return result
+        sqlitehot.set_heads(conn, [(v, k) for k, v in new_heads.items()])
+        rows: list[tuple[str, int, float, bytes]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in new_heads:
+                continue  # closed between lookup and lock
+            first = new_heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            self.events.record_raw(
+                conn, [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
+            )
+            rows.extend((session_id, f.seq, now, f.payload) for f in frames)
+        sqlitehot.insert_outbox(conn, rows)
+        return result
 
     def _fanout_tx(
         self,
@@ -732,12 +901,7 @@ class SessionStore:
         result = FanoutResult()
         fresh = self._claim_events(conn, events, now, result)
         targets = self._resolve_targets(conn, fresh)
-        per_session: dict[str, list[FanoutEvent]] = defaultdict(list)
-        for ev in fresh:
-            sessions = targets.get(ev.event_id, ())
-            result.delivered[ev.event_id] = len(sessions)
-            for session_id in sessions:
-                per_session[session_id].append(ev)
+        per_session = _per_session(fresh, targets, result)
         if not per_session:
             return result
         heads = self._allocate(conn, {k: len(v) for k, v in per_session.items()})
@@ -770,14 +934,7 @@ class SessionStore:
                 sa.select(_PE.c.event_id).where(_PE.c.event_id.in_(ids[i : i + _CHUNK]))
             )
             seen.update(r[0] for r in rows)
-        fresh: list[FanoutEvent] = []
-        claimed: set[str] = set()
-        for ev in events:
-            if ev.event_id in seen or ev.event_id in claimed:
-                result.duplicates.append(ev.event_id)
-                continue
-            claimed.add(ev.event_id)
-            fresh.append(ev)
+        fresh = _split_fresh(events, seen, result)
         if fresh:
             conn.execute(
                 _PE.insert(), [{"event_id": ev.event_id, "processed_at": now} for ev in fresh]
@@ -799,13 +956,7 @@ class SessionStore:
                 sa.select(_S.c.id).where(_S.c.id.in_(direct), _S.c.state == schema.ACTIVE)
             )
             active = {r[0] for r in rows}
-        targets: dict[str, list[str]] = {}
-        for ev in events:
-            found = dict.fromkeys(sid for k in ev.keys for sid in by_key.get(k, ()))
-            if ev.session_id and ev.session_id in active:
-                found[ev.session_id] = None
-            targets[ev.event_id] = list(found)
-        return targets
+        return _targets(events, by_key, active)
 
     def _allocate(self, conn: Connection, counts: Mapping[str, int]) -> dict[str, int]:
         """Advance head_seq of each session by its count; return the new heads."""

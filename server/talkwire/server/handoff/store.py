@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema
+from talkwire.server import schema, sqlitehot
 from talkwire.server.errors import (
     FailedPreconditionError,
     NotFoundError,
@@ -113,6 +113,10 @@ class HandoffStore:
 
     async def get(self, session_id: str) -> HandoffRecord | None:
         """The session's handoff row (``None``: never handed off)."""
+        raw = self._store.sqlite
+        if raw is not None:  # every turn asks: the raw SQLite read
+            row = await raw.read_point(lambda conn: sqlitehot.handoff_row(conn, session_id))
+            return None if row is None else _record(row)
         return await self._store.reading(lambda conn: self._get(conn, session_id))
 
     async def waiting(self, queues: Sequence[str] | None = None) -> list[tuple[HandoffRecord, int]]:

@@ -18,6 +18,7 @@ that a session's events get ids in commit order.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from talkwire.server import schema
+from talkwire.server import schema, sqlitehot
 
 __all__ = [
     "FRAME_APPENDED",
@@ -184,6 +185,18 @@ class EventRecorder:
         ]
         conn.execute(_INSERT_PENDING, pending)
         self.generation += 1
+
+    def record_raw(
+        self, conn: sqlite3.Connection, rows: Sequence[tuple[str, str, int, float, bytes]]
+    ) -> None:
+        """:meth:`record_many` on SQLite's raw connection (the store's hot path): ``rows``
+        are ``(session_id, kind, seq, created_at, body)`` with talkwire's own kinds."""
+        if not self.enabled or not rows:
+            return
+        targets = [self.sinks_for(r[1]) for r in rows]
+        sqlitehot.insert_events(conn, rows, targets)
+        if any(targets):
+            self.generation += 1
 
     @staticmethod
     def _insert_returning(conn: Connection, values: list[dict[str, Any]]) -> list[int]:
