@@ -116,7 +116,10 @@ async def _sessions(args: argparse.Namespace, out: TextIO) -> int:
         elif args.sessions_command == "get":
             print(_dumps(message_dict(await admin.get_session(args.session_id))), file=out)
         elif args.sessions_command == "watch":
-            async for frame in admin.watch(args.session_id, args.after_seq):
+            after = args.after_seq
+            if after is None:  # acked frames may be pruned; unacked ones are always retained
+                after = (await admin.get_session(args.session_id)).acked_seq
+            async for frame in admin.watch(args.session_id, after):
                 if args.json:
                     print(message_line(frame), file=out, flush=True)
                 else:
@@ -402,8 +405,8 @@ def _add_sessions(sub: argparse._SubParsersAction[Any]) -> None:
         sessions_sub,
         "watch",
         help="stream a session's frames (the Watch RPC)",
-        description="Print a session's durable frames: the retained ones after --after-seq, "
-        "then live ones as they happen, each prefixed with its [seq]. Ctrl-C stops.",
+        description="Print a session's durable frames, each prefixed with its [seq]: the "
+        "retained ones after --after-seq, then live ones as they happen. Ctrl-C stops.",
         examples="  talkwire sessions watch ID\n  talkwire sessions watch ID --after-seq 12 --json",
         handler=handler,
     )
@@ -411,9 +414,10 @@ def _add_sessions(sub: argparse._SubParsersAction[Any]) -> None:
     s_watch.add_argument(
         "--after-seq",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="start after seq N (default %(default)s: every retained frame)",
+        help="start after seq N (default: the session's acked seq, i.e. the frames its "
+        "client has not acknowledged yet, then live ones)",
     )
     s_watch.add_argument("--json", action="store_true", help="one JSON frame per line")
     s_close = _leaf(
