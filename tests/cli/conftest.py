@@ -32,7 +32,9 @@ class Result:
         return self.out.splitlines()
 
 
-async def talkwire(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+async def talkwire(
+    *args: str, input: str | None = None, env: dict[str, str] | None = None
+) -> Result:
     """Run the ``talkwire`` console script to the end; stdin is ``input`` (or empty)."""
     proc = await asyncio.create_subprocess_exec(
         talkwire_binary(),
