@@ -89,6 +89,7 @@ def ours_config(tmp: Path, port: int, **extra: Any) -> dict[str, Any]:
         },
         "store": {"url": f"sqlite+aiosqlite:///{tmp / 'bench.db'}"},
         "auth": {"kind": "none"},
+        "policy": {"default": "allow"},
         "demo": False,
     }
     for key, value in extra.items():

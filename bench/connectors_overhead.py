@@ -1,8 +1,10 @@
-"""Connector overhead: our ``sql`` and ``rest`` connectors vs direct SQLAlchemy / httpx.
+"""Connector overhead: ``sql``, ``rest``, ``openapi`` and ``mcp`` vs direct SQLAlchemy / httpx / SDK.
 
 Runs in one process, interleaving batches of "ours" and "direct" so drift hits
 both equally, and prints p50 / p99 latency and the ratio ours/direct
-(goal: <= 1.15x). Calls go through ``ConnectorRegistry.invoke`` (parameter
+(goal: <= 1.15x). ``openapi`` is compared with a direct httpx call to the same
+endpoint; ``mcp`` with a direct ``ClientSession.call_tool`` of the official SDK
+on its own session to the same FastMCP server (Streamable HTTP, loopback). Calls go through ``ConnectorRegistry.invoke`` (parameter
 validation included; caching off), like the dialogue engine does.
 
     python bench/connectors_overhead.py [--quick]
@@ -30,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from talkwire.connectors.demo.crm import create_demo_crm
-from talkwire.connectors.demo.erp import run_uvicorn
 from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.demo.crm import create_demo_crm
+from talkwire.server.demo.erp import run_uvicorn
 
 ORDER_SQL = (
     "SELECT id AS order_id, item, status, eta, total FROM orders "
@@ -153,13 +155,131 @@ async def bench_rest(iterations: int) -> dict[str, float]:
             return await _compare(ours, direct, iterations=iterations)
 
 
+BALANCE_SPEC = {
+    "openapi": "3.1.0",
+    "info": {"title": "bench ERP", "version": "1"},
+    "paths": {
+        "/customers/{customer_id}/balance": {
+            "get": {
+                "operationId": "getBalance",
+                "parameters": [
+                    {
+                        "name": "customer_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "ok",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        }
+    },
+}
+
+
+async def bench_openapi(tmp: Path, iterations: int) -> dict[str, float]:
+    async def balance(request: Request) -> JSONResponse:
+        cid = request.path_params["customer_id"]
+        return JSONResponse({"customer_id": cid, "balance": 120.5, "currency": "EUR"})
+
+    spec = tmp / "erp-openapi.json"
+    spec.write_text(json.dumps(BALANCE_SPEC))
+    app = Starlette(routes=[Route("/customers/{customer_id}/balance", balance)])
+    async with run_uvicorn(app) as base_url:
+        sections = {
+            "erp": {
+                "type": "openapi",
+                "spec": str(spec),
+                "base_url": base_url,
+                "allow_private": True,
+                "operations": {
+                    "getBalance": {"fields": {"balance": "balance", "currency": "currency"}}
+                },
+            }
+        }
+        async with (
+            httpx.AsyncClient(base_url=base_url, timeout=10, trust_env=False) as client,
+            ConnectorRegistry(sections) as reg,
+        ):
+
+            async def direct() -> Any:
+                resp = await client.get("/customers/c-100/balance")
+                resp.raise_for_status()
+                data = resp.json()
+                return {"balance": data["balance"], "currency": data["currency"]}
+
+            async def ours() -> Any:
+                return await reg.invoke("erp", "getBalance", {"customer_id": "c-100"})
+
+            assert await ours() == await direct()
+            return await _compare(ours, direct, iterations=iterations)
+
+
+async def bench_mcp(iterations: int) -> dict[str, float]:
+    import logging
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.server.fastmcp import FastMCP
+    from mcp.types import ToolAnnotations
+
+    logging.getLogger("mcp").setLevel(logging.CRITICAL)  # its SSE writer logs normal shutdowns
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    server = FastMCP("bench-erp", log_level="WARNING")
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    def get_balance(customer_id: str) -> dict[str, Any]:
+        return {"customer_id": customer_id, "balance": 120.5, "currency": "EUR"}
+
+    async with run_uvicorn(server.streamable_http_app()) as base_url:
+        url = f"{base_url}/mcp"
+        sections = {
+            "erp": {
+                "type": "mcp",
+                "url": url,
+                "allow_private": True,
+                "tools": {
+                    "get_balance": {"fields": {"balance": "balance", "currency": "currency"}}
+                },
+            }
+        }
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(10, read=None), trust_env=False) as client,
+            streamable_http_client(url, http_client=client) as (read, write, _),
+            ClientSession(read, write) as session,
+            ConnectorRegistry(sections) as reg,
+        ):
+            await session.initialize()
+
+            async def direct() -> Any:
+                result = await session.call_tool("get_balance", {"customer_id": "c-100"})
+                data = result.structuredContent or {}
+                return {"balance": data["balance"], "currency": data["currency"]}
+
+            async def ours() -> Any:
+                return await reg.invoke("erp", "get_balance", {"customer_id": "c-100"})
+
+            assert await ours() == await direct()
+            return await _compare(ours, direct, iterations=iterations)
+
+
+NAMES = ("sql", "rest", "openapi", "mcp")
+
+
 async def run(quick: bool) -> dict[str, Any]:
-    """Run both comparisons; returns ``{"sql": {...}, "rest": {...}, "goal": 1.15}``."""
+    """Run every comparison; returns ``{"sql": {...}, "rest": {...}, ..., "goal": 1.15}``."""
     iterations = 500 if quick else 5000
     with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmp:
         sql = await bench_sql(Path(tmp), iterations)
+        openapi = await bench_openapi(Path(tmp), iterations)
     rest = await bench_rest(iterations)
-    return {"sql": sql, "rest": rest, "goal": 1.15}
+    mcp = await bench_mcp(max(100, iterations // 5))
+    return {"sql": sql, "rest": rest, "openapi": openapi, "mcp": mcp, "goal": 1.15}
 
 
 def main() -> None:
@@ -171,12 +291,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{'':6} {'ours p50':>10} {'p99':>10} {'direct p50':>11} {'p99':>10} {'ratio':>7}")
-    for name in ("sql", "rest"):
+    print(f"{'':7} {'ours p50':>10} {'p99':>10} {'direct p50':>11} {'p99':>10} {'ratio':>7}")
+    for name in NAMES:
         r = result[name]
         verdict = "ok" if r["ratio_p50"] <= result["goal"] else "ABOVE GOAL"
         print(
-            f"{name:6} {r['ours_p50_us']:9.1f}us {r['ours_p99_us']:9.1f}us "
+            f"{name:7} {r['ours_p50_us']:9.1f}us {r['ours_p99_us']:9.1f}us "
             f"{r['direct_p50_us']:10.1f}us {r['direct_p99_us']:9.1f}us "
             f"{r['ratio_p50']:6.3f}x  {verdict}"
         )

@@ -24,13 +24,20 @@ MARIADB_URL = "mysql+aiomysql://root@127.0.0.1:3306/test"
 
 
 def make_config(tmp_path: Path, **sections: Any) -> Config:
-    """A test config: loopback port 0, SQLite store in tmp_path, static tokens, echo bot."""
+    """A test config: loopback port 0, SQLite store in tmp_path, static tokens, echo bot.
+
+    Unless ``policy`` is given (or ``demo`` set), every key may be subscribed.
+    """
     raw: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:0", "handler": "echo", "sweep_interval": 3600},
         "store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"},
         "auth": {"kind": "static", "tokens": TOKENS},
         "demo": False,
     }
+    if not sections.get("demo") and "policy" not in sections:
+        # No policy section denies every subscription: the echo tests allow any key
+        # (the demo ships its own policy; a test's own policy replaces this one).
+        raw["policy"] = {"default": "allow"}
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}

@@ -18,7 +18,7 @@ def run(quick: bool) -> Result:
         out = asyncio.run(out)  # type: ignore[arg-type]
     res = Result("connectors", data=out)
     goal = f"<={out.get('goal', 1.15)}x"
-    for name in ("sql", "rest"):
+    for name in ("sql", "rest", "openapi", "mcp"):
         r = out.get(name)
         if not r:
             continue

@@ -155,3 +155,59 @@ async def test_admin_rpcs_need_the_admin_role(app: Application) -> None:
         assert listed.sessions[0].head_seq == 1
         assert listed.sessions[0].attached
         s.cancel()
+
+
+async def _list_sessions(app: Application, token: str) -> grpc.StatusCode:
+    async with grpc.aio.insecure_channel(app.target) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        try:
+            await admin.ListSessions(
+                admin_pb2.ListSessionsRequest(), metadata=(("authorization", f"Bearer {token}"),)
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        {"admin": False},
+        {"admin": True},
+        {"roles": ["admin"]},
+        ["admin", 1],
+        ["admin", {"x": 1}],
+        7,
+        True,
+    ],
+    ids=["map-false", "map-true", "nested-map", "mixed-list", "list-with-map", "number", "bool"],
+)
+async def test_a_roles_claim_of_the_wrong_shape_grants_nothing(
+    jwt_app: Application, roles: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = _token(roles=roles)
+    assert await _list_sessions(jwt_app, token) == grpc.StatusCode.PERMISSION_DENIED
+    logged = [r.getMessage() for r in caplog.records if "grants no roles" in r.getMessage()]
+    assert logged and "'roles'" in logged[0]
+    assert all(token not in r.getMessage() for r in caplog.records)
+    # the server keeps serving, and a well-formed admin token still works
+    assert await _list_sessions(jwt_app, _token(roles=["admin"])) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("roles", "expected"),
+    [
+        (["admin"], grpc.StatusCode.OK),
+        (["support", "admin"], grpc.StatusCode.OK),
+        ("support admin", grpc.StatusCode.OK),
+        ("admin", grpc.StatusCode.OK),
+        (["support"], grpc.StatusCode.PERMISSION_DENIED),
+        ("administrator", grpc.StatusCode.PERMISSION_DENIED),
+        ([], grpc.StatusCode.PERMISSION_DENIED),
+        (None, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_roles_as_a_list_or_a_space_separated_string(
+    jwt_app: Application, roles: Any, expected: grpc.StatusCode
+) -> None:
+    assert await _list_sessions(jwt_app, _token(roles=roles)) == expected

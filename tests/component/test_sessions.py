@@ -114,7 +114,7 @@ async def test_resume_beyond_retained_window_fails_loudly(make_app: Any, tmp_pat
         opened = await s.open()
         s.cancel()
         await _push(app, opened.session_id, [f"u{i}" for i in range(5)])
-        await app.sweep_now()
+        await app.sweeper.sweep_now()
         r = Stream(channel, ALICE)
         await r.send(
             open_frame(session_id=opened.session_id, resume_token=opened.resume_token, last_seq=0)
@@ -151,7 +151,7 @@ async def test_idle_session_expires_by_ttl(make_app: Any, tmp_path: Path) -> Non
         idle_opened = await idle.open()
         idle.cancel()
         await _wait_detached(app, idle_opened.session_id)
-        expired = await app.sweep_now()
+        expired = await app.sweeper.sweep_now()
         assert idle_opened.session_id in expired
         assert live_opened.session_id not in expired  # attached sessions never expire
         r = Stream(channel, ALICE)

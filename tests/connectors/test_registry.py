@@ -98,7 +98,7 @@ def test_unknown_type_lists_available_types() -> None:
     with pytest.raises(ConnectorConfigError) as err:
         ConnectorRegistry({"crm": {"type": "soap"}})
     assert err.value.key == "connectors.crm.type"
-    assert "graphql, rest, sql" in str(err.value)
+    assert "graphql, mcp, openapi, rest, sql" in str(err.value)
     with pytest.raises(ConnectorConfigError, match=r"connectors\.crm\.type"):
         ConnectorRegistry({"crm": {"url": "x"}})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import random
+from pathlib import Path
 from typing import Any
 
 import httpcore
@@ -73,6 +74,21 @@ async def test_get_with_path_query_and_mapping(http: MiniHttpServer) -> None:
     assert http.requests[0].query == {"verbose": "false", "who": "c-100"}
 
 
+async def test_both_subject_spellings_send_the_subject(http: MiniHttpServer) -> None:
+    ops = {
+        "who": {
+            "path": "/who/{user.subject}",
+            "query": {"sub": "{user.sub}", "subject": "{user.subject}"},
+            "result": "value",
+        }
+    }
+    async with rest(http.base_url, ops) as conn:
+        with pytest.raises(ResultNotFoundError):
+            await conn.invoke("who", {}, CallContext(subject="c-100", claims={"sub": "jwt"}))
+    assert http.requests[0].target.split("?")[0] == "/who/c-100"
+    assert http.requests[0].query == {"sub": "c-100", "subject": "c-100"}
+
+
 async def test_path_params_are_quoted(http: MiniHttpServer) -> None:
     ops = {"get": {"path": "/things/{name}", "params": ["name"], "result": "value"}}
     async with rest(http.base_url, ops) as conn:
@@ -140,9 +156,43 @@ async def test_bearer_token_from_env(http: MiniHttpServer, monkeypatch: pytest.M
     async def me(req: Request) -> Response:
         return Response(json={"auth": req.headers.get("authorization")})
 
-    auth = {"type": "bearer", "token_env": "TW_TEST_TOKEN"}
+    auth = {"type": "bearer", "token": "env:TW_TEST_TOKEN"}
     async with rest(http.base_url, {"me": {"path": "/me", "result": "object"}}, auth=auth) as c:
         assert await c.invoke("me", {}) == {"auth": "Bearer from-env"}
+
+
+async def test_connector_secrets_follow_the_one_rule(
+    http: MiniHttpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @http.route("GET", "/me")
+    async def me(req: Request) -> Response:
+        return Response(json={"auth": req.headers.get("authorization")})
+
+    ops = {"me": {"path": "/me", "result": "object"}}
+    (tmp_path / "token").write_text("from-file\n")
+    auth = {"type": "bearer", "token": f"file:{tmp_path / 'token'}"}
+    async with rest(http.base_url, ops, auth=auth) as c:
+        assert await c.invoke("me", {}) == {"auth": "Bearer from-file"}
+    # The old spelling still works, and says what to write instead.
+    monkeypatch.setenv("TW_TEST_TOKEN", "old-env")
+    with caplog.at_level("WARNING", logger="talkwire.connectors.spec"):
+        async with rest(
+            http.base_url, ops, auth={"type": "bearer", "token_env": "TW_TEST_TOKEN"}
+        ) as c:
+            assert await c.invoke("me", {}) == {"auth": "Bearer old-env"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "connectors.api.auth.token_env is deprecated: write token: env:TW_TEST_TOKEN"
+    ]
+    # An empty variable is an error naming the key, as everywhere else.
+    monkeypatch.setenv("TW_TEST_TOKEN", "")
+    with pytest.raises(ConnectorConfigError) as err:
+        rest(http.base_url, ops, auth={"type": "bearer", "token": "env:TW_TEST_TOKEN"})
+    assert err.value.message == (
+        "connectors.api.auth.token: environment variable TW_TEST_TOKEN is empty"
+    )
 
 
 class OAuthBackend:

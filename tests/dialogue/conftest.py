@@ -124,8 +124,8 @@ def crm_db(crm_url: str) -> Path:
 @pytest.fixture
 async def erp_url(crm_url: str) -> AsyncIterator[str]:
     """The demo REST ERP on loopback, serving the same demo database as the CRM."""
-    from talkwire.connectors.demo.crm import create_demo_crm
-    from talkwire.connectors.demo.erp import serve_demo_erp
+    from talkwire.server.demo.crm import create_demo_crm
+    from talkwire.server.demo.erp import serve_demo_erp
 
     created = create_demo_crm(crm_url)
     if inspect.isawaitable(created):
@@ -136,8 +136,8 @@ async def erp_url(crm_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def registry(crm_url: str, erp_url: str) -> AsyncIterator[Any]:
-    from talkwire.connectors.demo.config import demo_connector_sections
     from talkwire.connectors.registry import ConnectorRegistry
+    from talkwire.server.demo.connectors import demo_connector_sections
 
     async with ConnectorRegistry(demo_connector_sections(crm_url, erp_url)) as reg:
         yield reg

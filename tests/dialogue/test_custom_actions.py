@@ -56,3 +56,29 @@ async def test_unknown_custom_action_and_connector(registry: Any) -> None:
     bad["intents"]["x"]["action"]["connector"] = "crm"
     with pytest.raises(ConfigError, match=r"no operation 'y'"):
         DialogueEngine(load_bot(bad), registry)
+
+
+async def test_both_subject_spellings_render_the_subject(registry: Any) -> None:
+    """Bot params and replies: ``{user.sub}`` and deprecated ``{user.subject}`` agree."""
+    seen: dict[str, Any] = {}
+
+    def whoami(actx: ActionContext) -> dict[str, Any]:
+        seen.update(actx.params)
+        return {"ok": True}
+
+    bot = {
+        "intents": {
+            "whoami": {
+                "examples": ["who am i"],
+                "action": {
+                    "custom": "whoami",
+                    "params": {"a": "{user.sub}", "b": "{user.subject}"},
+                },
+                "reply": "{user.sub} / {user.subject}",
+            }
+        }
+    }
+    engine = DialogueEngine(load_bot(bot), registry, actions={"whoami": whoami})
+    frame = await Conversation(engine, RecordingContext()).say("who am i")
+    assert frame.text == "alice / alice"
+    assert seen == {"a": "alice", "b": "alice"}

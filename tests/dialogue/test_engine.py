@@ -177,8 +177,8 @@ async def test_connector_failure_is_a_friendly_retriable_error(
     # an ERP that is not listening: the REST connector fails with UNAVAILABLE
     import socket
 
-    from talkwire.connectors.demo.config import demo_connector_sections
     from talkwire.connectors.registry import ConnectorRegistry
+    from talkwire.server.demo.connectors import demo_connector_sections
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,3 +216,47 @@ async def test_clarifying_question_on_a_tie(engine: DialogueEngine) -> None:
     ]
     answer = await conv.press("order_status", **frame.quick_replies[0].parameters)
     assert answer.text.startswith("Order 1001 (Espresso machine)")
+
+
+async def test_a_clearly_different_intent_interrupts_a_slot_prompt(
+    alice: Conversation, crm_db: Path
+) -> None:
+    prompt = await alice.say("ticket status")
+    assert (prompt.kind, prompt.slot) == ("prompt", "ticket_id")
+    # "1001" would fit the ticket_id slot, but the sentence asks for something else.
+    frame = await alice.say("can I get a refund for order 1001?")
+    assert frame.kind == "reply"
+    assert frame.intent == "refund"
+    assert "couldn't find ticket" not in frame.text
+    with sqlite3.connect(crm_db) as db:
+        assert db.execute(
+            "SELECT count(*) FROM tickets WHERE subject = 'Refund request for order 1001'"
+        ).fetchone() == (1,)
+
+
+async def test_a_value_with_filler_words_still_answers_the_prompt(alice: Conversation) -> None:
+    await alice.say("where is my order")
+    frame = await alice.say("it's order 1001")
+    assert frame.intent == "order_status"
+    assert frame.text.startswith("Order 1001 (Espresso machine) is")
+
+
+async def test_confirmation_survives_a_restart_and_another_intent_interrupts_it(
+    alice: Conversation, crm_db: Path
+) -> None:
+    import json
+
+    confirm = await alice.say("cancel my order 1002")
+    assert (confirm.kind, confirm.slot) == ("prompt", "_confirm")
+    saved = json.loads(json.dumps(dict(alice.ctx.state)))
+    fresh = Conversation(alice.engine, RecordingContext(identity=ALICE, state=saved))
+    again = await fresh.say("hmm")
+    assert again.text.startswith("Please answer yes or no.")
+    other = await fresh.say("what's my balance")
+    assert other.intent == "balance"
+    with sqlite3.connect(crm_db) as db:
+        assert db.execute("SELECT status FROM orders WHERE id = 1002").fetchone() == (
+            "processing",
+        ), "an interrupted confirmation writes nothing"
+    nothing = await fresh.say("yes")
+    assert nothing.intent != "cancel_order"

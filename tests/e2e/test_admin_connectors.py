@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from talkwire.clients import AdminClient, ChatClient
 from talkwire.clients.errors import RpcError
 from talkwire.server.app import Application
+from tests.support.server_proc import talkwire_binary
 
 
 async def test_list_and_invoke_connectors(demo_app: Application) -> None:
@@ -46,3 +49,52 @@ async def test_publish_to_a_key_reaches_its_subscribers(demo_app: Application) -
         assert frame.update.key == "order:1001"
         assert result.delivered == 1
         await session.aclose()
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        talkwire_binary(),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_invoke_with_one_idempotency_key_creates_one_ticket(
+    demo_app: Application,
+) -> None:
+    args = [
+        "connectors",
+        "invoke",
+        "crm",
+        "open_ticket",
+        "customer_id=c-100",
+        "subject=Printer on fire",
+        "--idempotency-key",
+        "k1",
+        "--target",
+        demo_app.target,
+        "--token",
+        "admin-token",
+    ]
+    first = await _cli(*args)
+    second = await _cli(*args)
+    assert first[0] == 0 and second[0] == 0, (first, second)
+    assert json.loads(first[1]) == json.loads(second[1])
+    ticket_id = json.loads(first[1])["ticket_id"]
+    async with AdminClient(demo_app.target, token="admin-token") as admin:
+        row = await admin.invoke_connector(
+            "crm", "ticket_status", {"ticket_id": ticket_id, "customer_id": "c-100"}
+        )
+        assert row["subject"] == "Printer on fire"
+        # Another key is another ticket; the same key with other parameters is refused.
+        third = await _cli(*args[:-5], "k2", *args[-4:])
+        assert json.loads(third[1])["ticket_id"] == ticket_id + 1
+        code, _, err = await _cli(
+            *[a if a != "subject=Printer on fire" else "subject=x" for a in args]
+        )
+        assert code != 0
+        assert "INVALID_ARGUMENT" in err and "different parameters" in err

@@ -288,3 +288,189 @@ async def test_route_spans_keep_their_own_keys_beside_unsampled_events(
     assert span.attributes is not None
     assert span.attributes["talkwire.event.id"] == "a"
     assert list(span.attributes["talkwire.event.keys"]) == ["order:a"]  # type: ignore[arg-type]
+
+
+# -- Debezium MongoDB connector records (issue 18, "Also") --------------------------------
+
+_OID = "665f1c2e9b1e8a3d4c2b1a00"
+_MONGO_KEY = json.dumps({"id": json.dumps({"$oid": _OID})}).encode()
+
+
+def _mongo(op: str, *, ord_: int = 1, wrap: bool = False, **fields: object) -> bytes:
+    """A record as the Debezium 2.x MongoDB connector writes it (JSON converter)."""
+    payload: dict[str, object] = {
+        "before": None,
+        "after": None,
+        "updateDescription": None,
+        "op": op,
+        "ts_ms": 1714560000456,
+        "transaction": None,
+        "source": {
+            "version": "2.6.1.Final",
+            "connector": "mongodb",
+            "name": "shop",
+            "ts_ms": 1714560000000,
+            "snapshot": "false",
+            "db": "sales",
+            "sequence": None,
+            "rs": "rs0",
+            "collection": "orders",
+            "ord": ord_,
+            "lsid": None,
+            "txnNumber": None,
+            "wallTime": 1714560000123,
+        },
+    }
+    payload.update(fields)
+    schema = {"type": "struct", "name": "shop.sales.orders.Envelope"}
+    doc = {"schema": schema, "payload": payload} if wrap else payload
+    return json.dumps(doc).encode()
+
+
+def _ejson(doc: dict[str, object]) -> str:
+    return json.dumps(doc)
+
+
+_INSERTED = _ejson(
+    {
+        "_id": {"$oid": _OID},
+        "number": {"$numberLong": "1001"},
+        "status": "packed",
+        "total": {"$numberDecimal": "99.90"},
+        "placed_at": {"$date": 1714560000000},
+        "lines": [{"sku": "A-1", "qty": {"$numberInt": "2"}}],
+    }
+)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_mongo_insert_decodes_extended_json(wrap: bool) -> None:
+    got = decode("debezium", _mongo("c", after=_INSERTED, wrap=wrap), _MONGO_KEY)
+    assert got is not None
+    assert got.op == events_pb2.CHANGE_OP_CREATE
+    assert got.source == "shop.sales.orders"
+    assert got.type == "orders.create"
+    assert struct_to_dict(got.after) == {
+        "_id": _OID,
+        "number": 1001,
+        "status": "packed",
+        "total": "99.90",
+        "placed_at": "2024-05-01T10:40:00.000Z",
+        "lines": [{"sku": "A-1", "qty": 2}],
+    }
+    assert got.attributes["debezium.collection"] == "orders"
+    again = decode("debezium", _mongo("c", after=_INSERTED, wrap=not wrap), _MONGO_KEY)
+    assert again is not None and again.id == got.id  # a re-delivery dedups
+    later = decode("debezium", _mongo("c", after=_INSERTED, ord_=2), _MONGO_KEY)
+    assert later is not None and later.id != got.id
+
+
+def test_mongo_update_with_update_description_only() -> None:
+    description = {
+        "removedFields": ["eta"],
+        "updatedFields": _ejson({"status": "shipped", "shipped_at": {"$date": 1714563600000}}),
+        "truncatedArrays": [],
+    }
+    got = decode("debezium", _mongo("u", updateDescription=description), _MONGO_KEY)
+    assert got is not None
+    assert got.op == events_pb2.CHANGE_OP_UPDATE
+    assert not got.HasField("before")
+    assert struct_to_dict(got.after) == {
+        "_id": _OID,
+        "status": "shipped",
+        "shipped_at": "2024-05-01T11:40:00.000Z",
+    }
+    assert got.attributes["debezium.updated_fields"] == "status,shipped_at"
+    assert got.attributes["debezium.removed_fields"] == "eta"
+
+
+def test_mongo_1x_oplog_update_with_a_patch() -> None:
+    patch = _ejson({"$v": 1, "$set": {"status": "shipped"}, "$unset": {"eta": True}})
+    filter_ = _ejson({"_id": {"$oid": _OID}})
+    got = decode("debezium", _mongo("u", patch=patch, filter=filter_), None)
+    assert got is not None
+    assert struct_to_dict(got.after) == {"_id": _OID, "status": "shipped"}
+    assert got.attributes["debezium.removed_fields"] == "eta"
+
+
+def test_mongo_update_with_the_full_document_and_a_pre_image() -> None:
+    before = _ejson({"_id": {"$oid": _OID}, "status": "packed"})
+    after = _ejson({"_id": {"$oid": _OID}, "status": "shipped"})
+    description = {"removedFields": None, "updatedFields": _ejson({"status": "shipped"})}
+    got = decode(
+        "debezium",
+        _mongo("u", before=before, after=after, updateDescription=description),
+        _MONGO_KEY,
+    )
+    assert got is not None
+    assert struct_to_dict(got.before) == {"_id": _OID, "status": "packed"}
+    assert struct_to_dict(got.after) == {"_id": _OID, "status": "shipped"}
+
+
+def test_mongo_delete_and_its_tombstone() -> None:
+    got = decode("debezium", _mongo("d"), _MONGO_KEY)
+    assert got is not None
+    assert got.op == events_pb2.CHANGE_OP_DELETE
+    assert struct_to_dict(got.before) == {"_id": _OID}
+    assert not got.HasField("after")
+    assert decode("debezium", None, _MONGO_KEY) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "key"),
+    [
+        (_mongo("u"), _MONGO_KEY),  # an update with neither document nor description
+        (_mongo("c", after="{not json"), _MONGO_KEY),
+        (_mongo("c", after='"a string"'), _MONGO_KEY),
+        (_mongo("u", updateDescription={"updatedFields": "[1]"}), _MONGO_KEY),
+        (_mongo("d"), None),  # a delete that names no document
+    ],
+    ids=["update-without-change", "bad-json", "not-a-document", "fields-not-a-document", "delete"],
+)
+def test_mongo_shape_errors_are_decode_errors(record: bytes, key: bytes | None) -> None:
+    with pytest.raises(DecodeError, match="mongodb"):
+        decode("debezium", record, key)
+
+
+async def test_mongo_records_route_through_key_templates(
+    store: SessionStore, sink: RecordingSink
+) -> None:
+    a, b = await _sessions(store, f"order:{_OID}", "order:other")
+    topics = parse_topics(
+        {
+            "all": {
+                "format": "debezium",
+                "keys": ["order:{row._id}"],
+                "update_text": "{op} {row._id}",
+            },
+            "status": {
+                "format": "debezium",
+                "keys": ["order:{after._id}"],
+                "fields": ["status"],
+                "update_text": "Order {after.number} is now {after.status}",
+            },
+        }
+    )
+    shipped = {"updatedFields": _ejson({"status": "shipped", "number": {"$numberLong": "1001"}})}
+    noted = {"updatedFields": _ejson({"note": "hi"}), "removedFields": []}
+    items = [
+        (_mongo("c", after=_INSERTED, ord_=1), "all"),
+        (_mongo("u", ord_=2, updateDescription=noted), "all"),
+        (_mongo("d", ord_=3), "all"),
+        (_mongo("u", ord_=4, updateDescription=shipped), "status"),
+        (_mongo("u", ord_=5, updateDescription=noted), "status"),  # status unchanged: dropped
+    ]
+    batch = []
+    for record, topic in items:
+        event = decode("debezium", record, _MONGO_KEY, topic="shop.sales.orders")
+        assert event is not None
+        batch.append((event, topics[topic]))
+    result = await EventRouter(store, sink).route(batch)
+    texts = [(_update(f.payload).key, _update(f.payload).text) for f in result.frames[a]]
+    assert texts == [
+        (f"order:{_OID}", f"create {_OID}"),
+        (f"order:{_OID}", f"update {_OID}"),
+        (f"order:{_OID}", f"delete {_OID}"),
+        (f"order:{_OID}", "Order 1001 is now shipped"),
+    ]
+    assert b not in result.frames

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -199,11 +200,11 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def fanout(self, events: Any) -> Any:
+    async def fanout(self, events: Any, **kwargs: Any) -> Any:
         if self.down:
             self.failures += 1
             raise UnavailableError("session store unavailable: simulated outage")
-        return await self._store.fanout(events)
+        return await self._store.fanout(events, **kwargs)
 
 
 async def test_store_unavailable_is_retried_and_not_committed(
@@ -243,6 +244,10 @@ async def test_second_consumer_takes_over(
         second = KafkaIngress(cfg, router, store)
         await second.start()
         try:
+            # start() no longer waits for the join. Wait for it here: Tansu wedges a
+            # group whose leader leaves while another member's JoinGroup is in flight
+            # (the joiner rejoins forever; real Kafka does not do this).
+            await eventually(lambda: second.joined, timeout=30, message="second joined")
             await first.aclose()
             await eventually(lambda: len(second.assignment) == 2, timeout=30, message="takeover")
             async with EventProducer(kafka_bootstrap, topic=topic_name, format="json") as producer:
@@ -339,9 +344,53 @@ async def test_commit_interval_commits_stored_offsets_while_running(
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("commit_interval", -1), ("commit_interval", "soon"), ("max_records", 0), ("colour", 1)],
+    [
+        ("commit_interval", -1),
+        ("commit_interval", "soon"),
+        ("max_records", 0),
+        ("colour", 1),
+        ("rebalance_timeout", 0),
+        ("heartbeat_interval", 6),
+    ],
 )
 def test_bad_events_settings_name_the_key(key: str, value: object) -> None:
     section = {"bootstrap": "127.0.0.1:9092", "topics": {"t": {"format": "json"}}, key: value}
     with pytest.raises(ConfigError, match=rf"events\.{key}"):
         KafkaSettings.from_config(section)
+
+
+async def _members(bootstrap: str, group: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        return [m[0] for g in response.groups for m in g[5]]
+    finally:
+        await admin.close()
+
+
+async def test_aclose_commits_what_is_stored_and_leaves_the_group(
+    kafka_bootstrap: str, topic: str, store: SessionStore, sink: RecordingSink
+) -> None:
+    """The drain's last step: the stored offsets are committed and the member is gone.
+
+    ``commit_interval`` is long, so only the close can have committed them.
+    """
+    (a,) = await _sessions(store, "order:5")
+    cfg = _config(kafka_bootstrap, topic, commit_interval=3600)
+    tp = TopicPartition(topic, 0)
+    ingress = KafkaIngress(cfg, EventRouter(store, sink), store)
+    await ingress.start()
+    await eventually(lambda: ingress.assignment, timeout=30, message="partition assigned")
+    assert len(await _members(kafka_bootstrap, cfg["group_id"])) == 1
+    async with EventProducer(kafka_bootstrap, topic=topic, format="json") as producer:
+        for i in range(3):
+            await producer.emit("s", ["order:5"], after={"id": 5, "status": f"s{i}"})
+    await eventually(lambda: ingress.records >= 3, message="three records stored")
+    assert await _committed(kafka_bootstrap, cfg["group_id"], tp) in (None, -1, 0)
+    await ingress.aclose()
+    await ingress.aclose()  # idempotent
+    assert await _committed(kafka_bootstrap, cfg["group_id"], tp) == 3
+    assert await _members(kafka_bootstrap, cfg["group_id"]) == []
+    assert not ingress.running
+    assert len(await store.frames_after(a, 0)) == 3

@@ -84,3 +84,13 @@ async def test_defaults_and_config_errors() -> None:
         from_config({"default": "maybe"})
     with pytest.raises(ConfigError, match=r"policy\.rules\[0\]\.key"):
         from_config({"rules": [{"key": "order:{bad"}]})
+
+
+async def test_both_subject_spellings_bind_the_caller() -> None:
+    """``{user.sub}`` (documented) and ``{user.subject}`` (deprecated) are the subject."""
+    policy = from_config({"rules": [{"key": "inbox:{user.sub}"}, {"key": "legacy:{user.subject}"}]})
+    for prefix in ("inbox", "legacy"):
+        assert await policy.allowed(ALICE, f"{prefix}:alice")
+        assert not await policy.allowed(ALICE, f"{prefix}:bob")
+    with pytest.raises(ConfigError, match=r"policy\.rules\[0\]\.key: filters are not allowed"):
+        from_config({"rules": [{"key": "inbox:{user.sub|upper}"}]})

@@ -51,6 +51,7 @@ def base_config(store_url: str, **server: Any) -> dict[str, Any]:
         "server": {"handler": "echo", "sweep_interval": 3600, "grace_period": 2, **server},
         "store": {"url": store_url},
         "auth": {"kind": "static", "tokens": TOKENS},
+        "policy": {"default": "allow"},
         "demo": False,
     }
 

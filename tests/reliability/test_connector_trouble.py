@@ -19,8 +19,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from talkwire.clients import ChatClient
-from talkwire.connectors.demo.erp import run_uvicorn
 from talkwire.server.app import Application
+from talkwire.server.demo.erp import run_uvicorn
 from tests.conftest import make_config
 
 

@@ -138,6 +138,7 @@ def replica_config(name: str, store_url: str, prefix: str, **extra: Any) -> dict
             "sweep_interval": 1.0,
             "presence_ttl": 5,
         },
+        "policy": {"default": "allow"},
         "demo": False,
     }
     for key, value in extra.items():

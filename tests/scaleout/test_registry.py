@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from talkwire.server.app import Application
-from talkwire.server.bus import ClusterHub
+from talkwire.server.cluster import RedisCluster
 from talkwire.v1 import admin_pb2
 from tests.conftest import make_config
 from tests.scaleout.conftest import _create_db, _drop_db
@@ -76,8 +76,8 @@ async def two_apps(
     async with contextlib.AsyncExitStack() as stack:
         a = await stack.enter_async_context(Application(config("a")))  # type: ignore[arg-type]
         b = await stack.enter_async_context(Application(config("b")))  # type: ignore[arg-type]
-        assert isinstance(a.hub, ClusterHub)
-        assert isinstance(b.hub, ClusterHub)
+        assert isinstance(a.hub.cluster, RedisCluster)
+        assert isinstance(b.hub.cluster, RedisCluster)
         yield a, b
 
 
@@ -107,7 +107,6 @@ async def test_admin_attached_and_expiry_follow_the_registry(
         idle_id = (await idle.open(channel="idle")).session_id
         idle.cancel()
         hub_a = a.hub
-        assert isinstance(hub_a, ClusterHub)
 
         async def idle_released() -> bool:
             return idle_id not in await hub_a.live_ids()
@@ -132,7 +131,7 @@ async def test_admin_attached_and_expiry_follow_the_registry(
         # (a) B's expiry sweep keeps the session attached on A, expires the idle one.
         await asyncio.sleep(TTL + 0.5)  # both are now idle for longer than session_ttl
         assert not b.hub.is_attached(live_id)
-        expired = await b.sweep_now()
+        expired = await b.sweeper.sweep_now()
         assert idle_id in expired
         assert live_id not in expired
         assert (await _get(ch_b, idle_id)).state == admin_pb2.SESSION_STATE_EXPIRED
@@ -150,24 +149,23 @@ async def test_admin_attached_and_expiry_follow_the_registry(
         # Once A's stream is gone (registry entry released), B may expire it too.
         live.cancel()
         hub_b = b.hub
-        assert isinstance(hub_b, ClusterHub)
 
         async def released() -> bool:
             return live_id not in await hub_b.live_ids()
 
         await eventually(released, message="registry entry released")
         await asyncio.sleep(TTL + 0.5)
-        assert live_id in await b.sweep_now()
+        assert live_id in await b.sweeper.sweep_now()
 
 
 class FirstClaimGate:
     """Holds replica A's next registry claim in flight until :attr:`gate` is set."""
 
-    def __init__(self, hub: ClusterHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
         self.gate = asyncio.Event()
         self.calls = 0
-        self._claim = hub.presence.claim
-        monkeypatch.setattr(hub.presence, "claim", self._claim_late)
+        self._claim = cluster.presence.claim
+        monkeypatch.setattr(cluster.presence, "claim", self._claim_late)
 
     async def _claim_late(self, session_id: str, value: str) -> str | None:
         self.calls += 1
@@ -190,22 +188,25 @@ async def test_heartbeat_during_a_takeover_claim_keeps_the_new_stream(
 
     a, b = two_apps
     hub_a = a.hub
-    assert isinstance(hub_a, ClusterHub)
+    cluster_a = hub_a.cluster
+    assert isinstance(cluster_a, RedisCluster)
     async with (
         grpc.aio.insecure_channel(a.target) as ch_a,
         grpc.aio.insecure_channel(b.target) as ch_b,
     ):
         on_b = Stream(ch_b, ALICE)
         opened = await on_b.open(channel="takeover")
-        held = FirstClaimGate(hub_a, monkeypatch)  # A's claim is in flight while the heartbeat runs
+        held = FirstClaimGate(
+            cluster_a, monkeypatch
+        )  # A's claim is in flight while the heartbeat runs
         on_a = Stream(ch_a, ALICE)
         await on_a.send(open_frame(session_id=opened.session_id, resume_token=opened.resume_token))
         await eventually(lambda: hub_a.is_attached(opened.session_id), message="attached on A")
-        await hub_a.heartbeat()
+        await cluster_a.heartbeat()
         held.gate.set()
         assert (await on_a.recv()).HasField("opened")
         assert await on_b.status() == grpc.StatusCode.ABORTED  # superseded by A's claim
-        await hub_a.heartbeat()  # and A's entry is A's own now
+        await cluster_a.heartbeat()  # and A's entry is A's own now
         await admin_pb2_grpc.AdminServiceStub(ch_b).Publish(
             admin_pb2.PublishRequest(
                 session_id=opened.session_id, event={"type": "t", "text": "still on A"}
@@ -228,7 +229,8 @@ async def test_out_of_order_claims_on_one_replica_keep_the_newest_registered(
     """
     a, b = two_apps
     hub_a = a.hub
-    assert isinstance(hub_a, ClusterHub)
+    cluster_a = hub_a.cluster
+    assert isinstance(cluster_a, RedisCluster)
     async with (
         grpc.aio.insecure_channel(a.target) as ch_a,
         grpc.aio.insecure_channel(b.target) as ch_b,
@@ -236,7 +238,7 @@ async def test_out_of_order_claims_on_one_replica_keep_the_newest_registered(
         first = Stream(ch_a, ALICE)
         opened = await first.open(channel="order")
         resume = open_frame(session_id=opened.session_id, resume_token=opened.resume_token)
-        held = FirstClaimGate(hub_a, monkeypatch)
+        held = FirstClaimGate(cluster_a, monkeypatch)
         older = Stream(ch_a, ALICE)
         await older.send(resume)
         await eventually(lambda: held.calls == 1, message="the older claim in flight")
@@ -246,7 +248,7 @@ async def test_out_of_order_claims_on_one_replica_keep_the_newest_registered(
         held.gate.set()  # the older claim lands now, after the newer one
         assert await older.status() == grpc.StatusCode.ABORTED
         monkeypatch.undo()
-        await hub_a.heartbeat()
+        await cluster_a.heartbeat()
         on_b = Stream(ch_b, ALICE)
         await on_b.send(resume)
         assert (await on_b.recv()).HasField("opened")

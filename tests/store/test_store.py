@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from talkwire.server.errors import NotFoundError, OutOfRangeError
+from talkwire.server.errors import AlreadyExistsError, NotFoundError, OutOfRangeError
 from talkwire.server.frames import encode_template
 from talkwire.server.identity import Identity
 from talkwire.server.store import FanoutEvent, Retention, SessionStore
@@ -205,3 +205,30 @@ async def test_dead_letters_and_delivery_replay_guard(store: SessionStore) -> No
     assert [(d["source"], d["reason"], d["offset"]) for d in letters] == [("orders", "bad json", 7)]
     assert not await store.seen_delivery("d-1")
     assert await store.seen_delivery("d-1")
+
+
+async def test_fanout_claims_its_delivery_id_in_the_same_transaction(store: SessionStore) -> None:
+    a, _ = await store.create_session(ALICE)
+    await store.subscribe(a.id, "order:1")
+
+    async def deliver(event_id: str) -> str:
+        try:
+            await store.fanout(
+                [FanoutEvent(event_id, _update(event_id), keys=("order:1",))], delivery_id="d-9"
+            )
+        except AlreadyExistsError:
+            return "refused"
+        return "routed"
+
+    # concurrent requests under one delivery id: exactly one is routed
+    outcomes = await asyncio.gather(*(deliver(f"e{i}") for i in range(8)))
+    assert sorted(outcomes) == ["refused"] * 7 + ["routed"]
+    assert len(await store.frames_after(a.id, 0)) == 1
+    assert not await store.delivery_recorded("d-10")
+    await store.fanout([], delivery_id="d-10")  # an event the filters dropped still claims it
+    assert await store.delivery_recorded("d-10")
+    with pytest.raises(AlreadyExistsError):
+        await store.fanout(
+            [FanoutEvent("e-x", _update("x"), keys=("order:1",))], delivery_id="d-10"
+        )
+    assert len(await store.frames_after(a.id, 0)) == 1

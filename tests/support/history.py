@@ -18,6 +18,12 @@ a ``ConverseResponse``). :meth:`History.check` then reports, per session:
 * **unauthorised** -- an update for a key the session was not subscribed to /
   not allowed to see, or for an event nobody produced for that key.
 
+:class:`OutboundHistory` checks the outbound stream the same way: every event the
+store committed (``expected``) against what a sink's consumer received, per session:
+**lost** (a committed event never received), **duplicate** (after dedup by event
+id, the same event -- session, kind, frame seq, position -- received under a second id)
+and **reordered** (positions not increasing in first-arrival order).
+
 ``Report.summary()`` is one line with the five counts; every fault test prints
 it (so CI logs show the zeros) and calls ``Report.assert_clean()``.
 """
@@ -30,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FrameRecord", "History", "Report", "SessionReport"]
+__all__ = ["FrameRecord", "History", "OutboundHistory", "Report", "SessionReport"]
 
 KINDS = ("lost", "duplicate", "reordered", "gap", "unauthorised")
 
@@ -258,3 +264,68 @@ class History:
             for ev in by_key.get(key, ()):
                 if ev.certain and ev.at >= since and not got.get(ev.event_id):
                     rep.lost.append(ev.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecord:
+    session: str
+    event_id: str
+    position: int
+    kind: str
+    seq: int
+
+
+class OutboundHistory:
+    """Committed conversation events vs. what a sink delivered (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._expected: dict[str, list[OutboundRecord]] = defaultdict(list)
+        self._received: dict[str, list[OutboundRecord]] = defaultdict(list)
+
+    def expected(self, session: str, event_id: str, position: int, kind: str, seq: int) -> None:
+        self._expected[session].append(OutboundRecord(session, event_id, position, kind, seq))
+
+    def received(self, session: str, event_id: str, position: int, kind: str, seq: int) -> None:
+        self._received[session].append(OutboundRecord(session, event_id, position, kind, seq))
+
+    def record_event(self, event: Any) -> None:
+        """Record a received ``ConversationEvent`` (message or its JSON dict)."""
+        if isinstance(event, dict):
+            self.received(
+                event["session_id"],
+                event["id"],
+                int(event.get("position", 0)),
+                event["kind"],
+                int(event.get("seq", 0)),
+            )
+        else:
+            self.received(event.session_id, event.id, event.position, event.kind, event.seq)
+
+    def received_count(self) -> int:
+        return sum(len(v) for v in self._received.values())
+
+    def check(self) -> Report:
+        sessions: dict[str, SessionReport] = {}
+        for name in sorted(set(self._expected) | set(self._received)):
+            rep = SessionReport(name)
+            got = self._received.get(name, [])
+            rep.frames = len(got)
+            first: dict[str, OutboundRecord] = {}
+            for r in got:
+                first.setdefault(r.event_id, r)
+            unique = list(first.values())
+            seen_what: dict[tuple[str, int, int], str] = {}
+            for r in unique:
+                what = (r.kind, r.seq, r.position)
+                other = seen_what.setdefault(what, r.event_id)
+                if other != r.event_id:
+                    rep.duplicate.append(r.event_id)
+            last = -1
+            for r in unique:
+                if r.position <= last:
+                    rep.reordered.append(r.event_id)
+                last = max(last, r.position)
+            rep.lost = [e.event_id for e in self._expected.get(name, []) if e.event_id not in first]
+            sessions[name] = rep
+        events = sum(len(v) for v in self._expected.values())
+        return Report(sessions, events, self.received_count())

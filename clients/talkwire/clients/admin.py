@@ -26,7 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from talkwire.clients.channel import call_metadata, open_channel
 from talkwire.clients.convert import from_value, to_struct
 from talkwire.clients.errors import SessionClosed, rpc_error_from
-from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, events_pb2
+from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, conversation_pb2, events_pb2
 
 __all__ = ["AdminClient", "change_event"]
 
@@ -302,3 +302,53 @@ class AdminClient:
         except grpc.aio.AioRpcError as exc:
             raise rpc_error_from(exc) from None
         return from_value(response.result)
+
+    # -- outbound --------------------------------------------------------------
+
+    async def get_transcript(
+        self, session_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb2.GetTranscriptResponse:
+        """One page of a session's transcript (user turns and durable frames, in order)."""
+        request = admin_pb2.GetTranscriptRequest(
+            session_id=session_id, page_size=page_size, page_token=page_token
+        )
+        try:
+            return await self._get_stub().GetTranscript(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error_from(exc) from None
+
+    async def iter_transcript(
+        self, session_id: str, *, page_size: int = 0
+    ) -> AsyncIterator[conversation_pb2.ConversationEvent]:
+        """Every transcript event of a session, following page tokens."""
+        token = ""
+        while True:
+            page = await self.get_transcript(session_id, page_size=page_size, page_token=token)
+            for event in page.events:
+                yield event
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def outbound_status(self) -> admin_pb2.GetOutboundStatusResponse:
+        """Outbox depth, oldest pending age and per-sink counters."""
+        try:
+            return await self._get_stub().GetOutboundStatus(
+                admin_pb2.GetOutboundStatusRequest(), metadata=self._metadata, timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error_from(exc) from None
+
+    async def redrive_outbound(self, sink: str = "") -> int:
+        """Queue dead-lettered deliveries again (of one sink, or all); returns how many."""
+        try:
+            response = await self._get_stub().RedriveOutbound(
+                admin_pb2.RedriveOutboundRequest(sink=sink),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error_from(exc) from None
+        return response.requeued

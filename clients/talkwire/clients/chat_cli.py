@@ -67,6 +67,10 @@ def chat_help() -> str:
 def render_frame(frame: chat_pb2.ConverseResponse) -> list[str]:
     """The lines a frame prints as in the chat (``opened`` and unknown kinds print nothing)."""
     kind = frame.WhichOneof("frame")
+    if kind == "handoff" or (kind == "reply" and frame.reply.author.role not in ("", "bot")):
+        from talkwire.clients.agent import describe_frame
+
+        return [describe_frame(frame, with_seq=False)]  # a person, or the handoff
     if kind in ("reply", "prompt"):
         body = frame.reply if kind == "reply" else frame.prompt
         lines = [f"bot: {body.text}"]

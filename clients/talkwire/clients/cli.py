@@ -368,7 +368,9 @@ def _add_chat(sub: argparse._SubParsersAction[Any]) -> None:
     )
 
 
-def _add_sessions(sub: argparse._SubParsersAction[Any]) -> None:
+def _add_sessions(
+    sub: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     sessions = sub.add_parser(
         "sessions",
         help="list / get / close / watch sessions (admin role)",
@@ -378,6 +380,7 @@ def _add_sessions(sub: argparse._SubParsersAction[Any]) -> None:
         "  talkwire sessions close ID --reason 'spam'",
         formatter_class=_Formatter,
     )
+    sessions_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
     handler = runner(sessions_command)
     s_list = _leaf(
@@ -432,9 +435,12 @@ def _add_sessions(sub: argparse._SubParsersAction[Any]) -> None:
     s_close.add_argument("--reason", default="closed by operator", help="why (default %(default)r)")
     for p in (s_list, s_get, s_watch, s_close):
         add_connection_flags(p)
+    return sessions_sub
 
 
-def _add_connectors(sub: argparse._SubParsersAction[Any]) -> None:
+def _add_connectors(
+    sub: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     connectors = sub.add_parser(
         "connectors",
         help="list / invoke connector operations (admin role)",
@@ -443,6 +449,7 @@ def _add_connectors(sub: argparse._SubParsersAction[Any]) -> None:
         "  talkwire connectors invoke crm get_order order_id=1001",
         formatter_class=_Formatter,
     )
+    connectors_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     connectors_sub = connectors.add_subparsers(
         dest="connectors_command",
         required=True,
@@ -486,6 +493,7 @@ def _add_connectors(sub: argparse._SubParsersAction[Any]) -> None:
     c_invoke.add_argument("--idempotency-key", metavar="KEY", help="idempotency key (writes)")
     for p in (c_list, c_invoke):
         add_connection_flags(p)
+    return connectors_sub
 
 
 def _add_health(sub: argparse._SubParsersAction[Any]) -> None:
@@ -517,16 +525,24 @@ def _add_health(sub: argparse._SubParsersAction[Any]) -> None:
     add_connection_flags(health)
 
 
-def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register ``chat``, ``sessions``, ``connectors`` and ``health`` on ``subparsers``.
+def add_client_commands(
+    subparsers: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Register ``chat``, ``sessions``, ``outbound``, ``connectors``, ``health`` and ``agent``.
 
     Every leaf parser sets ``func`` and ``handler`` (aliases): ``args.handler(args)``
-    runs the command and returns its exit code.
+    runs the command and returns its exit code. Returns the ``connectors``
+    subcommands, so the server CLI can add offline ones (``inspect``).
     """
+    from talkwire.clients.agent import add_agent_command
+    from talkwire.clients.outbound_cli import add_outbound_commands
+
     _add_chat(subparsers)
-    _add_sessions(subparsers)
-    _add_connectors(subparsers)
+    add_outbound_commands(subparsers, _add_sessions(subparsers))
+    connectors_sub = _add_connectors(subparsers)
     _add_health(subparsers)
+    add_agent_command(subparsers)  # talkwire agent: the desk lives in talkwire.clients.agent
+    return connectors_sub
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ RETRIABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.CANCELLED,
+        # The server found a frame missing mid-stream; the resume replays it from the store.
         grpc.StatusCode.DATA_LOSS,
     }
 )

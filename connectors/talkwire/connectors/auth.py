@@ -2,13 +2,16 @@
 
 ``auth`` section, one of::
 
-    {type: bearer, token: "...", token_env: NAME, token_file: /path}
+    {type: bearer, token: env:NAME}            # or "...", or file:/path
     {type: api_key, name: X-API-Key, value: "...", in: header}   # or in: query
-    {type: basic, username: "...", password: "..."}
+    {type: basic, username: "...", password: file:/run/secrets/erp}
     {type: oauth2, token_url: "...", client_id: "...", client_secret: "...",
      scope: "a b", audience: "...", auth_method: client_secret_basic, refresh_margin: 30}
 
-Every secret may come from ``<key>_env`` or ``<key>_file`` instead of inline.
+Every secret (``token``, ``password``, ``value``, ``client_secret``) follows the
+one rule of :mod:`talkwire.connectors.sections`: inline, ``env:NAME`` (unset or
+empty is an error naming the key) or ``file:PATH``. The old ``<key>_env: NAME``
+and ``<key>_file: PATH`` are still read, with a deprecation warning in the log.
 OAuth2 client-credentials tokens are cached and refreshed ``refresh_margin``
 seconds before they expire, and once more when the backend answers 401.
 """

@@ -23,6 +23,7 @@ __all__ = [
     "Operation",
     "Parameter",
     "ParameterType",
+    "RemoteOperations",
 ]
 
 ParameterType = Literal["string", "integer", "number", "boolean", "object", "array"]
@@ -59,6 +60,8 @@ class Operation:
     cache_keys: tuple[str, ...] = ()
     #: Caller claims (``{user.x}``) the operation reads; part of the cache key.
     claims: tuple[str, ...] = ()
+    #: Key templates (``customer:{customer_id}``) whose cache entries a successful write drops.
+    invalidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,20 @@ class Connector(Protocol):
         self, operation: str, params: Mapping[str, Any], ctx: CallContext | None = None
     ) -> Any:
         """Run ``operation`` with ``params``; raise a ``ConnectorError`` on failure."""
+        ...
+
+
+@runtime_checkable
+class RemoteOperations(Protocol):
+    """Optional: a connector whose operations are discovered from a remote server (``mcp``).
+
+    The registry awaits :meth:`ready` before validating a call, so a server that
+    was down at start is reconnected lazily and the caller gets ``UNAVAILABLE``
+    (not "unknown parameter") while it stays down.
+    """
+
+    async def ready(self) -> None:
+        """Connect (or reconnect) if needed; ``ConnectorUnavailableError`` when unreachable."""
         ...
 
 

@@ -13,6 +13,7 @@ import grpc
 __all__ = [
     "BackendError",
     "CircuitOpenError",
+    "ConfigError",
     "ConnectorConfigError",
     "ConnectorError",
     "ConnectorNotFoundError",
@@ -85,14 +86,41 @@ class BackendError(ConnectorError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class ConnectorConfigError(ValueError):
-    """A connector's configuration section is invalid (raised at load, never per call).
+class ConfigError(ValueError):
+    """A configuration section is invalid (raised at start, never per call).
 
-    ``key`` is the dotted path of the offending setting, e.g.
-    ``connectors.crm.operations.order_status.sql``.
+    The one config error of the whole tree: the server's
+    ``talkwire.server.errors.ConfigError`` is this class. ``message`` is the
+    whole line a user sees, ``"<dotted key> (<file>, line <n>): <what is wrong>"``
+    (the location only when the section came from a YAML file); ``key`` is the
+    dotted key alone.
     """
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
+    code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION
+    retriable: bool = False
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
         self.message = message
+        self.key = key
+
+
+class ConnectorConfigError(ConfigError):
+    """A connector's configuration section is invalid.
+
+    ``key`` is the dotted path of the offending setting, e.g.
+    ``connectors.crm.operations.order_status.sql``; ``reason`` what is wrong
+    with it; ``location`` the ``(file, line N)`` when known.
+    """
+
+    def __init__(self, key: str, message: str, *, location: str = "") -> None:
+        where = f"{key} {location}" if key and location else (key or location)
+        super().__init__(f"{where}: {message}" if where else message, key=key)
+        self.reason = message
+        self.location = location
+
+    def located(self, location: str) -> ConnectorConfigError:
+        """The same error with ``location`` (a no-op when it has one already)."""
+        if self.location or not location:
+            return self
+        return ConnectorConfigError(self.key, self.reason, location=location)

@@ -6,7 +6,7 @@ Example::
       shop:
         type: graphql
         url: https://shop.example.com/graphql
-        auth: {type: bearer, token_env: SHOP_TOKEN}
+        auth: {type: bearer, token: env:SHOP_TOKEN}
         operations:
           order:
             document: "query Order($id: ID!) { order(id: $id) { id status eta } }"
@@ -42,12 +42,10 @@ from talkwire.connectors.errors import (
     ResultNotFoundError,
 )
 from talkwire.connectors.httpbase import HTTP_CONNECTION_KEYS, HttpConnectorBase
-from talkwire.connectors.paths import map_fields, select, shape
-from talkwire.connectors.rest import check_select
+from talkwire.connectors.operations import build_operation, check_select, shape_result
 from talkwire.connectors.spec import (
     COMMON_OPERATION_KEYS,
     check_keys,
-    check_template_fields,
     get_number,
     parse_operation,
     validate_params,
@@ -97,25 +95,12 @@ class GraphQLConnector(HttpConnectorBase):
             raise ConnectorConfigError(f"{where}.document", "a GraphQL document is required")
         is_mutation = document.lstrip().startswith("mutation")
         base = parse_operation(name, section, where, write_default=is_mutation)
-        declared = [p.name for p in base.parameters]
         variables = section.get("variables") or {}
         if not isinstance(variables, Mapping):
             raise ConnectorConfigError(f"{where}.variables", "must be a mapping")
-        claims = check_template_fields(dict(variables), declared, f"{where}.variables")
-        for k in base.cache_keys:
-            claims |= check_template_fields(k, declared, f"{where}.cache_keys")
+        op = build_operation(base, {"variables": variables}, where)
         select_path, fields = check_select(section, where)
         op_name = section.get("operation_name")
-        op = Operation(
-            name=base.name,
-            parameters=base.parameters,
-            description=base.description,
-            write=base.write,
-            result=base.result,
-            cache_ttl=base.cache_ttl,
-            cache_keys=base.cache_keys,
-            claims=tuple(sorted(claims)),
-        )
         self._operations[name] = op
         self._ops[name] = _GqlOp(
             op=op,
@@ -125,7 +110,7 @@ class GraphQLConnector(HttpConnectorBase):
             select=select_path,
             fields=fields,
             timeout=get_number(section, "timeout", 0.0, where) or None,
-            uses_user=bool(claims),
+            uses_user=bool(op.claims),
         )
 
     async def invoke(
@@ -174,21 +159,7 @@ class GraphQLConnector(HttpConnectorBase):
             raise BackendError(
                 "GraphQL response without data", connector=self.name, operation=operation
             )
-        result = data["data"]
-        if spec.select:
-            result = select(result, spec.select)
-        if spec.fields:
-            result = map_fields(result, spec.fields)
-        try:
-            return shape(result, spec.op.result)
-        except LookupError:
-            raise ResultNotFoundError(
-                "the backend returned no result", connector=self.name, operation=operation
-            ) from None
-        except ValueError as exc:
-            raise BackendError(
-                f"unexpected response shape: {exc}", connector=self.name, operation=operation
-            ) from None
+        return shape_result(data["data"], spec.select, spec.fields, spec.op, connector=self.name)
 
     def _raise_errors(self, errors: Any, operation: str) -> None:
         messages: list[str] = []

@@ -24,6 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,6 +33,7 @@ import httpx
 from talkwire.connectors.auth import build_auth
 from talkwire.connectors.base import CallContext, Operation
 from talkwire.connectors.breaker import CircuitBreaker
+from talkwire.connectors.caller import context_scope
 from talkwire.connectors.errors import (
     BackendError,
     CircuitOpenError,
@@ -107,11 +109,20 @@ class HttpResponse:
         return ""
 
 
-class _CallState:
-    __slots__ = ("in_attempt",)
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What every attempt of one call sends (auth is applied per attempt)."""
 
-    def __init__(self) -> None:
-        self.in_attempt = False
+    method: str
+    url: str
+    query: dict[str, Any] | None
+    headers: dict[str, str] | None
+    content: bytes | None
+
+
+def _retriable_status(status: int) -> bool:
+    """5xx, 408 and 429 are worth another attempt (for idempotent calls)."""
+    return status >= 500 or status in (408, 429)
 
 
 class HttpConnectorBase:
@@ -225,15 +236,8 @@ class HttpConnectorBase:
 
     @staticmethod
     def template_values(params: Mapping[str, Any], ctx: CallContext | None) -> dict[str, Any]:
-        values = dict(params)
-        if ctx is not None:
-            user = dict(ctx.claims)
-            if ctx.subject:
-                user["sub"] = ctx.subject
-            values["user"] = user
-        else:
-            values["user"] = {}
-        return values
+        """The operation's parameters plus the caller scope as ``user``."""
+        return {**params, "user": context_scope(ctx)}
 
     def idempotency_key(self, ctx: CallContext | None) -> str:
         if ctx is not None and ctx.idempotency_key:
@@ -298,125 +302,135 @@ class HttpConnectorBase:
             raise ConnectorUnavailableError(
                 f"connector '{self.name}' is closed", connector=self.name, operation=operation
             )
-        now = time.monotonic()
-        budget = self.timeout if budget is None else budget
-        if ctx is not None and ctx.deadline is not None:
-            budget = min(budget, ctx.deadline - now)
-        if budget <= 0:
-            raise ConnectorTimeoutError(
-                "deadline already expired", connector=self.name, operation=operation
-            )
-        state = _CallState()
+        budget = self._budget(budget, ctx, operation)
+        content = json.dumps(body, separators=(",", ":")).encode() if has_body else None
+        send = _Request(method, url, query, headers, content)
+        attempts = self.retry.attempts if idempotent else 1
         try:
             async with asyncio.timeout(budget):
-                return await self._attempts(
-                    operation, method, url, query, headers, body, has_body, idempotent, state
-                )
+                return await self._attempts(operation, send, attempts)
         except TimeoutError:
-            if state.in_attempt and self.breaker is not None:
-                self.breaker.record_failure()
             raise ConnectorTimeoutError(
                 f"no answer within {budget:.3g}s", connector=self.name, operation=operation
             ) from None
 
-    async def _attempts(
-        self,
-        operation: str,
-        method: str,
-        url: str,
-        query: dict[str, Any] | None,
-        headers: dict[str, str] | None,
-        body: Any,
-        has_body: bool,
-        idempotent: bool,
-        state: _CallState,
-    ) -> HttpResponse:
-        attempts = self.retry.attempts if idempotent else 1
-        breaker = self.breaker
+    def _budget(self, budget: float | None, ctx: CallContext | None, operation: str) -> float:
+        """Seconds left for the call: the operation's timeout, cut by the caller's deadline."""
+        left = self.timeout if budget is None else budget
+        if ctx is not None and ctx.deadline is not None:
+            left = min(left, ctx.deadline - time.monotonic())
+        if left <= 0:
+            raise ConnectorTimeoutError(
+                "deadline already expired", connector=self.name, operation=operation
+            )
+        return left
+
+    async def _attempts(self, operation: str, send: _Request, attempts: int) -> HttpResponse:
+        """Attempt until a final answer, ``attempts`` failures, or the caller's deadline."""
         auth_retried = False
         attempt = 0
-        content = json.dumps(body, separators=(",", ":")).encode() if has_body else None
         while True:
-            if breaker is not None:
-                try:
-                    breaker.before_call()
-                except CircuitOpenError as exc:
-                    exc.connector, exc.operation = self.name, operation
-                    raise
+            self._admit(operation)
             error: ConnectorError
-            state.in_attempt = True
             try:
-                h = dict(self.static_headers)
-                if headers:
-                    h.update(headers)
-                q = dict(query) if query else {}
-                await self.auth.apply(h, q)
-                if content is not None:
-                    h["Content-Type"] = "application/json"
-                request = self.client.build_request(
-                    method, url, params=q or None, headers=h, content=content
-                )
-                resp = await self.client.send(request, stream=True)
-                try:
-                    data = await self._read(resp, operation)
-                finally:
-                    await resp.aclose()
-            except BlockedAddressError as exc:
-                state.in_attempt = False
-                if breaker is not None:
-                    breaker.release()
-                raise RejectedInputError(
-                    str(exc), connector=self.name, operation=operation
-                ) from None
-            except httpx.HTTPError as exc:
-                state.in_attempt = False
-                if breaker is not None:
-                    breaker.record_failure()
+                result = await self._attempt(operation, send)
+            except ConnectorUnavailableError as exc:
+                error = exc
+            else:
+                if result.status == 401 and self.auth.refreshable and not auth_retried:
+                    auth_retried = True  # a stale token: refresh once, not counted as an attempt
+                    self.auth.invalidate()
+                    self._release()
+                    continue
+                if not self._record_status(result.status) or attempt + 1 >= attempts:
+                    return result
                 error = ConnectorUnavailableError(
-                    f"backend unreachable ({type(exc).__name__})",
+                    f"backend unavailable ({result.status})",
                     connector=self.name,
                     operation=operation,
-                )
-            except ConnectorUnavailableError as exc:  # e.g. OAuth2 token endpoint down
-                state.in_attempt = False
-                if breaker is not None:
-                    breaker.record_failure()
-                exc.connector, exc.operation = self.name, operation
-                error = exc
-            except BaseException:
-                state.in_attempt = False
-                if breaker is not None:
-                    breaker.release()
-                raise
-            else:
-                state.in_attempt = False
-                status = resp.status_code
-                result = HttpResponse(status, resp.headers, data)
-                if status == 401 and self.auth.refreshable and not auth_retried:
-                    auth_retried = True
-                    self.auth.invalidate()
-                    if breaker is not None:
-                        breaker.release()
-                    continue
-                if status >= 500 or status == 408:
-                    if breaker is not None:
-                        breaker.record_failure()
-                elif status == 429:
-                    if breaker is not None:
-                        breaker.release()
-                else:
-                    if breaker is not None:
-                        breaker.record_success()
-                    return result
-                if attempt + 1 >= attempts:
-                    return result
-                error = ConnectorUnavailableError(
-                    f"backend unavailable ({status})", connector=self.name, operation=operation
                 )
             attempt += 1
             if attempt >= attempts:
                 raise error
-            await asyncio.sleep(self.retry.delay(attempt - 1))
+            await self._backoff(attempt - 1)
+
+    def _admit(self, operation: str) -> None:
+        """Breaker: let the attempt through or fail fast with :class:`CircuitOpenError`."""
+        if self.breaker is None:
+            return
+        try:
+            self.breaker.before_call()
+        except CircuitOpenError as exc:
+            exc.connector, exc.operation = self.name, operation
+            raise
+
+    def _record_status(self, status: int) -> bool:
+        """Breaker verdict on a status; True when the status is worth retrying."""
+        retry = _retriable_status(status)
+        if self.breaker is not None:
+            if status == 429:
+                self.breaker.release()  # the backend is up, just busy
+            elif retry:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+        return retry
+
+    def _release(self) -> None:
+        if self.breaker is not None:
+            self.breaker.release()
+
+    def _failed(self) -> None:
+        if self.breaker is not None:
+            self.breaker.record_failure()
+
+    async def _backoff(self, failed_attempt: int) -> None:
+        """Jittered exponential backoff after ``failed_attempt`` (0-based)."""
+        await asyncio.sleep(self.retry.delay(failed_attempt))
+
+    async def _attempt(self, operation: str, send: _Request) -> HttpResponse:
+        """One request; transport failures are :class:`ConnectorUnavailableError` (breaker told).
+
+        A cancelled attempt (the deadline) or a refused address leaves the breaker without a
+        verdict.
+        """
+        try:
+            return await self._send(operation, send)
+        except BlockedAddressError as exc:
+            self._release()
+            raise RejectedInputError(str(exc), connector=self.name, operation=operation) from None
+        except httpx.HTTPError as exc:
+            self._failed()
+            raise ConnectorUnavailableError(
+                f"backend unreachable ({type(exc).__name__})",
+                connector=self.name,
+                operation=operation,
+            ) from None
+        except ConnectorUnavailableError as exc:  # e.g. OAuth2 token endpoint down
+            self._failed()
+            exc.connector, exc.operation = self.name, operation
+            raise
+        except BaseException:
+            self._release()
+            raise
+
+    async def _send(self, operation: str, send: _Request) -> HttpResponse:
+        h = dict(self.static_headers)
+        if send.headers:
+            h.update(send.headers)
+        q = dict(send.query) if send.query else {}
+        await self.auth.apply(h, q)
+        if send.content is not None:
+            h["Content-Type"] = "application/json"
+        request = self.client.build_request(
+            send.method, send.url, params=q or None, headers=h, content=send.content
+        )
+        resp = await self.client.send(request, stream=True)
+        try:
+            data = await self._read(resp, operation)
+        finally:
+            await resp.aclose()
+        return HttpResponse(resp.status_code, resp.headers, data)
 
     async def _read(self, resp: httpx.Response, operation: str) -> bytes:
         limit = self.max_response_bytes

@@ -14,6 +14,13 @@ Its ``cache_keys`` templates (``order:{order_id}``) name the business keys the
 entry depends on; :meth:`invalidate` drops every entry whose keys intersect the
 given ones (the event router calls it for each change event), and a call that
 was in flight during an invalidation does not store its (possibly stale) result.
+
+Writes: an operation's ``invalidates`` templates (``customer:{customer_id}``) are
+rendered after each successful write and passed to :meth:`invalidate`, so a
+read right after a payment never shows the old balance; change events with the
+same keys invalidate too. A write called with ``CallContext.idempotency_key``
+runs once per key (:mod:`talkwire.connectors.idempotency`; the store is injected
+as ``idempotency=``, keys are kept ``idempotency_window`` seconds).
 """
 
 from __future__ import annotations
@@ -30,14 +37,29 @@ from importlib.metadata import entry_points
 from types import TracebackType
 from typing import Any, Self
 
-from talkwire.connectors.base import CallContext, Connector, ConnectorFactory, Operation
+from talkwire.connectors.base import (
+    CallContext,
+    Connector,
+    ConnectorFactory,
+    Operation,
+    RemoteOperations,
+)
 from talkwire.connectors.breaker import BreakerState, CircuitBreaker
+from talkwire.connectors.caller import context_scope
 from talkwire.connectors.errors import (
     ConnectorConfigError,
     ConnectorError,
     ConnectorNotFoundError,
     OperationNotFoundError,
 )
+from talkwire.connectors.idempotency import (
+    DEFAULT_WINDOW,
+    IdempotencyGuard,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    record_id,
+)
+from talkwire.connectors.sections import line_of, locate, split_key
 from talkwire.connectors.spec import parameters_schema, validate_params
 from talkwire.connectors.templates import TemplateError, compile_template
 
@@ -103,8 +125,15 @@ class ConnectorRegistry:
         clock: Callable[[], float] = time.monotonic,
         observer: Callable[[CallRecord], None] | None = None,
         on_breaker: Callable[[str, BreakerState], None] | None = None,
+        idempotency: IdempotencyStore | None = None,
+        idempotency_window: float = DEFAULT_WINDOW,
     ) -> None:
         self._clock = clock
+        self._idempotency = IdempotencyGuard(
+            idempotency if idempotency is not None else MemoryIdempotencyStore(),
+            window=idempotency_window,
+        )
+        self._remote: dict[str, RemoteOperations] = {}
         self._observer = observer
         self._on_breaker = on_breaker
         self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
@@ -124,12 +153,22 @@ class ConnectorRegistry:
             if not isinstance(section, Mapping):
                 raise ConnectorConfigError(where, "must be a mapping with a 'type'")
             kind = section.get("type")
+            at = locate(section, "type") or locate(sections, name)
             if not isinstance(kind, str) or not kind:
-                raise ConnectorConfigError(f"{where}.type", self._unknown(None, resolved))
+                raise ConnectorConfigError(
+                    f"{where}.type", self._unknown(None, resolved), location=at
+                )
             if kind not in resolved:
-                resolved[kind] = self._load(kind, where, resolved)
-            connector = resolved[kind](name, section)
+                resolved[kind] = self._load(kind, where, resolved, at)
+            try:
+                connector = resolved[kind](name, section)
+            except ConnectorConfigError as exc:
+                # Connectors name the dotted key; the line is found here, once for all.
+                path = split_key(exc.key)[1:]
+                raise exc.located(line_of(sections, path)) from None
             self._connectors[name] = connector
+            if isinstance(connector, RemoteOperations):
+                self._remote[name] = connector
             self._watch_breaker(name, connector)
 
     def _watch_breaker(self, name: str, connector: Connector) -> None:
@@ -154,11 +193,21 @@ class ConnectorRegistry:
         what = f"unknown connector type {kind!r}" if kind else "a connector type is required"
         return f"{what}; available types: {', '.join(types) or 'none'}"
 
-    def _load(self, kind: str, where: str, resolved: Mapping[str, Any]) -> ConnectorFactory:
+    def _load(
+        self, kind: str, where: str, resolved: Mapping[str, Any], at: str = ""
+    ) -> ConnectorFactory:
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
         if not matches:
-            raise ConnectorConfigError(f"{where}.type", self._unknown(kind, resolved))
-        factory: ConnectorFactory = matches[0].load()
+            raise ConnectorConfigError(f"{where}.type", self._unknown(kind, resolved), location=at)
+        try:
+            factory: ConnectorFactory = matches[0].load()
+        except ImportError as exc:  # an optional dependency (e.g. the mcp SDK) is missing
+            raise ConnectorConfigError(
+                f"{where}.type",
+                f"connector type {kind!r} cannot be loaded ({exc}); "
+                f"install its extra, e.g. pip install 'talkwire[{kind}]'",
+                location=at,
+            ) from None
         return factory
 
     # -- lifecycle -------------------------------------------------------------
@@ -273,6 +322,9 @@ class ConnectorRegistry:
         observer = self._observer
         try:
             conn = self.get(connector)
+            remote = self._remote.get(connector)
+            if remote is not None:
+                await remote.ready()
             op = conn.operations.get(operation) or self.operation(connector, operation)
             try:
                 values = validate_params(op, params or {})
@@ -299,6 +351,8 @@ class ConnectorRegistry:
                 if epoch == self._epoch and not self._closed:
                     self._store(key, op, values, ctx, result, self._clock() + op.cache_ttl)
                 result = _copy(result)
+            elif op.write:
+                result = await self._write(conn, connector, op, values, ctx)
             else:
                 result = await conn.invoke(operation, values, ctx)
         except ConnectorError as e:
@@ -309,23 +363,58 @@ class ConnectorRegistry:
             observer(CallRecord(connector, operation, time.perf_counter() - start, False, None))
         return result
 
+    async def _write(
+        self,
+        conn: Connector,
+        connector: str,
+        op: Operation,
+        values: dict[str, Any],
+        ctx: CallContext | None,
+    ) -> Any:
+        """A write: at most once per idempotency key, then drop what it invalidates."""
+        if ctx is not None and ctx.idempotency_key:
+            key = record_id(connector, op.name, ctx.subject, ctx.idempotency_key)
+            try:
+                result = await self._idempotency.run(
+                    key,
+                    values,
+                    lambda: conn.invoke(op.name, values, ctx),
+                    deadline=ctx.deadline,
+                )
+            except ConnectorError as e:
+                e.connector, e.operation = e.connector or connector, e.operation or op.name
+                raise
+        else:
+            result = await conn.invoke(op.name, values, ctx)
+        if op.invalidates:
+            self.invalidate(self._render_keys(op.invalidates, op, values, ctx))
+        return result
+
     # -- cache -----------------------------------------------------------------
 
-    @staticmethod
-    def _user(ctx: CallContext | None) -> dict[str, Any]:
-        if ctx is None:
-            return {}
-        user = dict(ctx.claims)
-        if ctx.subject:
-            user["sub"] = ctx.subject
-        return user
+    def _render_keys(
+        self,
+        templates: tuple[str, ...],
+        op: Operation,
+        values: Mapping[str, Any],
+        ctx: CallContext | None,
+    ) -> builtins.list[str]:
+        tv = dict(values)
+        tv["user"] = context_scope(ctx)
+        rendered: builtins.list[str] = []
+        for t in templates:
+            try:
+                rendered.append(compile_template(t).render(tv))
+            except TemplateError:
+                log.debug("key %r of %s not rendered", t, op.name)
+        return rendered
 
     def _cache_key(
         self, connector: str, op: Operation, values: Mapping[str, Any], ctx: CallContext | None
     ) -> tuple[Any, ...]:
         claims: tuple[Any, ...] = ()
         if op.claims:
-            user = self._user(ctx)
+            user = context_scope(ctx)
             claims = tuple(_freeze(user.get(c)) for c in op.claims)
         return (connector, op.name, _freeze(values), claims)
 
@@ -338,15 +427,7 @@ class ConnectorRegistry:
         result: Any,
         expires: float,
     ) -> None:
-        rendered: builtins.list[str] = []
-        if op.cache_keys:
-            tv = dict(values)
-            tv["user"] = self._user(ctx)
-            for t in op.cache_keys:
-                try:
-                    rendered.append(compile_template(t).render(tv))
-                except TemplateError:
-                    log.debug("cache key %r of %s not rendered", t, op.name)
+        rendered = self._render_keys(op.cache_keys, op, values, ctx) if op.cache_keys else []
         self._drop(key)
         self._cache[key] = _Entry(_copy(result), expires, tuple(rendered))
         for k in rendered:

@@ -7,7 +7,7 @@ Example::
         type: rest
         base_url: https://erp.example.com/api
         auth: {type: oauth2, token_url: https://erp.example.com/oauth/token,
-               client_id: talkwire, client_secret_env: ERP_SECRET}
+               client_id: talkwire, client_secret: env:ERP_SECRET}
         timeout: 5
         retries: {attempts: 3, base_delay: 0.1}
         breaker: {failures: 5, reset_after: 30}
@@ -32,8 +32,10 @@ Operation keys: ``method`` (GET), ``path`` (template; values are URL-quoted),
 entries rendering to null are dropped), ``select`` (path expression into the
 response, e.g. ``data.items[0]``), ``fields`` (``{out: path}`` mapping applied
 after ``select``, per item for lists), ``idempotent`` (override the method's
-default), ``timeout`` and the common keys (``params``, ``result``, ``write``,
-``cache_ttl``, ``cache_keys``, ``description``). Write operations with POST or
+default), ``drop_nulls`` (headers and top-level body entries rendering to null
+are left out instead of sent empty / as null), ``timeout`` and the common keys
+(``params``, ``result``, ``write``, ``cache_ttl``, ``cache_keys``, ``invalidates``,
+``description``). Write operations with POST or
 PATCH send an ``Idempotency-Key`` header (``CallContext.idempotency_key`` or a
 fresh UUID kept across the retries of one call) and are therefore retried.
 See :mod:`talkwire.connectors.httpbase` for the connection settings.
@@ -48,23 +50,27 @@ from urllib.parse import quote
 
 from talkwire.connectors.base import CallContext, Operation
 from talkwire.connectors.errors import (
-    BackendError,
     ConnectorConfigError,
     RejectedInputError,
-    ResultNotFoundError,
 )
 from talkwire.connectors.httpbase import HTTP_CONNECTION_KEYS, HttpConnectorBase
-from talkwire.connectors.paths import PathError, compile_path, map_fields, select, shape
+from talkwire.connectors.operations import build_operation, check_select, shape_result
 from talkwire.connectors.retry import IDEMPOTENT_METHODS
 from talkwire.connectors.spec import (
     COMMON_OPERATION_KEYS,
     check_keys,
-    check_template_fields,
+    get_bool,
     get_number,
     parse_operation,
     validate_params,
 )
-from talkwire.connectors.templates import Template, TemplateError, compile_template, stringify
+from talkwire.connectors.templates import (
+    Template,
+    TemplateError,
+    compile_template,
+    render_value,
+    stringify,
+)
 
 __all__ = ["RestConnector"]
 
@@ -79,6 +85,7 @@ _REST_OP_KEYS = COMMON_OPERATION_KEYS | {
     "fields",
     "idempotent",
     "timeout",
+    "drop_nulls",
 }
 
 
@@ -87,25 +94,6 @@ def _quote_segment(value: Any) -> str:
     if text in ("", ".", ".."):
         raise RejectedInputError(f"path parameter value {text!r} is not allowed")
     return quote(text, safe="")
-
-
-def check_select(section: Mapping[str, Any], where: str) -> tuple[str | None, dict[str, str]]:
-    select_path = section.get("select")
-    fields = section.get("fields") or {}
-    try:
-        if select_path is not None:
-            if not isinstance(select_path, str):
-                raise ConnectorConfigError(f"{where}.select", "must be a path expression")
-            compile_path(select_path)
-        if not isinstance(fields, Mapping):
-            raise ConnectorConfigError(f"{where}.fields", "must map output names to paths")
-        for out, path in fields.items():
-            if not isinstance(path, str):
-                raise ConnectorConfigError(f"{where}.fields.{out}", "must be a path expression")
-            compile_path(path)
-    except PathError as exc:
-        raise ConnectorConfigError(where, str(exc)) from None
-    return select_path, {str(k): v for k, v in fields.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +111,7 @@ class _RestOp:
     send_key: bool
     timeout: float | None
     uses_user: bool
+    drop_nulls: bool = False
 
 
 class RestConnector(HttpConnectorBase):
@@ -144,7 +133,6 @@ class RestConnector(HttpConnectorBase):
             raise ConnectorConfigError(f"{where}.method", f"one of {', '.join(sorted(_METHODS))}")
         write_default = method in ("POST", "PUT", "PATCH", "DELETE")
         base = parse_operation(name, section, where, write_default=write_default)
-        declared = [p.name for p in base.parameters]
         path = section.get("path", "")
         if not isinstance(path, str) or (path and not path.startswith("/")) or "://" in path:
             raise ConnectorConfigError(f"{where}.path", "must be a path starting with '/'")
@@ -156,15 +144,11 @@ class RestConnector(HttpConnectorBase):
             raise ConnectorConfigError(f"{where}.query", "must be a mapping")
         if not isinstance(headers, Mapping):
             raise ConnectorConfigError(f"{where}.headers", "must be a mapping")
-        claims: set[str] = set()
-        claims |= check_template_fields(path, declared, f"{where}.path")
-        claims |= check_template_fields(dict(query), declared, f"{where}.query")
-        claims |= check_template_fields(dict(headers), declared, f"{where}.headers")
         has_body = "body" in section
         body = section.get("body")
-        claims |= check_template_fields(body, declared, f"{where}.body")
-        for k in base.cache_keys:
-            claims |= check_template_fields(k, declared, f"{where}.cache_keys")
+        op = build_operation(
+            base, {"path": path, "query": query, "headers": headers, "body": body}, where
+        )
         select_path, fields = check_select(section, where)
         idempotent = section.get("idempotent")
         if idempotent is not None and not isinstance(idempotent, bool):
@@ -173,16 +157,6 @@ class RestConnector(HttpConnectorBase):
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS or send_key
         timeout = get_number(section, "timeout", 0.0, where) or None
-        op = Operation(
-            name=base.name,
-            parameters=base.parameters,
-            description=base.description,
-            write=base.write,
-            result=base.result,
-            cache_ttl=base.cache_ttl,
-            cache_keys=base.cache_keys,
-            claims=tuple(sorted(claims)),
-        )
         self._operations[name] = op
         self._ops[name] = _RestOp(
             op=op,
@@ -197,7 +171,8 @@ class RestConnector(HttpConnectorBase):
             idempotent=idempotent,
             send_key=send_key,
             timeout=timeout,
-            uses_user=bool(claims),
+            uses_user=bool(op.claims),
+            drop_nulls=get_bool(section, "drop_nulls", False, where),
         )
 
     async def invoke(
@@ -209,7 +184,7 @@ class RestConnector(HttpConnectorBase):
         if spec.uses_user:
             values = self.template_values(values, ctx)
         try:
-            url = self.url + spec.path.render(values, _quote_segment)
+            url = self.url + spec.path.render(values, text=_quote_segment)
             query: dict[str, Any] | None = None
             if spec.query:
                 query = {}
@@ -221,13 +196,18 @@ class RestConnector(HttpConnectorBase):
             if spec.headers or spec.send_key or (ctx is not None and ctx.idempotency_key):
                 headers = {}
                 for k, t in spec.headers.items():
-                    v = stringify(compile_template(t).render_value(values))
+                    raw = compile_template(t).render_value(values)
+                    if raw is None and spec.drop_nulls:
+                        continue
+                    v = stringify(raw)
                     if "\r" in v or "\n" in v:
                         raise RejectedInputError(f"header {k} value contains a line break")
                     headers[k] = v
                 if spec.send_key or (spec.op.write and ctx is not None and ctx.idempotency_key):
                     headers[self.idempotency_header] = self.idempotency_key(ctx)
-            body = _render(spec.body, values) if spec.has_body else None
+            body = render_value(spec.body, values) if spec.has_body else None
+            if spec.drop_nulls and isinstance(body, dict):
+                body = {k: v for k, v in body.items() if v is not None}
         except TemplateError as exc:
             raise RejectedInputError(
                 f"cannot build the request: {exc}", connector=self.name, operation=operation
@@ -248,38 +228,4 @@ class RestConnector(HttpConnectorBase):
             budget=spec.timeout,
         )
         self.map_status(resp, operation)
-        data = resp.decode()
-        return self.shape(data, spec.select, spec.fields, spec.op, operation)
-
-    def shape(
-        self,
-        data: Any,
-        select_path: str | None,
-        fields: Mapping[str, str],
-        op: Operation,
-        operation: str,
-    ) -> Any:
-        if select_path:
-            data = select(data, select_path)
-        if fields:
-            data = map_fields(data, fields)
-        try:
-            return shape(data, op.result)
-        except LookupError:
-            raise ResultNotFoundError(
-                "the backend returned no result", connector=self.name, operation=operation
-            ) from None
-        except ValueError as exc:
-            raise BackendError(
-                f"unexpected response shape: {exc}", connector=self.name, operation=operation
-            ) from None
-
-
-def _render(template: Any, values: Mapping[str, Any]) -> Any:
-    if isinstance(template, str):
-        return compile_template(template).render_value(values)
-    if isinstance(template, Mapping):
-        return {k: _render(v, values) for k, v in template.items()}
-    if isinstance(template, list | tuple):
-        return [_render(v, values) for v in template]
-    return template
+        return shape_result(resp.decode(), spec.select, spec.fields, spec.op, connector=self.name)

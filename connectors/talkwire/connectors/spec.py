@@ -19,15 +19,15 @@ Values of parameters are checked by :func:`validate_params`.
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, cast, get_args
 
 from talkwire.connectors.base import Operation, Parameter, ParameterType
 from talkwire.connectors.errors import ConnectorConfigError, RejectedInputError
+from talkwire.connectors.sections import Section, locate, secret_value
 from talkwire.connectors.templates import TemplateError, template_fields
 
 __all__ = [
@@ -39,16 +39,29 @@ __all__ = [
     "get_bool",
     "get_number",
     "parameters_schema",
+    "parse_invalidates",
     "parse_operation",
     "parse_parameters",
+    "reader",
     "secret",
     "validate_params",
 ]
 
+log = logging.getLogger(__name__)
+
 PARAMETER_TYPES: tuple[str, ...] = get_args(ParameterType)
 RESULTS = ("rows", "row", "object", "value")
 COMMON_OPERATION_KEYS = frozenset(
-    {"description", "params", "parameters", "result", "write", "cache_ttl", "cache_keys"}
+    {
+        "description",
+        "params",
+        "parameters",
+        "result",
+        "write",
+        "cache_ttl",
+        "cache_keys",
+        "invalidates",
+    }
 )
 _PARAM_KEYS = frozenset({"type", "required", "default", "description"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -57,24 +70,23 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
+def _connector_error(key: str, message: str, location: str) -> ConnectorConfigError:
+    return ConnectorConfigError(key, message, location=location)
+
+
+def reader(section: Any, where: str, *, known: Iterable[str] | None = None) -> Section:
+    """The one section reader (:mod:`talkwire.connectors.sections`) for connector config:
+    its errors are :class:`ConnectorConfigError`."""
+    return Section(section, where, known=known, error=_connector_error)
+
+
 def check_keys(section: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
     """Refuse unknown keys (typos) in a config section."""
-    if not isinstance(section, Mapping):
-        raise ConnectorConfigError(where, "must be a mapping")
-    allowed_set = set(allowed)
-    unknown = sorted(str(k) for k in section if k not in allowed_set)
-    if unknown:
-        raise ConnectorConfigError(
-            f"{where}.{unknown[0]}",
-            f"unknown setting; allowed: {', '.join(sorted(allowed_set))}",
-        )
+    reader(section, where, known=allowed)
 
 
 def get_bool(section: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
-    value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise ConnectorConfigError(f"{where}.{key}", "must be true or false")
-    return value
+    return reader(section, where).flag(key, default)
 
 
 def get_number(
@@ -86,39 +98,35 @@ def get_number(
     minimum: float = 0.0,
     integer: bool = False,
 ) -> float:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConnectorConfigError(f"{where}.{key}", "must be a number")
-    if integer and not float(value).is_integer():
-        raise ConnectorConfigError(f"{where}.{key}", "must be an integer")
-    if not math.isfinite(value) or value < minimum:
-        raise ConnectorConfigError(f"{where}.{key}", f"must be >= {minimum}")
-    return float(value)
+    sec = reader(section, where)
+    value = sec.number(key, default, minimum=minimum)
+    if integer and not value.is_integer():
+        raise sec.error(key, f"expected an integer, got {sec.get(key)!r}")
+    return value
 
 
 def secret(section: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str:
-    """A secret given inline (``key``), from env (``key_env``) or a file (``key_file``)."""
-    if key in section and section[key] is not None:
-        return str(section[key])
-    env = section.get(f"{key}_env")
-    if env:
-        value = os.environ.get(str(env))
-        if value is None:
-            raise ConnectorConfigError(
-                f"{where}.{key}_env", f"environment variable {env} is not set"
-            )
-        return value
-    file = section.get(f"{key}_file")
-    if file:
-        try:
-            return Path(str(file)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConnectorConfigError(
-                f"{where}.{key}_file", f"cannot read secret file: {exc.strerror}"
-            ) from None
-    if required:
-        raise ConnectorConfigError(f"{where}.{key}", f"required (or {key}_env / {key}_file)")
-    return ""
+    """A secret by the one rule: inline, ``env:NAME`` or ``file:PATH`` under ``key``.
+
+    The old spellings ``<key>_env: NAME`` and ``<key>_file: PATH`` still work
+    (read as ``env:NAME`` / ``file:PATH``) and log a deprecation warning.
+    """
+    used, value = key, section.get(key)
+    for suffix, prefix in (("_env", "env:"), ("_file", "file:")):
+        old = section.get(f"{key}{suffix}")
+        if value is None and old:
+            used, value = f"{key}{suffix}", f"{prefix}{old}"
+            log.warning("%s.%s is deprecated: write %s: %s%s", where, used, key, prefix, old)
+    if value is None or value == "":
+        if not required:
+            return ""
+        message = "required (a value, env:NAME or file:PATH)"
+        raise ConnectorConfigError(f"{where}.{key}", message, location=locate(section, key))
+    try:
+        return secret_value(value)
+    except ValueError as exc:
+        at = locate(section, used)
+        raise ConnectorConfigError(f"{where}.{used}", str(exc), location=at) from None
 
 
 def parse_parameters(raw: Any, where: str) -> tuple[Parameter, ...]:
@@ -190,6 +198,7 @@ def parse_operation(
     declared = {p.name for p in params}
     for i, key in enumerate(keys):
         check_template_fields(key, declared, f"{where}.cache_keys[{i}]")
+    invalidates = parse_invalidates(section, declared, where, write=write)
     return Operation(
         name=name,
         parameters=params,
@@ -198,7 +207,25 @@ def parse_operation(
         result=result,
         cache_ttl=cache_ttl,
         cache_keys=tuple(keys),
+        invalidates=invalidates,
     )
+
+
+def parse_invalidates(
+    section: Mapping[str, Any], declared: Iterable[str], where: str, *, write: bool
+) -> tuple[str, ...]:
+    """``invalidates: ["customer:{customer_id}"]``: key templates a successful write drops."""
+    raw = section.get("invalidates", ())
+    if isinstance(raw, str):
+        raw = (raw,)
+    if not isinstance(raw, list | tuple) or not all(isinstance(k, str) and k for k in raw):
+        raise ConnectorConfigError(f"{where}.invalidates", "must be a list of key templates")
+    if raw and not write:
+        raise ConnectorConfigError(f"{where}.invalidates", "only write operations invalidate")
+    names = set(declared)
+    for i, key in enumerate(raw):
+        check_template_fields(key, names, f"{where}.invalidates[{i}]")
+    return tuple(raw)
 
 
 def check_template_fields(template: Any, declared: Iterable[str], where: str) -> set[str]:

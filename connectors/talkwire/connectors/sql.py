@@ -25,16 +25,16 @@ Example::
 
 Statements use ``:name`` bind parameters only (values are never formatted into
 SQL). Besides declared parameters, ``:user_<claim>`` binds the caller's claim
-(``:user_sub`` is the subject). One statement per operation. ``write`` is
-inferred from the statement (DML / DDL) when not given; a ``read_only``
-connector refuses write statements at load and at call, and its sessions are
-read-only on the server too (PostgreSQL ``default_transaction_read_only``,
-MariaDB/MySQL ``SET SESSION TRANSACTION READ ONLY``, SQLite
-``PRAGMA query_only``). Writes run in a transaction that commits; they return
-``{"rowcount": n, "lastrowid": id?, **returned_row}`` (``result: object``), the
-``RETURNING`` row (``result: row``), the returned rows (``rows``) or the first
-returned column (``value``). Per-operation ``timeout`` and ``row_limit`` may
-override the connector's.
+(``:user_sub`` is the subject; ``:user_subject`` is its deprecated spelling).
+One statement per operation. ``write`` is inferred from the statement (DML /
+DDL) when not given; a ``read_only`` connector refuses write statements at load
+and at call, and its sessions are read-only on the server too (PostgreSQL
+``default_transaction_read_only``, MariaDB/MySQL ``SET SESSION TRANSACTION READ
+ONLY``, SQLite ``PRAGMA query_only``). Writes run in a transaction that commits;
+they return ``{"rowcount": n, "lastrowid": id?, **returned_row}`` (``result:
+object``), the ``RETURNING`` row (``result: row``), the returned rows (``rows``)
+or the first returned column (``value``). Per-operation ``timeout`` and
+``row_limit`` may override the connector's.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.elements import TextClause
 
 from talkwire.connectors.base import CallContext, Operation
+from talkwire.connectors.caller import canonical_field, context_scope
 from talkwire.connectors.errors import (
     BackendError,
     ConnectorConfigError,
@@ -69,10 +70,10 @@ from talkwire.connectors.errors import (
     RejectedInputError,
     ResultNotFoundError,
 )
+from talkwire.connectors.operations import build_operation
 from talkwire.connectors.spec import (
     COMMON_OPERATION_KEYS,
     check_keys,
-    check_template_fields,
     get_bool,
     get_number,
     parse_operation,
@@ -238,29 +239,19 @@ class SqlConnector:
             if bind in declared:
                 binds.append(bind)
             elif bind.startswith("user_") and len(bind) > 5:
-                user_binds.append((bind, bind[5:]))
-                claims.add(bind[5:])
+                claim = canonical_field(f"user.{bind[5:]}").partition(".")[2]
+                user_binds.append((bind, claim))
+                claims.add(claim)
             else:
                 raise ConnectorConfigError(
                     f"{where}.sql", f"bind :{bind} is not a declared parameter (or :user_<claim>)"
                 )
-        for k in base.cache_keys:
-            claims |= check_template_fields(k, declared, f"{where}.cache_keys")
+        op = build_operation(base, {}, where, claims=claims)
         timeout = get_number(section, "timeout", self.statement_timeout, where)
         if timeout <= 0:
             raise ConnectorConfigError(f"{where}.timeout", "must be > 0")
         row_limit = int(
             get_number(section, "row_limit", self.row_limit, where, minimum=1, integer=True)
-        )
-        op = Operation(
-            name=base.name,
-            parameters=base.parameters,
-            description=base.description,
-            write=base.write,
-            result=base.result,
-            cache_ttl=base.cache_ttl,
-            cache_keys=base.cache_keys,
-            claims=tuple(sorted(claims)),
         )
         self._operations[name] = op
         self._ops[name] = _SqlOp(
@@ -355,8 +346,9 @@ class SqlConnector:
             raise RejectedInputError("connector is read-only", connector=self.name)
         values = validate_params(spec.op, params)
         binds = {b: values[b] for b in spec.binds}
+        user = context_scope(ctx) if spec.user_binds else {}
         for bind, claim in spec.user_binds:
-            value = _claim(ctx, claim)
+            value = user.get(claim)
             if value is None:
                 raise RejectedInputError(
                     f"caller claim '{claim}' is required", connector=self.name, operation=operation
@@ -521,14 +513,6 @@ def _sqlstate(orig: Any) -> str:
     if args and isinstance(args[0], int):
         return {1969: "57014", 3024: "57014", 1792: "25006"}.get(args[0], "")
     return ""
-
-
-def _claim(ctx: CallContext | None, claim: str) -> Any:
-    if ctx is None:
-        return None
-    if claim == "sub" and ctx.subject:
-        return ctx.subject
-    return ctx.claims.get(claim)
 
 
 async def _discard(conn: AsyncConnection) -> None:

@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from talkwire.v1 import chat_pb2 as talkwire_dot_v1_dot_chat__pb2
+from talkwire.v1 import conversation_pb2 as talkwire_dot_v1_dot_conversation__pb2
 from talkwire.v1 import events_pb2 as talkwire_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17talkwire/v1/admin.proto\x12\x0btalkwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16talkwire/v1/chat.proto\x1a\x18talkwire/v1/events.proto\"\xa9\x03\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12\x38\n\nattributes\x18\x05 \x03(\x0b\x32$.talkwire.v1.Session.AttributesEntry\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.talkwire.v1.SessionState\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_active_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08head_seq\x18\t \x01(\x04\x12\x11\n\tacked_seq\x18\n \x01(\x04\x12\x10\n\x08\x61ttached\x18\x0b \x01(\x08\x12\x15\n\rsubscriptions\x18\x0c \x03(\t\x12\x0f\n\x07replica\x18\r \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x16\n\x0einclude_closed\x18\x05 \x01(\x08\"W\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.talkwire.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\";\n\x12GetSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.talkwire.v1.Session\"9\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x14\x43loseSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.talkwire.v1.Session\"h\n\x0ePublishRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\r\n\x03key\x18\x02 \x01(\tH\x00\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.talkwire.v1.ChangeEventB\x08\n\x06target\"I\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"5\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"Q\n\rWatchResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12,\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1d.talkwire.v1.ConverseResponse\"R\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x81\x01\n\rOperationInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\nparameters\x18\x03 \x03(\x0b\x32\x1a.talkwire.v1.ParameterInfo\x12\r\n\x05write\x18\x04 \x01(\x08\x12\x0e\n\x06result\x18\x05 \x01(\t\"[\n\rConnectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12.\n\noperations\x18\x03 \x03(\x0b\x32\x1a.talkwire.v1.OperationInfo\"\x17\n\x15ListConnectorsRequest\"H\n\x16ListConnectorsResponse\x12.\n\nconnectors\x18\x01 \x03(\x0b\x32\x1a.talkwire.v1.ConnectorInfo\"\xbe\x01\n\x16InvokeConnectorRequest\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\'\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"s\n\x17InvokeConnectorResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x30\n\x0c\x63ompleted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*|\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x01\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x02\x12\x19\n\x15SESSION_STATE_EXPIRED\x10\x03\x32\xc8\x04\n\x0c\x41\x64minService\x12S\n\x0cListSessions\x12 .talkwire.v1.ListSessionsRequest\x1a!.talkwire.v1.ListSessionsResponse\x12M\n\nGetSession\x12\x1e.talkwire.v1.GetSessionRequest\x1a\x1f.talkwire.v1.GetSessionResponse\x12S\n\x0c\x43loseSession\x12 .talkwire.v1.CloseSessionRequest\x1a!.talkwire.v1.CloseSessionResponse\x12\x44\n\x07Publish\x12\x1b.talkwire.v1.PublishRequest\x1a\x1c.talkwire.v1.PublishResponse\x12@\n\x05Watch\x12\x19.talkwire.v1.WatchRequest\x1a\x1a.talkwire.v1.WatchResponse0\x01\x12Y\n\x0eListConnectors\x12\".talkwire.v1.ListConnectorsRequest\x1a#.talkwire.v1.ListConnectorsResponse\x12\\\n\x0fInvokeConnector\x12#.talkwire.v1.InvokeConnectorRequest\x1a$.talkwire.v1.InvokeConnectorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17talkwire/v1/admin.proto\x12\x0btalkwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16talkwire/v1/chat.proto\x1a\x1etalkwire/v1/conversation.proto\x1a\x18talkwire/v1/events.proto\"\xa9\x03\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12\x38\n\nattributes\x18\x05 \x03(\x0b\x32$.talkwire.v1.Session.AttributesEntry\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.talkwire.v1.SessionState\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_active_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08head_seq\x18\t \x01(\x04\x12\x11\n\tacked_seq\x18\n \x01(\x04\x12\x10\n\x08\x61ttached\x18\x0b \x01(\x08\x12\x15\n\rsubscriptions\x18\x0c \x03(\t\x12\x0f\n\x07replica\x18\r \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x16\n\x0einclude_closed\x18\x05 \x01(\x08\"W\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.talkwire.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\";\n\x12GetSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.talkwire.v1.Session\"9\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x14\x43loseSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.talkwire.v1.Session\"h\n\x0ePublishRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\r\n\x03key\x18\x02 \x01(\tH\x00\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.talkwire.v1.ChangeEventB\x08\n\x06target\"I\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"5\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"Q\n\rWatchResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12,\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1d.talkwire.v1.ConverseResponse\"R\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x81\x01\n\rOperationInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\nparameters\x18\x03 \x03(\x0b\x32\x1a.talkwire.v1.ParameterInfo\x12\r\n\x05write\x18\x04 \x01(\x08\x12\x0e\n\x06result\x18\x05 \x01(\t\"[\n\rConnectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12.\n\noperations\x18\x03 \x03(\x0b\x32\x1a.talkwire.v1.OperationInfo\"\x17\n\x15ListConnectorsRequest\"H\n\x16ListConnectorsResponse\x12.\n\nconnectors\x18\x01 \x03(\x0b\x32\x1a.talkwire.v1.ConnectorInfo\"\xbe\x01\n\x16InvokeConnectorRequest\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\'\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"s\n\x17InvokeConnectorResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x30\n\x0c\x63ompleted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x14GetTranscriptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x15GetTranscriptResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.talkwire.v1.ConversationEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1a\n\x18GetOutboundStatusRequest\"\xbd\x01\n\x12OutboundSinkStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x04\x12\x1e\n\x16oldest_pending_seconds\x18\x04 \x01(\x01\x12\x15\n\rdead_lettered\x18\x05 \x01(\x04\x12\x11\n\tdelivered\x18\x06 \x01(\x04\x12\x0f\n\x07retried\x18\x07 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x04\x12\x0f\n\x07\x62reaker\x18\t \x01(\t\"\x81\x01\n\x19GetOutboundStatusResponse\x12.\n\x05sinks\x18\x01 \x03(\x0b\x32\x1f.talkwire.v1.OutboundSinkStatus\x12\x14\n\x0coutbox_depth\x18\x02 \x01(\x04\x12\x1e\n\x16oldest_pending_seconds\x18\x03 \x01(\x01\"&\n\x16RedriveOutboundRequest\x12\x0c\n\x04sink\x18\x01 \x01(\t\"+\n\x17RedriveOutboundResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x04*|\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x01\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x02\x12\x19\n\x15SESSION_STATE_EXPIRED\x10\x03\x32\xe2\x06\n\x0c\x41\x64minService\x12S\n\x0cListSessions\x12 .talkwire.v1.ListSessionsRequest\x1a!.talkwire.v1.ListSessionsResponse\x12M\n\nGetSession\x12\x1e.talkwire.v1.GetSessionRequest\x1a\x1f.talkwire.v1.GetSessionResponse\x12S\n\x0c\x43loseSession\x12 .talkwire.v1.CloseSessionRequest\x1a!.talkwire.v1.CloseSessionResponse\x12\x44\n\x07Publish\x12\x1b.talkwire.v1.PublishRequest\x1a\x1c.talkwire.v1.PublishResponse\x12@\n\x05Watch\x12\x19.talkwire.v1.WatchRequest\x1a\x1a.talkwire.v1.WatchResponse0\x01\x12Y\n\x0eListConnectors\x12\".talkwire.v1.ListConnectorsRequest\x1a#.talkwire.v1.ListConnectorsResponse\x12\\\n\x0fInvokeConnector\x12#.talkwire.v1.InvokeConnectorRequest\x1a$.talkwire.v1.InvokeConnectorResponse\x12V\n\rGetTranscript\x12!.talkwire.v1.GetTranscriptRequest\x1a\".talkwire.v1.GetTranscriptResponse\x12\x62\n\x11GetOutboundStatus\x12%.talkwire.v1.GetOutboundStatusRequest\x1a&.talkwire.v1.GetOutboundStatusResponse\x12\\\n\x0fRedriveOutbound\x12#.talkwire.v1.RedriveOutboundRequest\x1a$.talkwire.v1.RedriveOutboundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,46 +38,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSION_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_SESSION_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_SESSIONSTATE']._serialized_start=2047
-  _globals['_SESSIONSTATE']._serialized_end=2171
-  _globals['_SESSION']._serialized_start=154
-  _globals['_SESSION']._serialized_end=579
-  _globals['_SESSION_ATTRIBUTESENTRY']._serialized_start=530
-  _globals['_SESSION_ATTRIBUTESENTRY']._serialized_end=579
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=581
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=695
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=697
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=784
-  _globals['_GETSESSIONREQUEST']._serialized_start=786
-  _globals['_GETSESSIONREQUEST']._serialized_end=825
-  _globals['_GETSESSIONRESPONSE']._serialized_start=827
-  _globals['_GETSESSIONRESPONSE']._serialized_end=886
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=888
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=945
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=947
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1008
-  _globals['_PUBLISHREQUEST']._serialized_start=1010
-  _globals['_PUBLISHREQUEST']._serialized_end=1114
-  _globals['_PUBLISHRESPONSE']._serialized_start=1116
-  _globals['_PUBLISHRESPONSE']._serialized_end=1189
-  _globals['_WATCHREQUEST']._serialized_start=1191
-  _globals['_WATCHREQUEST']._serialized_end=1244
-  _globals['_WATCHRESPONSE']._serialized_start=1246
-  _globals['_WATCHRESPONSE']._serialized_end=1327
-  _globals['_PARAMETERINFO']._serialized_start=1329
-  _globals['_PARAMETERINFO']._serialized_end=1411
-  _globals['_OPERATIONINFO']._serialized_start=1414
-  _globals['_OPERATIONINFO']._serialized_end=1543
-  _globals['_CONNECTORINFO']._serialized_start=1545
-  _globals['_CONNECTORINFO']._serialized_end=1636
-  _globals['_LISTCONNECTORSREQUEST']._serialized_start=1638
-  _globals['_LISTCONNECTORSREQUEST']._serialized_end=1661
-  _globals['_LISTCONNECTORSRESPONSE']._serialized_start=1663
-  _globals['_LISTCONNECTORSRESPONSE']._serialized_end=1735
-  _globals['_INVOKECONNECTORREQUEST']._serialized_start=1738
-  _globals['_INVOKECONNECTORREQUEST']._serialized_end=1928
-  _globals['_INVOKECONNECTORRESPONSE']._serialized_start=1930
-  _globals['_INVOKECONNECTORRESPONSE']._serialized_end=2045
-  _globals['_ADMINSERVICE']._serialized_start=2174
-  _globals['_ADMINSERVICE']._serialized_end=2758
+  _globals['_SESSIONSTATE']._serialized_start=2697
+  _globals['_SESSIONSTATE']._serialized_end=2821
+  _globals['_SESSION']._serialized_start=186
+  _globals['_SESSION']._serialized_end=611
+  _globals['_SESSION_ATTRIBUTESENTRY']._serialized_start=562
+  _globals['_SESSION_ATTRIBUTESENTRY']._serialized_end=611
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=613
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=727
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=729
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=816
+  _globals['_GETSESSIONREQUEST']._serialized_start=818
+  _globals['_GETSESSIONREQUEST']._serialized_end=857
+  _globals['_GETSESSIONRESPONSE']._serialized_start=859
+  _globals['_GETSESSIONRESPONSE']._serialized_end=918
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=920
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=977
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=979
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1040
+  _globals['_PUBLISHREQUEST']._serialized_start=1042
+  _globals['_PUBLISHREQUEST']._serialized_end=1146
+  _globals['_PUBLISHRESPONSE']._serialized_start=1148
+  _globals['_PUBLISHRESPONSE']._serialized_end=1221
+  _globals['_WATCHREQUEST']._serialized_start=1223
+  _globals['_WATCHREQUEST']._serialized_end=1276
+  _globals['_WATCHRESPONSE']._serialized_start=1278
+  _globals['_WATCHRESPONSE']._serialized_end=1359
+  _globals['_PARAMETERINFO']._serialized_start=1361
+  _globals['_PARAMETERINFO']._serialized_end=1443
+  _globals['_OPERATIONINFO']._serialized_start=1446
+  _globals['_OPERATIONINFO']._serialized_end=1575
+  _globals['_CONNECTORINFO']._serialized_start=1577
+  _globals['_CONNECTORINFO']._serialized_end=1668
+  _globals['_LISTCONNECTORSREQUEST']._serialized_start=1670
+  _globals['_LISTCONNECTORSREQUEST']._serialized_end=1693
+  _globals['_LISTCONNECTORSRESPONSE']._serialized_start=1695
+  _globals['_LISTCONNECTORSRESPONSE']._serialized_end=1767
+  _globals['_INVOKECONNECTORREQUEST']._serialized_start=1770
+  _globals['_INVOKECONNECTORREQUEST']._serialized_end=1960
+  _globals['_INVOKECONNECTORRESPONSE']._serialized_start=1962
+  _globals['_INVOKECONNECTORRESPONSE']._serialized_end=2077
+  _globals['_GETTRANSCRIPTREQUEST']._serialized_start=2079
+  _globals['_GETTRANSCRIPTREQUEST']._serialized_end=2160
+  _globals['_GETTRANSCRIPTRESPONSE']._serialized_start=2162
+  _globals['_GETTRANSCRIPTRESPONSE']._serialized_end=2258
+  _globals['_GETOUTBOUNDSTATUSREQUEST']._serialized_start=2260
+  _globals['_GETOUTBOUNDSTATUSREQUEST']._serialized_end=2286
+  _globals['_OUTBOUNDSINKSTATUS']._serialized_start=2289
+  _globals['_OUTBOUNDSINKSTATUS']._serialized_end=2478
+  _globals['_GETOUTBOUNDSTATUSRESPONSE']._serialized_start=2481
+  _globals['_GETOUTBOUNDSTATUSRESPONSE']._serialized_end=2610
+  _globals['_REDRIVEOUTBOUNDREQUEST']._serialized_start=2612
+  _globals['_REDRIVEOUTBOUNDREQUEST']._serialized_end=2650
+  _globals['_REDRIVEOUTBOUNDRESPONSE']._serialized_start=2652
+  _globals['_REDRIVEOUTBOUNDRESPONSE']._serialized_end=2695
+  _globals['_ADMINSERVICE']._serialized_start=2824
+  _globals['_ADMINSERVICE']._serialized_end=3690
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from talkwire.v1 import chat_pb2 as _chat_pb2
+from talkwire.v1 import conversation_pb2 as _conversation_pb2
 from talkwire.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
@@ -546,3 +547,182 @@ class InvokeConnectorResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvokeConnectorResponse: _TypeAlias = InvokeConnectorResponse  # noqa: Y015
+
+@_typing.final
+class GetTranscriptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTranscriptRequest: _TypeAlias = GetTranscriptRequest  # noqa: Y015
+
+@_typing.final
+class GetTranscriptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_conversation_pb2.ConversationEvent]:
+        """"turn.received" and "frame.appended" events, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_conversation_pb2.ConversationEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTranscriptResponse: _TypeAlias = GetTranscriptResponse  # noqa: Y015
+
+@_typing.final
+class GetOutboundStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOutboundStatusRequest: _TypeAlias = GetOutboundStatusRequest  # noqa: Y015
+
+@_typing.final
+class OutboundSinkStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    OLDEST_PENDING_SECONDS_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    RETRIED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    pending: _builtins.int
+    """Events waiting for this sink."""
+    oldest_pending_seconds: _builtins.float
+    """Age of the oldest waiting event, in seconds."""
+    dead_lettered: _builtins.int
+    delivered: _builtins.int
+    """Counters since this replica started."""
+    retried: _builtins.int
+    failed: _builtins.int
+    breaker: _builtins.str
+    """"closed", "open" or "half_open"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        oldest_pending_seconds: _builtins.float = ...,
+        dead_lettered: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        retried: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        breaker: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "dead_lettered", b"dead_lettered", "delivered", b"delivered", "failed", b"failed", "name", b"name", "oldest_pending_seconds", b"oldest_pending_seconds", "pending", b"pending", "retried", b"retried", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboundSinkStatus: _TypeAlias = OutboundSinkStatus  # noqa: Y015
+
+@_typing.final
+class GetOutboundStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINKS_FIELD_NUMBER: _builtins.int
+    OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
+    OLDEST_PENDING_SECONDS_FIELD_NUMBER: _builtins.int
+    outbox_depth: _builtins.int
+    """Rows in the outbound outbox (all sinks)."""
+    oldest_pending_seconds: _builtins.float
+    @_builtins.property
+    def sinks(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboundSinkStatus]: ...
+    def __init__(
+        self,
+        *,
+        sinks: _abc.Iterable[Global___OutboundSinkStatus] | None = ...,
+        outbox_depth: _builtins.int = ...,
+        oldest_pending_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_pending_seconds", b"oldest_pending_seconds", "outbox_depth", b"outbox_depth", "sinks", b"sinks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOutboundStatusResponse: _TypeAlias = GetOutboundStatusResponse  # noqa: Y015
+
+@_typing.final
+class RedriveOutboundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINK_FIELD_NUMBER: _builtins.int
+    sink: _builtins.str
+    """Only this sink's dead letters; every sink's when empty."""
+    def __init__(
+        self,
+        *,
+        sink: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sink", b"sink"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveOutboundRequest: _TypeAlias = RedriveOutboundRequest  # noqa: Y015
+
+@_typing.final
+class RedriveOutboundResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEUED_FIELD_NUMBER: _builtins.int
+    requeued: _builtins.int
+    """Dead-lettered deliveries queued again."""
+    def __init__(
+        self,
+        *,
+        requeued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requeued", b"requeued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveOutboundResponse: _TypeAlias = RedriveOutboundResponse  # noqa: Y015

@@ -70,6 +70,21 @@ class AdminServiceStub:
                 request_serializer=talkwire_dot_v1_dot_admin__pb2.InvokeConnectorRequest.SerializeToString,
                 response_deserializer=talkwire_dot_v1_dot_admin__pb2.InvokeConnectorResponse.FromString,
                 _registered_method=True)
+        self.GetTranscript = channel.unary_unary(
+                '/talkwire.v1.AdminService/GetTranscript',
+                request_serializer=talkwire_dot_v1_dot_admin__pb2.GetTranscriptRequest.SerializeToString,
+                response_deserializer=talkwire_dot_v1_dot_admin__pb2.GetTranscriptResponse.FromString,
+                _registered_method=True)
+        self.GetOutboundStatus = channel.unary_unary(
+                '/talkwire.v1.AdminService/GetOutboundStatus',
+                request_serializer=talkwire_dot_v1_dot_admin__pb2.GetOutboundStatusRequest.SerializeToString,
+                response_deserializer=talkwire_dot_v1_dot_admin__pb2.GetOutboundStatusResponse.FromString,
+                _registered_method=True)
+        self.RedriveOutbound = channel.unary_unary(
+                '/talkwire.v1.AdminService/RedriveOutbound',
+                request_serializer=talkwire_dot_v1_dot_admin__pb2.RedriveOutboundRequest.SerializeToString,
+                response_deserializer=talkwire_dot_v1_dot_admin__pb2.RedriveOutboundResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -120,6 +135,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTranscript(self, request, context):
+        """A session's conversation: user turns and durable frames, in order, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOutboundStatus(self, request, context):
+        """Outbox depth, oldest pending age and per-sink counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveOutbound(self, request, context):
+        """Sends dead-lettered deliveries again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +193,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.InvokeConnector,
                     request_deserializer=talkwire_dot_v1_dot_admin__pb2.InvokeConnectorRequest.FromString,
                     response_serializer=talkwire_dot_v1_dot_admin__pb2.InvokeConnectorResponse.SerializeToString,
+            ),
+            'GetTranscript': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTranscript,
+                    request_deserializer=talkwire_dot_v1_dot_admin__pb2.GetTranscriptRequest.FromString,
+                    response_serializer=talkwire_dot_v1_dot_admin__pb2.GetTranscriptResponse.SerializeToString,
+            ),
+            'GetOutboundStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutboundStatus,
+                    request_deserializer=talkwire_dot_v1_dot_admin__pb2.GetOutboundStatusRequest.FromString,
+                    response_serializer=talkwire_dot_v1_dot_admin__pb2.GetOutboundStatusResponse.SerializeToString,
+            ),
+            'RedriveOutbound': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveOutbound,
+                    request_deserializer=talkwire_dot_v1_dot_admin__pb2.RedriveOutboundRequest.FromString,
+                    response_serializer=talkwire_dot_v1_dot_admin__pb2.RedriveOutboundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +400,87 @@ class AdminService:
             '/talkwire.v1.AdminService/InvokeConnector',
             talkwire_dot_v1_dot_admin__pb2.InvokeConnectorRequest.SerializeToString,
             talkwire_dot_v1_dot_admin__pb2.InvokeConnectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTranscript(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talkwire.v1.AdminService/GetTranscript',
+            talkwire_dot_v1_dot_admin__pb2.GetTranscriptRequest.SerializeToString,
+            talkwire_dot_v1_dot_admin__pb2.GetTranscriptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutboundStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talkwire.v1.AdminService/GetOutboundStatus',
+            talkwire_dot_v1_dot_admin__pb2.GetOutboundStatusRequest.SerializeToString,
+            talkwire_dot_v1_dot_admin__pb2.GetOutboundStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveOutbound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talkwire.v1.AdminService/RedriveOutbound',
+            talkwire_dot_v1_dot_admin__pb2.RedriveOutboundRequest.SerializeToString,
+            talkwire_dot_v1_dot_admin__pb2.RedriveOutboundResponse.FromString,
             options,
             channel_credentials,
             insecure,

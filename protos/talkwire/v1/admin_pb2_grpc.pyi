@@ -42,6 +42,12 @@ class AdminServiceStub:
     """Streams a session's durable frames (replay after after_seq, then live)."""
     ListConnectors: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListConnectorsRequest, _admin_pb2.ListConnectorsResponse]
     InvokeConnector: _grpc.UnaryUnaryMultiCallable[_admin_pb2.InvokeConnectorRequest, _admin_pb2.InvokeConnectorResponse]
+    GetTranscript: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetTranscriptRequest, _admin_pb2.GetTranscriptResponse]
+    """A session's conversation: user turns and durable frames, in order, paged."""
+    GetOutboundStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetOutboundStatusRequest, _admin_pb2.GetOutboundStatusResponse]
+    """Outbox depth, oldest pending age and per-sink counters."""
+    RedriveOutbound: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RedriveOutboundRequest, _admin_pb2.RedriveOutboundResponse]
+    """Sends dead-lettered deliveries again."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -57,6 +63,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Streams a session's durable frames (replay after after_seq, then live)."""
     ListConnectors: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListConnectorsRequest, _admin_pb2.ListConnectorsResponse]  # type: ignore[assignment]
     InvokeConnector: _aio.UnaryUnaryMultiCallable[_admin_pb2.InvokeConnectorRequest, _admin_pb2.InvokeConnectorResponse]  # type: ignore[assignment]
+    GetTranscript: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetTranscriptRequest, _admin_pb2.GetTranscriptResponse]  # type: ignore[assignment]
+    """A session's conversation: user turns and durable frames, in order, paged."""
+    GetOutboundStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetOutboundStatusRequest, _admin_pb2.GetOutboundStatusResponse]  # type: ignore[assignment]
+    """Outbox depth, oldest pending age and per-sink counters."""
+    RedriveOutbound: _aio.UnaryUnaryMultiCallable[_admin_pb2.RedriveOutboundRequest, _admin_pb2.RedriveOutboundResponse]  # type: ignore[assignment]
+    """Sends dead-lettered deliveries again."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal and admin RPCs. Every call needs the admin role."""
@@ -111,5 +123,29 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.InvokeConnectorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.InvokeConnectorResponse, _abc.Awaitable[_admin_pb2.InvokeConnectorResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTranscript(
+        self,
+        request: _admin_pb2.GetTranscriptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetTranscriptResponse, _abc.Awaitable[_admin_pb2.GetTranscriptResponse]]:
+        """A session's conversation: user turns and durable frames, in order, paged."""
+
+    @_abc_1.abstractmethod
+    def GetOutboundStatus(
+        self,
+        request: _admin_pb2.GetOutboundStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetOutboundStatusResponse, _abc.Awaitable[_admin_pb2.GetOutboundStatusResponse]]:
+        """Outbox depth, oldest pending age and per-sink counters."""
+
+    @_abc_1.abstractmethod
+    def RedriveOutbound(
+        self,
+        request: _admin_pb2.RedriveOutboundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RedriveOutboundResponse, _abc.Awaitable[_admin_pb2.RedriveOutboundResponse]]:
+        """Sends dead-lettered deliveries again."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16talkwire/v1/chat.proto\x12\x0btalkwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\x0f\x43onverseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04open\x18\n \x01(\x0b\x32\x11.talkwire.v1.OpenH\x00\x12+\n\x07message\x18\x0b \x01(\x0b\x32\x18.talkwire.v1.UserMessageH\x00\x12)\n\x06\x61\x63tion\x18\x0c \x01(\x0b\x32\x17.talkwire.v1.UserActionH\x00\x12\x1f\n\x03\x61\x63k\x18\r \x01(\x0b\x32\x10.talkwire.v1.AckH\x00\x12+\n\tsubscribe\x18\x0e \x01(\x0b\x32\x16.talkwire.v1.SubscribeH\x00\x12/\n\x0bunsubscribe\x18\x0f \x01(\x0b\x32\x18.talkwire.v1.UnsubscribeH\x00\x12!\n\x04ping\x18\x10 \x01(\x0b\x32\x11.talkwire.v1.PingH\x00\x42\x07\n\x05\x66rame\"\xcd\x01\n\x04Open\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06locale\x18\x05 \x01(\t\x12\x35\n\nattributes\x18\x06 \x03(\x0b\x32!.talkwire.v1.Open.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x0bUserMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\"X\n\nUserAction\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05label\x18\x03 \x01(\t\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x18\n\tSubscribe\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x1a\n\x0bUnsubscribe\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x14\n\x04Ping\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\"\x8a\x03\n\x10\x43onverseResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0bin_reply_to\x18\x02 \x01(\t\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06opened\x18\n \x01(\x0b\x32\x13.talkwire.v1.OpenedH\x00\x12#\n\x05reply\x18\x0b \x01(\x0b\x32\x12.talkwire.v1.ReplyH\x00\x12%\n\x06update\x18\x0c \x01(\x0b\x32\x13.talkwire.v1.UpdateH\x00\x12%\n\x06prompt\x18\r \x01(\x0b\x32\x13.talkwire.v1.PromptH\x00\x12\'\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x16.talkwire.v1.TurnErrorH\x00\x12!\n\x04pong\x18\x0f \x01(\x0b\x32\x11.talkwire.v1.PongH\x00\x12\x38\n\x0csubscription\x18\x10 \x01(\x0b\x32 .talkwire.v1.SubscriptionChangedH\x00\x42\x07\n\x05\x66rame\"g\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x10\n\x08replayed\x18\x04 \x01(\r\x12\x10\n\x08head_seq\x18\x05 \x01(\x04\"X\n\nQuickReply\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"|\n\x05Reply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\rquick_replies\x18\x02 \x03(\x0b\x32\x17.talkwire.v1.QuickReply\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06intent\x18\x04 \x01(\t\"\xc0\x01\n\x06Update\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"d\n\x06Prompt\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\rquick_replies\x18\x03 \x03(\x0b\x32\x17.talkwire.v1.QuickReply\x12\x0e\n\x06intent\x18\x04 \x01(\t\"=\n\tTurnError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretriable\x18\x03 \x01(\x08\"\x14\n\x04Pong\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\"2\n\x13SubscriptionChanged\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x32Z\n\x0b\x43hatService\x12K\n\x08\x43onverse\x12\x1c.talkwire.v1.ConverseRequest\x1a\x1d.talkwire.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16talkwire/v1/chat.proto\x12\x0btalkwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\x0f\x43onverseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04open\x18\n \x01(\x0b\x32\x11.talkwire.v1.OpenH\x00\x12+\n\x07message\x18\x0b \x01(\x0b\x32\x18.talkwire.v1.UserMessageH\x00\x12)\n\x06\x61\x63tion\x18\x0c \x01(\x0b\x32\x17.talkwire.v1.UserActionH\x00\x12\x1f\n\x03\x61\x63k\x18\r \x01(\x0b\x32\x10.talkwire.v1.AckH\x00\x12+\n\tsubscribe\x18\x0e \x01(\x0b\x32\x16.talkwire.v1.SubscribeH\x00\x12/\n\x0bunsubscribe\x18\x0f \x01(\x0b\x32\x18.talkwire.v1.UnsubscribeH\x00\x12!\n\x04ping\x18\x10 \x01(\x0b\x32\x11.talkwire.v1.PingH\x00\x42\x07\n\x05\x66rame\"\xcd\x01\n\x04Open\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06locale\x18\x05 \x01(\t\x12\x35\n\nattributes\x18\x06 \x03(\x0b\x32!.talkwire.v1.Open.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x0bUserMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\"X\n\nUserAction\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05label\x18\x03 \x01(\t\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x18\n\tSubscribe\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x1a\n\x0bUnsubscribe\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x14\n\x04Ping\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\"\xb3\x03\n\x10\x43onverseResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0bin_reply_to\x18\x02 \x01(\t\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06opened\x18\n \x01(\x0b\x32\x13.talkwire.v1.OpenedH\x00\x12#\n\x05reply\x18\x0b \x01(\x0b\x32\x12.talkwire.v1.ReplyH\x00\x12%\n\x06update\x18\x0c \x01(\x0b\x32\x13.talkwire.v1.UpdateH\x00\x12%\n\x06prompt\x18\r \x01(\x0b\x32\x13.talkwire.v1.PromptH\x00\x12\'\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x16.talkwire.v1.TurnErrorH\x00\x12!\n\x04pong\x18\x0f \x01(\x0b\x32\x11.talkwire.v1.PongH\x00\x12\x38\n\x0csubscription\x18\x10 \x01(\x0b\x32 .talkwire.v1.SubscriptionChangedH\x00\x12\'\n\x07handoff\x18\x11 \x01(\x0b\x32\x14.talkwire.v1.HandoffH\x00\x42\x07\n\x05\x66rame\"g\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x10\n\x08replayed\x18\x04 \x01(\r\x12\x10\n\x08head_seq\x18\x05 \x01(\x04\"X\n\nQuickReply\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa1\x01\n\x05Reply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\rquick_replies\x18\x02 \x03(\x0b\x32\x17.talkwire.v1.QuickReply\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12#\n\x06\x61uthor\x18\x05 \x01(\x0b\x32\x13.talkwire.v1.Author\"8\n\x06\x41uthor\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"\x90\x01\n\x07Handoff\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.talkwire.v1.HandoffState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\r\x12\x1a\n\x12\x61gent_display_name\x18\x05 \x01(\t\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\"\xc0\x01\n\x06Update\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"d\n\x06Prompt\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\rquick_replies\x18\x03 \x03(\x0b\x32\x17.talkwire.v1.QuickReply\x12\x0e\n\x06intent\x18\x04 \x01(\t\"=\n\tTurnError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretriable\x18\x03 \x01(\x08\"\x14\n\x04Pong\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\"2\n\x13SubscriptionChanged\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08*|\n\x0cHandoffState\x12\x1d\n\x19HANDOFF_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HANDOFF_STATE_QUEUED\x10\x01\x12\x1a\n\x16HANDOFF_STATE_ACCEPTED\x10\x02\x12\x17\n\x13HANDOFF_STATE_ENDED\x10\x03\x32Z\n\x0b\x43hatService\x12K\n\x08\x43onverse\x12\x1c.talkwire.v1.ConverseRequest\x1a\x1d.talkwire.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPEN_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_OPEN_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_HANDOFFSTATE']._serialized_start=2287
+  _globals['_HANDOFFSTATE']._serialized_end=2411
   _globals['_CONVERSEREQUEST']._serialized_start=103
   _globals['_CONVERSEREQUEST']._serialized_end=426
   _globals['_OPEN']._serialized_start=429
@@ -54,23 +56,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PING']._serialized_start=829
   _globals['_PING']._serialized_end=849
   _globals['_CONVERSERESPONSE']._serialized_start=852
-  _globals['_CONVERSERESPONSE']._serialized_end=1246
-  _globals['_OPENED']._serialized_start=1248
-  _globals['_OPENED']._serialized_end=1351
-  _globals['_QUICKREPLY']._serialized_start=1353
-  _globals['_QUICKREPLY']._serialized_end=1441
-  _globals['_REPLY']._serialized_start=1443
-  _globals['_REPLY']._serialized_end=1567
-  _globals['_UPDATE']._serialized_start=1570
-  _globals['_UPDATE']._serialized_end=1762
-  _globals['_PROMPT']._serialized_start=1764
-  _globals['_PROMPT']._serialized_end=1864
-  _globals['_TURNERROR']._serialized_start=1866
-  _globals['_TURNERROR']._serialized_end=1927
-  _globals['_PONG']._serialized_start=1929
-  _globals['_PONG']._serialized_end=1949
-  _globals['_SUBSCRIPTIONCHANGED']._serialized_start=1951
-  _globals['_SUBSCRIPTIONCHANGED']._serialized_end=2001
-  _globals['_CHATSERVICE']._serialized_start=2003
-  _globals['_CHATSERVICE']._serialized_end=2093
+  _globals['_CONVERSERESPONSE']._serialized_end=1287
+  _globals['_OPENED']._serialized_start=1289
+  _globals['_OPENED']._serialized_end=1392
+  _globals['_QUICKREPLY']._serialized_start=1394
+  _globals['_QUICKREPLY']._serialized_end=1482
+  _globals['_REPLY']._serialized_start=1485
+  _globals['_REPLY']._serialized_end=1646
+  _globals['_AUTHOR']._serialized_start=1648
+  _globals['_AUTHOR']._serialized_end=1704
+  _globals['_HANDOFF']._serialized_start=1707
+  _globals['_HANDOFF']._serialized_end=1851
+  _globals['_UPDATE']._serialized_start=1854
+  _globals['_UPDATE']._serialized_end=2046
+  _globals['_PROMPT']._serialized_start=2048
+  _globals['_PROMPT']._serialized_end=2148
+  _globals['_TURNERROR']._serialized_start=2150
+  _globals['_TURNERROR']._serialized_end=2211
+  _globals['_PONG']._serialized_start=2213
+  _globals['_PONG']._serialized_end=2233
+  _globals['_SUBSCRIPTIONCHANGED']._serialized_start=2235
+  _globals['_SUBSCRIPTIONCHANGED']._serialized_end=2285
+  _globals['_CHATSERVICE']._serialized_start=2413
+  _globals['_CHATSERVICE']._serialized_end=2503
 # @@protoc_insertion_point(module_scope)

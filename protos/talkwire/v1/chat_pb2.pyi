@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _HandoffState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HandoffStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HandoffState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HANDOFF_STATE_UNSPECIFIED: _HandoffState.ValueType  # 0
+    HANDOFF_STATE_QUEUED: _HandoffState.ValueType  # 1
+    """Waiting in `queue` for an agent; `position` is 1 for the next to be served."""
+    HANDOFF_STATE_ACCEPTED: _HandoffState.ValueType  # 2
+    """An agent (`agent_display_name`) took the session; the bot is quiet."""
+    HANDOFF_STATE_ENDED: _HandoffState.ValueType  # 3
+    """The agent handed the session back to the bot (or closed it)."""
+
+class HandoffState(_HandoffState, metaclass=_HandoffStateEnumTypeWrapper):
+    """Where the session stands in a handoff to a person."""
+
+HANDOFF_STATE_UNSPECIFIED: HandoffState.ValueType  # 0
+HANDOFF_STATE_QUEUED: HandoffState.ValueType  # 1
+"""Waiting in `queue` for an agent; `position` is 1 for the next to be served."""
+HANDOFF_STATE_ACCEPTED: HandoffState.ValueType  # 2
+"""An agent (`agent_display_name`) took the session; the bot is quiet."""
+HANDOFF_STATE_ENDED: HandoffState.ValueType  # 3
+"""The agent handed the session back to the bot (or closed it)."""
+Global___HandoffState: _TypeAlias = HandoffState  # noqa: Y015
 
 @_typing.final
 class ConverseRequest(_message.Message):
@@ -281,6 +308,7 @@ class ConverseResponse(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per-session sequence number of a durable frame; 0 for transient frames
     (opened, pong, and errors about the stream itself).
@@ -303,6 +331,10 @@ class ConverseResponse(_message.Message):
     def pong(self) -> Global___Pong: ...
     @_builtins.property
     def subscription(self) -> Global___SubscriptionChanged: ...
+    @_builtins.property
+    def handoff(self) -> Global___Handoff:
+        """A change of the session's handoff to a person (durable)."""
+
     def __init__(
         self,
         *,
@@ -316,12 +348,13 @@ class ConverseResponse(_message.Message):
         error: Global___TurnError | None = ...,
         pong: Global___Pong | None = ...,
         subscription: Global___SubscriptionChanged | None = ...,
+        handoff: Global___Handoff | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "frame", b"frame", "opened", b"opened", "pong", b"pong", "prompt", b"prompt", "reply", b"reply", "sent_at", b"sent_at", "subscription", b"subscription", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "frame", b"frame", "handoff", b"handoff", "opened", b"opened", "pong", b"pong", "prompt", b"prompt", "reply", b"reply", "sent_at", b"sent_at", "subscription", b"subscription", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "frame", b"frame", "in_reply_to", b"in_reply_to", "opened", b"opened", "pong", b"pong", "prompt", b"prompt", "reply", b"reply", "sent_at", b"sent_at", "seq", b"seq", "subscription", b"subscription", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "frame", b"frame", "handoff", b"handoff", "in_reply_to", b"in_reply_to", "opened", b"opened", "pong", b"pong", "prompt", b"prompt", "reply", b"reply", "sent_at", b"sent_at", "seq", b"seq", "subscription", b"subscription", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["opened", "reply", "update", "prompt", "error", "pong", "subscription"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["opened", "reply", "update", "prompt", "error", "pong", "subscription", "handoff"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -400,12 +433,20 @@ class Reply(_message.Message):
     QUICK_REPLIES_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     INTENT_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     intent: _builtins.str
     @_builtins.property
     def quick_replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuickReply]: ...
     @_builtins.property
     def data(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def author(self) -> Global___Author:
+        """Who wrote it. Unset (or role "bot"): the bot. Role "agent": a person at the
+        agent desk. Role "user": the user's own message, stored and delivered to the
+        agent while a person holds the session (the durable receipt of that message).
+        """
+
     def __init__(
         self,
         *,
@@ -413,14 +454,81 @@ class Reply(_message.Message):
         quick_replies: _abc.Iterable[Global___QuickReply] | None = ...,
         data: _struct_pb2.Struct | None = ...,
         intent: _builtins.str = ...,
+        author: Global___Author | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "intent", b"intent", "quick_replies", b"quick_replies", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "data", b"data", "intent", b"intent", "quick_replies", b"quick_replies", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Reply: _TypeAlias = Reply  # noqa: Y015
+
+@_typing.final
+class Author(_message.Message):
+    """The author of a reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """"bot", "agent" or "user"."""
+    id: _builtins.str
+    """The author's subject (empty for the bot)."""
+    display_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "id", b"id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Author: _TypeAlias = Author  # noqa: Y015
+
+@_typing.final
+class Handoff(_message.Message):
+    """A durable handoff frame: queued, accepted, ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    AGENT_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    state: Global___HandoffState.ValueType
+    queue: _builtins.str
+    reason: _builtins.str
+    position: _builtins.int
+    agent_display_name: _builtins.str
+    closed: _builtins.bool
+    """True when the session was closed with the end of the handoff."""
+    def __init__(
+        self,
+        *,
+        state: Global___HandoffState.ValueType = ...,
+        queue: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        position: _builtins.int = ...,
+        agent_display_name: _builtins.str = ...,
+        closed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_display_name", b"agent_display_name", "closed", b"closed", "position", b"position", "queue", b"queue", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Handoff: _TypeAlias = Handoff  # noqa: Y015
 
 @_typing.final
 class Update(_message.Message):

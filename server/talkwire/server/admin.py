@@ -15,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from redis.exceptions import RedisError
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.auth import Authenticator
 from talkwire.server.errors import (
@@ -27,6 +28,8 @@ from talkwire.server.errors import (
 from talkwire.server.frames import jsonable, now_timestamp
 from talkwire.server.hub import SessionHub
 from talkwire.server.identity import Identity
+from talkwire.server.outbound.service import OutboundService
+from talkwire.server.outbound.settings import OutboundSettings
 from talkwire.server.store import FanoutResult, SessionRecord, SessionStore
 from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, events_pb2
 
@@ -89,8 +92,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         authenticator: Authenticator,
         publisher: Publisher,
         connectors: ConnectorRegistry,
+        outbound: OutboundService | None = None,
     ) -> None:
         self._store = store
+        self._outbound = outbound or OutboundService(
+            OutboundSettings.from_config({}), store, connectors
+        )
         self._hub = hub
         self._auth = authenticator
         self._publisher = publisher
@@ -254,6 +261,62 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return await self._call(context, body)
 
+    async def GetTranscript(
+        self, request: admin_pb2.GetTranscriptRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetTranscriptResponse:
+        async def body(_: Identity) -> admin_pb2.GetTranscriptResponse:
+            if await self._store.get_session(request.session_id) is None:
+                raise NotFoundError(f"session {request.session_id} not found")
+            size = min(request.page_size or 100, _MAX_PAGE)
+            after = _page_after(request.page_token)
+            events = await self._outbound.transcript(request.session_id, after=after, limit=size)
+            token = str(events[-1].position) if len(events) == size else ""
+            return admin_pb2.GetTranscriptResponse(events=events, next_page_token=token)
+
+        return await self._call(context, body)
+
+    async def GetOutboundStatus(
+        self,
+        request: admin_pb2.GetOutboundStatusRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.GetOutboundStatusResponse:
+        async def body(_: Identity) -> admin_pb2.GetOutboundStatusResponse:
+            sinks = await self._outbound.status()
+            return admin_pb2.GetOutboundStatusResponse(
+                sinks=[
+                    admin_pb2.OutboundSinkStatus(
+                        name=s.name,
+                        type=s.type,
+                        pending=s.pending,
+                        oldest_pending_seconds=s.oldest_pending_seconds,
+                        dead_lettered=s.dead_lettered,
+                        delivered=s.delivered,
+                        retried=s.retried,
+                        failed=s.failed,
+                        breaker=s.breaker,
+                    )
+                    for s in sinks
+                ],
+                outbox_depth=sum(s.pending for s in sinks),
+                oldest_pending_seconds=max((s.oldest_pending_seconds for s in sinks), default=0.0),
+            )
+
+        return await self._call(context, body)
+
+    async def RedriveOutbound(
+        self,
+        request: admin_pb2.RedriveOutboundRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.RedriveOutboundResponse:
+        async def body(_: Identity) -> admin_pb2.RedriveOutboundResponse:
+            if request.sink and request.sink not in self._outbound.sink_names():
+                raise NotFoundError(f"no outbound sink {request.sink!r}")
+            return admin_pb2.RedriveOutboundResponse(
+                requeued=await self._outbound.redrive(request.sink)
+            )
+
+        return await self._call(context, body)
+
     async def InvokeConnector(
         self,
         request: admin_pb2.InvokeConnectorRequest,
@@ -264,10 +327,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             subject = request.subject or identity.subject
             if claims is None:
                 claims = dict(identity.claims) if subject == identity.subject else {}
-            claims.setdefault("sub", subject)
             ctx = CallContext(
                 subject=subject,
-                claims=claims,
+                claims=caller_scope(subject, claims),
                 deadline=_deadline(context),
                 idempotency_key=request.idempotency_key or None,
             )
@@ -281,6 +343,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return out
 
         return await self._call(context, body)
+
+
+def _page_after(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgumentError("page_token is not one this server returned")
+    return int(token)
 
 
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:

@@ -1,11 +1,28 @@
 """The application: builds every component from the config and runs the gRPC server.
 
-:class:`Application` is one async context manager. Entering it opens the
-store, the connectors, the dialogue engine, the event ingress (Kafka and
-webhooks when configured), the gRPC server (chat, admin, health, reflection)
-and the background sweeper; :meth:`Application.drain` is the graceful
-shutdown: health NOT_SERVING, new streams refused, a grace period for turns in
-flight, then every stream ends with ``UNAVAILABLE``.
+:class:`Application` is one async context manager that builds and wires the
+components and owns their order of start and stop. It starts them in this
+order: the store, the hub (with its cluster), the connectors, the handler and
+the policy, the router, the chat service, the sweeper, the gRPC server (chat is
+served from here on), the web gateway (``web:``, if configured), metrics, then
+the event ingress (Kafka joins its consumer group on its own;
+``talkwire.events`` reports it). It stops them in
+the reverse order.
+
+:meth:`Application.drain` is the graceful shutdown (SIGTERM), one sequence:
+
+1. readiness (``talkwire.ready``) and every health service go ``NOT_SERVING``,
+   so load balancers stop sending new streams; for ``server.drain_delay``
+   seconds everything is still served;
+2. new streams are refused (``UNAVAILABLE``); turns in flight finish within
+   ``server.grace_period``;
+3. every stream ends ``UNAVAILABLE`` (clients resume elsewhere);
+4. the event ingress stops: the Kafka consumer commits its offsets and leaves
+   the group (its partitions move to the other replicas at once);
+5. the gRPC port closes; the chat service writes the last acks; connectors,
+   hub and store close.
+
+:meth:`Application.aclose` is steps 3-5 at once.
 """
 
 from __future__ import annotations
@@ -21,28 +38,36 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 from prometheus_client import start_http_server
 
 from talkwire.connectors.registry import ConnectorRegistry
 from talkwire.server.admin import AdminService
+from talkwire.server.agent import AgentService
 from talkwire.server.auth import Authenticator, build_authenticator
-from talkwire.server.bus import open_hub
 from talkwire.server.chat import SERVICE_NAME as CHAT_SERVICE
 from talkwire.server.chat import ChatService
+from talkwire.server.cluster import open_hub
 from talkwire.server.config import Config
-from talkwire.server.errors import ConfigError
+from talkwire.server.errors import ConfigError, TalkwireError
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
-from talkwire.server.events.routing import parse_topics
+from talkwire.server.events.settings import KafkaSettings
+from talkwire.server.handoff import HandoffDesk, HandoffSettings, HandoffTurns
+from talkwire.server.health import HealthServicer
 from talkwire.server.hub import SessionHub
+from talkwire.server.idempotency import SqlIdempotencyStore
 from talkwire.server.metrics import Metrics
+from talkwire.server.outbound.service import OutboundService, recorder_for
+from talkwire.server.outbound.settings import OutboundSettings
+from talkwire.server.policy import ConfigPolicy
+from talkwire.server.reflection import enable_reflection
 from talkwire.server.store import Retention, SessionStore
+from talkwire.server.sweeper import Sweeper
 from talkwire.server.tracing import default_tracer
-from talkwire.server.turns import AllowAllPolicy, EchoHandler, SubscriptionPolicy, TurnHandler
-from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2
+from talkwire.server.turns import EchoHandler, SubscriptionPolicy, TurnHandler
+from talkwire.server.web import WebGateway, WebSettings
+from talkwire.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, chat_pb2
 
 __all__ = ["READY_SERVICE", "Application", "server_options"]
 
@@ -51,30 +76,8 @@ READY_SERVICE = "talkwire.ready"
 log = logging.getLogger(__name__)
 
 EVENTS_HEALTH = "talkwire.events"
-
-DEMO_POLICY: Mapping[str, Any] = {
-    "rules": [
-        {"key": "customer:{user.customer_id}"},
-        {
-            "key": "order:{order_id}",
-            "check": {
-                "connector": "crm",
-                "operation": "order_owner",
-                "params": {"order_id": "{order_id}"},
-                "expect": {"customer_id": "{user.customer_id}"},
-            },
-        },
-        {
-            "key": "ticket:{ticket_id}",
-            "check": {
-                "connector": "crm",
-                "operation": "ticket_status",
-                "params": {"ticket_id": "{ticket_id}", "customer_id": "{user.customer_id}"},
-                "expect": {"ticket_id": "{ticket_id}"},
-            },
-        },
-    ]
-}
+OUTBOUND_HEALTH = "talkwire.outbound"
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:
@@ -102,7 +105,7 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
 
 
 class Application:
-    """Everything one talkwire replica runs."""
+    """Everything one talkwire replica runs (see the module docstring)."""
 
     def __init__(
         self,
@@ -120,22 +123,27 @@ class Application:
         self._policy_override = policy
         self._stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
-        self._chat: ChatService | None = None
+        self._stop_grace = 0.5
         self._health = HealthServicer()
         self._tasks: asyncio.TaskGroup | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._ingress_watch: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._metrics_httpd: WSGIServer | None = None
+        self._outbound_watch: asyncio.Task[None] | None = None
         self.metrics_port = 0
+        self._draining = False
         self._closed = False
         self.port = 0
         self.store: SessionStore
         self.hub: SessionHub
         self.connectors: ConnectorRegistry
+        self.idempotency: SqlIdempotencyStore
         self.router: EventRouter
         self.authenticator: Authenticator
         self.handler: TurnHandler
+        self.handoff: HandoffDesk
+        self.turns: HandoffTurns
+        self.policy: SubscriptionPolicy
+        self.chat: ChatService
+        self.sweeper: Sweeper
+        self.outbound: OutboundService
 
     @property
     def target(self) -> str:
@@ -161,76 +169,122 @@ class Application:
         await self.aclose()
 
     async def _start(self) -> None:
+        """Start the components in order; aclose stops them in the reverse order."""
         cfg = self.config
         self.authenticator = build_authenticator(cfg.auth)
-        connector_sections, bot, policy_section = await self._demo_or_config()
+        connector_sections, bot, policy_section, outbound_section = await self._sections()
+        await self._open_state(connector_sections, outbound_section)
+        self._build_turns(bot, policy_section)
+        await self._open_services()
+        await self._start_grpc(self.chat)
+        self._stack.push_async_callback(self._stop_grpc)
+        await self._start_web()
+        self._start_metrics()
+        await self._mark_serving()
+        # Chat is served from here on; the consumer joins its group on its own.
+        await self._start_ingress()
+        if self.outbound.sinks:
+            self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._stack.callback(self._stop_watching)
+            self._outbound_watch = self._tasks.create_task(self._watch_outbound())
+        log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
+        log.info("%s", self._describe(bot, policy_section))
+
+    async def _open_state(
+        self, connector_sections: Mapping[str, Any], outbound_section: Mapping[str, Any]
+    ) -> None:
+        """The store, the hub with its cluster, the connectors."""
+        cfg = self.config
         _ensure_sqlite_dir(cfg.store.url)
+        self.outbound_settings = OutboundSettings.from_config(outbound_section)
         self.store = await self._stack.enter_async_context(
             SessionStore(
                 cfg.store.url,
                 retention=Retention(cfg.store.retention_frames, cfg.store.retention_age),
                 pool_size=cfg.store.pool_size,
+                events=recorder_for(self.outbound_settings),
             )
         )
         self.hub = await self._stack.enter_async_context(
-            open_hub(self.store, cfg, on_ready=self._set_ready)
+            open_hub(self.store, cfg, on_bus_state=self._set_ready)
         )
+        self.idempotency = SqlIdempotencyStore(self.store.executor)
         self.connectors = await self._stack.enter_async_context(
             ConnectorRegistry(
                 connector_sections,
                 observer=self.metrics.connector_call,
                 on_breaker=self.metrics.breaker_state,
+                idempotency=self.idempotency,
+                idempotency_window=cfg.store.idempotency_window,
             )
         )
+
+    def _build_turns(self, bot: Any, policy_section: Mapping[str, Any]) -> None:
+        """The turn handler, the subscription policy (no section: deny all), the router."""
         self.handler = self._build_handler(bot)
-        policy = self._policy_override or self._build_policy(policy_section)
+        self.handoff = HandoffDesk(
+            store=self.store,
+            hub=self.hub,
+            settings=HandoffSettings.from_config(self.config.handoff),
+        )
+        # User turns reach the dialogue engine through the handoff router.
+        self.turns = HandoffTurns(self.handler, desk=self.handoff, hub=self.hub)
+        self.policy = self._policy_override or ConfigPolicy.from_config(
+            policy_section, self.connectors
+        )
         self.router = EventRouter(
             self.store,
             self.hub,
-            topics=parse_topics(cfg.events.get("topics") or {}),
             invalidate=self.connectors.invalidate,
             metrics=self.metrics,
             tracer=self._tracer,
         )
-        await self._start_ingress()
-        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._sweeper = self._tasks.create_task(self._sweep())
-        self._watchdog = self._tasks.create_task(self._watch_writes())
-        if self.kafka is not None:
-            self._ingress_watch = self._tasks.create_task(self._watch_ingress())
-        await self._start_grpc(policy)
-        self._start_metrics()
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._set_ready(getattr(self.hub, "ready", True))
-        for name in (CHAT_SERVICE, admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("talkwire listening on %s (config: %s)", self.target, cfg.source)
 
-    async def _set_ready(self, ready: bool) -> None:
-        """Readiness (health service ``talkwire.ready``): NOT_SERVING while draining or bus down.
+    async def _open_services(self) -> None:
+        """The chat service (with its write watchdog) and the expiry sweeper."""
+        cfg = self.config
+        await self._stack.enter_async_context(self.handoff)
+        self.chat = await self._stack.enter_async_context(
+            ChatService(
+                store=self.store,
+                hub=self.hub,
+                authenticator=self.authenticator,
+                handler=self.turns,
+                policy=self.policy,
+                config=cfg.server,
+                metrics=self.metrics,
+            )
+        )
+        self.sweeper = await self._stack.enter_async_context(
+            Sweeper(
+                self.store,
+                self.hub,
+                interval=cfg.server.sweep_interval,
+                session_ttl=cfg.store.session_ttl,
+                dedup_window=cfg.store.dedup_window,
+                also=(self.idempotency.forget_expired,),
+            )
+        )
+        self.outbound = await self._stack.enter_async_context(
+            OutboundService(
+                self.outbound_settings,
+                self.store,
+                self.connectors,
+                on_outcome=self.metrics.outbound_outcome,
+            )
+        )
 
-        Liveness is the overall service ``""``: SERVING while the process runs.
-        """
-        status = health_pb2.HealthCheckResponse
-        serving = ready and not (hasattr(self, "hub") and self.hub.draining)
-        await self._health.set(READY_SERVICE, status.SERVING if serving else status.NOT_SERVING)
-
-    async def _demo_or_config(self) -> tuple[Mapping[str, Any], Any, Mapping[str, Any]]:
+    async def _sections(
+        self,
+    ) -> tuple[Mapping[str, Any], Any, Mapping[str, Any], Mapping[str, Any]]:
+        """The connector, bot, policy and outbound sections: the config's, or the demo's."""
         cfg = self.config
         if not cfg.demo:
-            return cfg.connectors, cfg.bot, cfg.policy
-        from talkwire.connectors.demo.config import demo_connector_sections
-        from talkwire.connectors.demo.crm import create_demo_crm
-        from talkwire.connectors.demo.erp import serve_demo_erp
-        from talkwire.server.dialogue import demo_bot_path
+            return cfg.connectors, cfg.bot, cfg.policy, cfg.outbound
+        from talkwire.server.demo import open_demo
 
-        data = Path(cfg.server.data_dir)
-        await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
-        crm_url = f"sqlite+aiosqlite:///{data / 'demo-crm.db'}"
-        await create_demo_crm(crm_url)
-        erp_url = await self._stack.enter_async_context(serve_demo_erp())
-        sections = {**demo_connector_sections(crm_url, erp_url), **cfg.connectors}
-        return sections, cfg.bot or str(demo_bot_path()), cfg.policy or DEMO_POLICY
+        demo = await self._stack.enter_async_context(open_demo(cfg))
+        return demo.connectors, demo.bot, demo.policy, demo.outbound
 
     def _build_handler(self, bot: Any) -> TurnHandler:
         if self._handler_override is not None:
@@ -244,40 +298,81 @@ class Application:
 
         return DialogueEngine(load_bot(bot), self.connectors)
 
-    def _build_policy(self, section: Mapping[str, Any]) -> SubscriptionPolicy:
-        if not section and isinstance(self.handler, EchoHandler):
-            return AllowAllPolicy()
-        from talkwire.server.policy import ConfigPolicy
+    def _describe(self, bot: Any, policy_section: Mapping[str, Any]) -> str:
+        """One start-up line: which handler, bot and policy this replica runs."""
+        if isinstance(self.handler, EchoHandler):
+            handler = "echo (replies with the user's text; no bot)"
+        elif self._handler_override is not None:
+            handler = type(self.handler).__name__
+        elif isinstance(bot, str):
+            handler = f"dialogue, bot {bot}"
+        else:
+            handler = f"dialogue, bot inline in {self.config.source}"
+        if self.config.demo:
+            handler += " [demo]"
+        return f"handler: {handler}; policy: {_describe_policy(self.policy, policy_section)}"
 
-        return ConfigPolicy.from_config(section, self.connectors)
+    async def _mark_serving(self) -> None:
+        status = health_pb2.HealthCheckResponse
+        await self._health.set("", status.SERVING)
+        admin = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+        for name in (CHAT_SERVICE, admin, AGENT_SERVICE):
+            await self._health.set(name, status.SERVING)
+        await self._set_ready(self.hub.ready)
+
+    async def _set_ready(self, ready: bool) -> None:
+        """Readiness (health service ``talkwire.ready``): NOT_SERVING while draining or bus down.
+
+        Liveness is the overall service ``""``: SERVING while the process runs.
+        """
+        status = health_pb2.HealthCheckResponse
+        serving = ready and not self._draining
+        await self._health.set(READY_SERVICE, status.SERVING if serving else status.NOT_SERVING)
 
     async def _start_ingress(self) -> None:
         self.kafka: KafkaIngress | None = None
-        if self.config.events.get("bootstrap"):
+        # Any events section is validated whole (a typo such as ``bootstrp`` is an error,
+        # not Kafka silently off); ``enabled: false`` keeps a valid one off.
+        events = KafkaSettings.from_config(self.config.events) if self.config.events else None
+        if events is not None and events.enabled:
+            status = health_pb2.HealthCheckResponse
+
+            async def on_health(healthy: bool) -> None:
+                await self._health.set(
+                    EVENTS_HEALTH, status.SERVING if healthy else status.NOT_SERVING
+                )
+
+            # Returns at once: the consumer connects and joins on its own (health
+            # ``talkwire.events`` NOT_SERVING until it has), chat is served meanwhile.
             self.kafka = await self._stack.enter_async_context(
-                KafkaIngress(self.config.events, self.router, self.store)
+                KafkaIngress(
+                    events,
+                    self.router,
+                    self.store,
+                    on_health=on_health,
+                    metrics=self.metrics,
+                )
             )
         if self.config.webhooks:
-            from talkwire.server.events.webhooks import WebhookIngress
+            from talkwire.server.events.webhooks import WebhookIngress, WebhookSettings
 
-            self.webhooks = await self._stack.enter_async_context(
-                WebhookIngress(self.config.webhooks, self.router, self.store)
-            )
+            hooks = WebhookSettings(self.config.webhooks)
+            if hooks.enabled:
+                producer = None
+                if hooks.produce_to and events is not None and events.enabled:
+                    from talkwire.server.events.producer import LazyProducer
 
-    async def _start_grpc(self, policy: SubscriptionPolicy) -> None:
+                    producer = await self._stack.enter_async_context(
+                        LazyProducer(events.client_kwargs())
+                    )
+                self.webhooks = await self._stack.enter_async_context(
+                    WebhookIngress(hooks, self.router, self.store, producer=producer)
+                )
+
+    async def _start_grpc(self, chat: ChatService) -> None:
         cfg = self.config
         server = grpc.aio.server(options=server_options(cfg))
-        chat = ChatService(
-            store=self.store,
-            hub=self.hub,
-            authenticator=self.authenticator,
-            handler=self.handler,
-            policy=policy,
-            config=cfg.server,
-            metrics=self.metrics,
-        )
         server.add_generic_rpc_handlers((chat.handler(),))
-        self._chat = chat
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(
                 store=self.store,
@@ -285,16 +380,27 @@ class Application:
                 authenticator=self.authenticator,
                 publisher=self.router,
                 connectors=self.connectors,
+                outbound=self.outbound,
+            ),
+            server,
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(
+                store=self.store,
+                hub=self.hub,
+                authenticator=self.authenticator,
+                desk=self.handoff,
+                config=cfg.server,
             ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        enable_reflection(
             (
                 chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                AGENT_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
             server,
         )
@@ -307,16 +413,47 @@ class Application:
         await server.start()
         self._server = server
 
-    async def _watch_ingress(self) -> None:
-        """Report the Kafka consumer's health and lag (health service ``talkwire.events``)."""
+    async def _start_web(self) -> None:
+        """The WebSocket gateway and widget (``web:``; off without the section)."""
+        self.web: WebGateway | None = None
+        settings = WebSettings(self.config.web) if self.config.web else None
+        if settings is not None and settings.enabled:
+            self.web = await self._stack.enter_async_context(
+                WebGateway(
+                    settings, self.chat, max_message_bytes=self.config.server.max_message_bytes
+                )
+            )
+
+    async def _stop_grpc(self) -> None:
+        """Close the port (step 5 of the drain), after what the grace period left."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(self._stop_grace)
+
+    async def _watch_outbound(self) -> None:
+        """Outbox depth and age per sink (metrics), and health ``talkwire.outbound``:
+        NOT_SERVING while a sink's breaker is open or its oldest event is stale."""
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        while self.kafka is not None:
-            healthy = self.kafka.healthy
-            self.metrics.consumer_stalled.set(0 if healthy else 1)
-            self.metrics.consumer_lag_total.set(self.kafka.lag)
-            await self._health.set(EVENTS_HEALTH, serving if healthy else not_serving)
+        stale = self.outbound.settings.relay.stale_after
+        while True:
+            try:
+                sinks = await self.outbound.status()
+            except TalkwireError as exc:
+                log.warning("outbound status unavailable: %s", exc)
+                sinks = []
+            for s in sinks:
+                self.metrics.outbound_pending.labels(s.name).set(s.pending)
+                self.metrics.outbound_oldest_seconds.labels(s.name).set(s.oldest_pending_seconds)
+            healthy = bool(sinks) and all(
+                s.breaker != "open" and s.oldest_pending_seconds <= stale for s in sinks
+            )
+            await self._health.set(OUTBOUND_HEALTH, serving if healthy else not_serving)
             await asyncio.sleep(2.0)
+
+    def _stop_watching(self) -> None:
+        if self._outbound_watch is not None:
+            self._outbound_watch.cancel()
 
     def _start_metrics(self) -> None:
         """Serve Prometheus metrics on ``server.metrics_listen`` (HOST:PORT), if set."""
@@ -330,77 +467,61 @@ class Application:
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"server.metrics_listen: cannot listen on {listen}: {exc}") from exc
-        self._metrics_httpd = httpd
+        self._stack.push_async_callback(_stop_http, httpd)
         self.metrics_port = int(httpd.server_port)
         log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", self.metrics_port)
 
-    async def _watch_writes(self) -> None:
-        """End streams whose client stopped reading (``server.write_timeout``); write acks."""
-        timeout = self.config.server.write_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
-            self.hub.cut_stuck_writers(loop.time(), timeout)
-            acks = self.hub.take_acks()
-            if acks:
-                try:
-                    await self.store.ack_many(acks)
-                except Exception:  # noqa: BLE001 - acks only shorten retention; never stop serving
-                    log.warning("could not record %d acks; later acks cover them", len(acks))
-
-    async def _sweep(self) -> None:
-        interval = self.config.server.sweep_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep_now()
-                await self.store.forget_processed(self.config.store.dedup_window)
-            except Exception:
-                log.exception("sweep failed; retrying in %ss", interval)
-
-    async def sweep_now(self) -> list[str]:
-        """Run one expiry + retention pass now; return the sessions that expired."""
-        expired = await self.store.expire_idle(
-            self.config.store.session_ttl, keep=await self.hub.live_ids()
-        )
-        for session_id in expired:
-            self.hub.close_session(session_id, "expired")
-        await self.store.prune()
-        return expired
-
     async def drain(self, grace: float | None = None) -> None:
-        """Graceful shutdown of the serving part (see the module docstring)."""
-        grace = self.config.server.grace_period if grace is None else grace
+        """Graceful shutdown, the sequence in the module docstring; ends closed."""
+        cfg = self.config.server
+        grace = cfg.grace_period if grace is None else grace
+        loop = asyncio.get_running_loop()
+        # 1. Out of load balancing; still serving for drain_delay.
+        self._draining = True
         await self._health.enter_graceful_shutdown()
+        log.info("draining: readiness NOT_SERVING; serving on for %ss", cfg.drain_delay)
+        await asyncio.sleep(cfg.drain_delay)  # the documented pause, not synchronisation
+        # 2. No new streams; turns in flight finish within the grace period.
+        deadline = loop.time() + grace
         self.hub.draining = True
-        deadline = asyncio.get_running_loop().time() + grace
-        # Give turns in flight the grace period, then end every stream.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                await self.hub.wait_idle()
-        self.hub.drain()
-        if self._server is not None:
-            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-            await self._server.stop(remaining or 0.5)
+                await self.chat.wait_idle()
+        self._stop_grace = max(0.5, deadline - loop.time())
+        log.info(
+            "draining: ending %d streams UNAVAILABLE, then the ingress and the port", len(self.hub)
+        )
+        # 3.-5. Streams end UNAVAILABLE, the ingress commits and leaves, the port closes.
+        await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop everything. Idempotent."""
+        """End every stream ``UNAVAILABLE``, then stop everything in reverse start order.
+
+        Idempotent. The reverse order puts the event ingress (Kafka commits and
+        leaves its group) before the gRPC port closes, and the chat service's
+        last ack writes after it, before the store closes.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._server is not None:
-            if hasattr(self, "hub"):
-                self.hub.drain()
-            await self._server.stop(0.5)
-        if self._chat is not None:
-            await self._chat.aclose()  # the last acks of ended streams, before the store closes
-        if self._metrics_httpd is not None:
-            await asyncio.to_thread(self._metrics_httpd.shutdown)
-            self._metrics_httpd.server_close()
-        for task in (self._sweeper, self._ingress_watch, self._watchdog):
-            if task is not None:
-                task.cancel()
+        self._draining = True
+        if hasattr(self, "hub"):  # aclose also unwinds a start that failed half-way
+            self.hub.drain()
         await self._stack.aclose()
+
+
+def _describe_policy(policy: SubscriptionPolicy, section: Mapping[str, Any]) -> str:
+    if not isinstance(policy, ConfigPolicy):
+        return type(policy).__name__
+    if not section:
+        return "none configured: every subscription is denied (add a policy section)"
+    default = "allow" if policy.default_allow else "deny"
+    return f"{len(policy.rules)} rule(s), default {default}"
+
+
+async def _stop_http(httpd: WSGIServer) -> None:
+    await asyncio.to_thread(httpd.shutdown)
+    httpd.server_close()
 
 
 def _ensure_sqlite_dir(url: str) -> None:

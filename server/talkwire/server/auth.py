@@ -11,13 +11,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
 
+from talkwire.connectors.sections import resolve_secret
 from talkwire.server.config import AuthConfig
 from talkwire.server.errors import ConfigError, UnauthenticatedError
 from talkwire.server.identity import Identity
@@ -29,7 +29,6 @@ __all__ = [
     "StaticTokenAuthenticator",
     "bearer_token",
     "build_authenticator",
-    "resolve_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,21 +52,6 @@ def bearer_token(metadata: Metadata) -> str | None:
                 return token.strip()
             raise UnauthenticatedError("authorization header must be 'Bearer <token>'")
     return None
-
-
-def resolve_secret(value: str) -> str:
-    """Resolve ``env:NAME`` and ``file:PATH`` references; other values are literal."""
-    if value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise ConfigError(f"environment variable {name} is not set")
-        return os.environ[name]
-    if value.startswith("file:"):
-        try:
-            return Path(value[5:]).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read secret file {value[5:]}: {exc.strerror}") from exc
-    return value
 
 
 class NoneAuthenticator:
@@ -96,6 +80,41 @@ class StaticTokenAuthenticator:
         raise UnauthenticatedError("invalid token")
 
 
+def _roles_from_claim(value: object, claim: str, subject: str) -> frozenset[str]:
+    """The roles a verified token's ``claim`` grants.
+
+    A list of strings, or one space-separated string (as OAuth scopes are);
+    a missing or null claim grants nothing. Any other shape (a mapping, a
+    number, a list holding anything but strings) grants nothing at all and is
+    logged with its type only, never the token or the claim's values.
+    """
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(r, str) for r in value):
+        return frozenset(r for r in value if r)
+    log.warning(
+        "token of %r: claim %r is a %s, not a list of strings or a space-separated string; "
+        "it grants no roles",
+        subject,
+        claim,
+        type(value).__name__,
+    )
+    return frozenset()
+
+
+def _configured_roles(value: object, key: str) -> frozenset[str]:
+    """A static token's ``roles``: a list of strings or a space-separated string, else refused."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list | tuple) and all(isinstance(r, str) for r in value):
+        return frozenset(r for r in value if r)
+    raise ConfigError(f"{key}: must be a list of strings or a space-separated string")
+
+
 class JwtAuthenticator:
     """Verifies JWTs with PyJWT; ``alg=none`` is never accepted."""
 
@@ -109,9 +128,9 @@ class JwtAuthenticator:
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_client: jwt.PyJWKClient | None = None
         if config.key:
-            self._key = resolve_secret(config.key)
+            self._key = resolve_secret(config.key, "auth.key")
         elif config.key_file:
-            self._key = resolve_secret("file:" + config.key_file)
+            self._key = resolve_secret("file:" + config.key_file, "auth.key_file")
         elif config.jwks_file:
             try:
                 self._jwks = jwt.PyJWKSet.from_dict(json.loads(Path(config.jwks_file).read_text()))
@@ -158,13 +177,11 @@ class JwtAuthenticator:
             raise UnauthenticatedError("token expired") from exc
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError(f"invalid token: {exc}") from exc
-        roles = claims.get(cfg.roles_claim) or []
-        if isinstance(roles, str):
-            roles = roles.split()
+        subject = str(claims[cfg.subject_claim])
         return Identity(
-            subject=str(claims[cfg.subject_claim]),
+            subject=subject,
             claims=claims,
-            roles=frozenset(str(r) for r in roles),
+            roles=_roles_from_claim(claims.get(cfg.roles_claim), cfg.roles_claim, subject),
         )
 
 
@@ -185,12 +202,14 @@ def build_authenticator(config: AuthConfig) -> Authenticator:
             raise ConfigError("auth.tokens: static auth needs at least one token")
         tokens: dict[str, Identity] = {}
         for raw_token, spec in config.tokens.items():
+            # A literal token is a secret: name it by its first characters only.
+            shown = raw_token if raw_token.startswith(("env:", "file:")) else raw_token[:4] + "..."
             if not isinstance(spec, Mapping) or "subject" not in spec:
-                raise ConfigError(f"auth.tokens.{raw_token[:4]}...: needs a subject")
+                raise ConfigError(f"auth.tokens.{shown}: needs a subject")
             subject = str(spec["subject"])
             claims = {"sub": subject, **dict(spec.get("claims") or {})}
-            tokens[resolve_secret(raw_token)] = Identity(
-                subject, claims, frozenset(spec.get("roles") or ())
+            tokens[resolve_secret(raw_token, f"auth.tokens.{shown}")] = Identity(
+                subject, claims, _configured_roles(spec.get("roles"), f"auth.tokens.{shown}.roles")
             )
         return StaticTokenAuthenticator(tokens)
     if config.kind == "jwt":

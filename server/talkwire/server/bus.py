@@ -5,16 +5,13 @@ SessionStore first; the bus only says "sessions X, Y have new frames". A woken
 replica reads them from the store (``frames_after`` above what each local feed
 already has) and offers them to its attachment and watchers, whose gap-fill
 keeps them in order and exactly-once. A lost wake-up therefore only delays a
-frame: :class:`ClusterHub` runs a periodic sweep (``bus.sweep_interval``) that
-compares each local feed with the session's ``head_seq`` and fetches what is
-missing.
+frame: :class:`~talkwire.server.cluster.RedisCluster` runs a periodic sweep
+(``bus.sweep_interval``) that compares each local feed with the session's
+``head_seq`` and fetches what is missing.
 
-Implementations of :class:`Bus`:
-
-- :class:`InProcessBus` (``bus.kind: inprocess``, the default): one replica;
-  publishing is a no-op because the local ``deliver`` already reached everyone.
-- :class:`RedisBus` (``bus.kind: redis``): Redis pub/sub on two channels per
-  replica: the shared ``<prefix>bus`` (wake-ups and close notices, received by
+The implementation of :class:`Bus` is :class:`RedisBus` (``bus.kind: redis``;
+one replica alone, ``bus.kind: inprocess``, needs no bus at all): Redis pub/sub
+on two channels per replica: the shared ``<prefix>bus`` (wake-ups and close notices, received by
   every replica) and ``<prefix>replica:<id>`` (supersede notices aimed at one
   replica, found through the attachment registry, :mod:`talkwire.server.presence`).
 
@@ -28,10 +25,8 @@ O(subscribers), which is cheap for the tens of replicas this design aims at;
 past that, switch the wake-up to per-replica channels (the registry has
 ``lookup`` for it) or Redis 7 sharded pub/sub.
 
-:class:`ClusterHub` is the :class:`~talkwire.server.hub.SessionHub` of a
-replica that shares its store with others: local delivery plus wake-ups out,
-wake-ups in, supersede across replicas, close across replicas, heartbeats, the
-sweep, and readiness (``on_ready(False)`` while the bus is down).
+The bus is used by :class:`~talkwire.server.cluster.RedisCluster`, which
+holds it together with the registry, the pump, the sweep and the heartbeat.
 """
 
 from __future__ import annotations
@@ -40,38 +35,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from talkwire.server.config import Config
-from talkwire.server.errors import ConfigError, Status
-from talkwire.server.frames import StoredFrame
-from talkwire.server.hub import Attachment, Feed, SessionHub
-from talkwire.server.presence import Presence, RedisPresence, owner_of
-from talkwire.server.store import SessionStore
+from talkwire.connectors.sections import Section
 
-__all__ = [
-    "Bus",
-    "BusHandler",
-    "BusSettings",
-    "ClusterHub",
-    "InProcessBus",
-    "RedisBus",
-    "open_hub",
-]
+__all__ = ["Bus", "BusHandler", "BusSettings", "RedisBus"]
 
 log = logging.getLogger(__name__)
 
-ReadyCallback = Callable[[bool], Awaitable[None]]
-
 _WAKE_CHUNK = 1000
-_FETCH_CONCURRENCY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,34 +63,19 @@ class BusSettings:
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any]) -> BusSettings:
-        known = {"kind", "url", "prefix", "sweep_interval", "presence_ttl"}
+        """Validate the ``bus`` section; errors name the key (and its YAML line)."""
+        sec = Section(raw, "bus", known=("kind", "url", "prefix", "sweep_interval", "presence_ttl"))
         defaults = cls()
-        for key in raw:
-            if key not in known:
-                raise ConfigError(f"bus.{key}: unknown key (known: {', '.join(sorted(known))})")
-        kind = str(raw.get("kind", defaults.kind))
-        if kind not in ("inprocess", "redis"):
-            raise ConfigError(f"bus.kind: expected inprocess or redis, got {kind!r}")
-        url = str(raw.get("url", defaults.url))
+        kind = sec.text("kind", defaults.kind, choices=("inprocess", "redis"))
+        url = sec.text("url", defaults.url)
         if kind == "redis" and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"bus.url: expected a redis://, rediss:// or unix:// URL, got {url!r}"
-            )
-        values: dict[str, float] = {}
-        for key, default in (
-            ("sweep_interval", defaults.sweep_interval),
-            ("presence_ttl", defaults.presence_ttl),
-        ):
-            value = raw.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"bus.{key}: expected a positive number, got {value!r}")
-            values[key] = float(value)
+            raise sec.error("url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
         return cls(
             kind=kind,
             url=url,
-            prefix=str(raw.get("prefix", defaults.prefix)),
-            sweep_interval=values["sweep_interval"],
-            presence_ttl=values["presence_ttl"],
+            prefix=sec.text("prefix", defaults.prefix),
+            sweep_interval=sec.number("sweep_interval", defaults.sweep_interval, positive=True),
+            presence_ttl=sec.number("presence_ttl", defaults.presence_ttl, positive=True),
         )
 
 
@@ -152,27 +114,6 @@ class Bus(Protocol):
     async def notify_close(self, session_id: str, reason: str) -> None:
         """Tell every replica that ``session_id`` was closed."""
         ...
-
-
-class InProcessBus:
-    """One replica: the local ``deliver`` already woke every feed."""
-
-    healthy = True
-
-    async def start(self, handler: BusHandler) -> None:
-        await handler.on_bus_state(True)
-
-    async def aclose(self) -> None:
-        return None
-
-    async def publish(self, session_ids: Iterable[str]) -> None:
-        return None
-
-    async def notify_supersede(self, session_id: str, replica: str, token: str = "") -> None:
-        return None
-
-    async def notify_close(self, session_id: str, reason: str) -> None:
-        return None
 
 
 class RedisBus:
@@ -279,287 +220,3 @@ class RedisBus:
         await self._send(
             self.shared_channel, {"t": "close", "r": self.replica, "s": session_id, "why": reason}
         )
-
-
-def _known(feed: Feed) -> int:
-    return max(feed.sent_seq, feed.queued_seq)
-
-
-class ClusterHub(SessionHub):
-    """A SessionHub that shares its store with other replicas (see the module docstring)."""
-
-    def __init__(
-        self,
-        store: SessionStore,
-        *,
-        bus: Bus,
-        presence: Presence,
-        replica: str,
-        queue_size: int = 256,
-        sweep_interval: float = 1.0,
-        presence_ttl: float = 15.0,
-        on_ready: ReadyCallback | None = None,
-    ) -> None:
-        super().__init__(store, queue_size=queue_size)
-        self.bus = bus
-        self.presence = presence
-        self.replica = replica
-        self._store_ref = store
-        self._sweep_interval = sweep_interval
-        self._heartbeat_interval = max(0.5, presence_ttl / 3)
-        self._on_ready = on_ready
-        self._claims: dict[str, tuple[Attachment, str]] = {}
-        self._dirty: set[str] = set()
-        self._dirty_event = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._loops: list[asyncio.Task[None]] = []
-        self._fetch_limit = asyncio.Semaphore(_FETCH_CONCURRENCY)
-
-    @property
-    def ready(self) -> bool:
-        return self.bus.healthy and not self.draining
-
-    # -- lifecycle --------------------------------------------------------
-
-    async def __aenter__(self) -> ClusterHub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        await self.bus.start(self)
-        self._loops = [
-            asyncio.create_task(self._pump(), name="talkwire-hub-pump"),
-            asyncio.create_task(self._sweep_loop(), name="talkwire-hub-sweep"),
-            asyncio.create_task(self._heartbeat_loop(), name="talkwire-hub-heartbeat"),
-        ]
-
-    async def aclose(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for session_id, (_, token) in list(self._claims.items()):
-            with contextlib.suppress(RedisError, OSError):
-                await self.presence.release(session_id, self._value(token))
-        self._claims.clear()
-        await self.bus.aclose()
-        await self.presence.aclose()
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except Exception:  # background notices are best effort
-                log.exception("bus: background task failed")
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _value(self, token: str) -> str:
-        return f"{self.replica}|{token}"
-
-    # -- attachments ------------------------------------------------------
-
-    async def claim(self, att: Attachment) -> None:
-        """Register ``att`` in the registry; supersede an older attachment on another replica."""
-        sid, token = att.session_id, uuid.uuid4().hex
-        value = self._value(token)
-        try:
-            previous = await self.presence.claim(sid, value)
-        except (RedisError, OSError) as exc:
-            log.warning("session %s: could not register the attachment: %r", sid, exc)
-            previous = None  # the heartbeat registers it once Redis answers
-        except BaseException:
-            self._spawn(self.presence.release(sid, value))  # the SET may have landed
-            raise
-        if self._attachments.get(sid) is not att or att.ended.is_set():
-            # Superseded meanwhile (e.g. a newer attach here whose claim returned first).
-            self._spawn(self.presence.release(sid, value))
-            return
-        # Only now: a heartbeat that refreshed this entry before the claim reached Redis
-        # would find the previous owner's value there and end the new attachment.
-        self._claims[sid] = (att, token)
-        if previous is None:
-            return
-        replica, old_token = owner_of(previous)
-        if replica != self.replica:
-            await self.bus.notify_supersede(sid, replica, old_token)
-
-    async def live_ids(self) -> set[str]:
-        """Sessions with a live attachment on ANY replica: the registry plus our own.
-
-        The idle-session sweeper keeps these (``store.expire_idle(keep=...)``).
-        Raises when Redis is down: better to skip one expiry pass than to expire
-        sessions that are attached elsewhere.
-        """
-        return {*self.attached_ids(), *await self.presence.live()}
-
-    async def attached_where(self, session_ids: Iterable[str]) -> dict[str, str]:
-        """``session -> replica`` holding its live attachment (absent: not attached anywhere)."""
-        ids = list(session_ids)
-        where = {
-            sid: owner_of(value)[0] for sid, value in (await self.presence.lookup(ids)).items()
-        }
-        for sid in ids:
-            if self.is_attached(sid):
-                where.setdefault(sid, self.replica)  # e.g. attached while Redis was away
-        return where
-
-    def detach(self, att: Attachment) -> None:
-        super().detach(att)
-        entry = self._claims.get(att.session_id)
-        if entry is not None and entry[0] is att:
-            del self._claims[att.session_id]
-            self._spawn(self.presence.release(att.session_id, self._value(entry[1])))
-
-    def deliver(self, frames: Mapping[str, Sequence[StoredFrame]]) -> None:
-        super().deliver(frames)
-        if frames:
-            # Every session, not only those not attached here: watchers elsewhere need it too.
-            self._spawn(self.bus.publish(list(frames)))
-
-    def close_session(self, session_id: str, reason: str) -> None:
-        super().close_session(session_id, reason)
-        self._spawn(self.bus.notify_close(session_id, reason))
-
-    # -- BusHandler -------------------------------------------------------
-
-    def on_wake(self, session_ids: Sequence[str]) -> None:
-        for session_id in session_ids:
-            if session_id in self._attachments or session_id in self._watchers:
-                self._dirty.add(session_id)
-        if self._dirty:
-            self._dirty_event.set()
-
-    def on_supersede(self, session_id: str, token: str) -> None:
-        entry = self._claims.get(session_id)
-        if entry is not None and (not token or entry[1] == token):
-            entry[0].terminate(_superseded())
-
-    def on_close(self, session_id: str, reason: str) -> None:
-        SessionHub.close_session(self, session_id, reason)
-
-    async def on_bus_state(self, up: bool) -> None:
-        if up:
-            # Wake-ups may have been lost while we were away: catch every feed up.
-            self.on_wake(self._local_ids())
-        if self._on_ready is not None:
-            await self._on_ready(up and not self.draining)
-
-    # -- catching up from the store --------------------------------------
-
-    def _local_ids(self) -> list[str]:
-        return list(dict.fromkeys([*self._attachments, *self._watchers]))
-
-    def _feeds(self, session_id: str) -> list[Feed]:
-        feeds: list[Feed] = list(self._watchers.get(session_id, ()))
-        att = self._attachments.get(session_id)
-        if att is not None:
-            feeds.append(att)
-        return [f for f in feeds if not f.ended.is_set()]
-
-    async def _pump(self) -> None:
-        while True:
-            await self._dirty_event.wait()
-            self._dirty_event.clear()
-            batch, self._dirty = self._dirty, set()
-            await asyncio.gather(*(self._catch_up(sid) for sid in batch))
-
-    async def _catch_up(self, session_id: str) -> None:
-        feeds = self._feeds(session_id)
-        if not feeds:
-            return
-        after = min(_known(f) for f in feeds)
-        room = max(f.room for f in feeds)
-        if room <= 0:
-            return
-        async with self._fetch_limit:
-            try:
-                frames = await self._store_ref.frames_after(session_id, after, limit=room)
-            except Exception as exc:  # noqa: BLE001 - the sweep retries
-                log.warning("session %s: catch-up read failed: %r", session_id, exc)
-                return
-        for feed in feeds:
-            feed.offer(frames)
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_interval)  # periodic work, not synchronisation
-            try:
-                await self.sweep()
-            except Exception:  # the sweeper outlives a store hiccup
-                log.exception("hub sweep failed")
-
-    async def sweep(self) -> list[str]:
-        """Offer stored frames that a lost wake-up did not bring; return the sessions behind."""
-        ids = self._local_ids()
-        if not ids:
-            return []
-        heads = await self._store_ref.heads(ids)
-        behind = [
-            sid for sid in ids if any(heads.get(sid, 0) > _known(f) for f in self._feeds(sid))
-        ]
-        if behind:
-            self.on_wake(behind)
-        return behind
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_interval)  # periodic work
-            try:
-                await self.heartbeat()
-            except (RedisError, OSError) as exc:
-                log.warning("presence heartbeat failed: %r", exc)
-
-    async def heartbeat(self) -> None:
-        """Refresh our registry entries; end attachments that another replica took over."""
-        tokens = {sid: token for sid, (_, token) in self._claims.items()}
-        if not tokens:
-            return
-        lost = await self.presence.refresh([(s, self._value(t)) for s, t in tokens.items()])
-        for session_id in lost:
-            entry = self._claims.get(session_id)
-            # The entry refreshed, not a newer attachment made here meanwhile.
-            if entry is not None and entry[1] == tokens[session_id]:
-                log.info("session %s: attached on another replica; superseding here", session_id)
-                entry[0].terminate(_superseded())
-
-
-def _superseded() -> Status:
-    return Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False)
-
-
-@contextlib.asynccontextmanager
-async def open_hub(
-    store: SessionStore, config: Config, *, on_ready: ReadyCallback | None = None
-) -> AsyncIterator[SessionHub]:
-    """The hub this replica runs: a plain SessionHub for ``inprocess``, else a ClusterHub."""
-    settings = BusSettings.from_config(config.bus)
-    if settings.kind == "inprocess":
-        if on_ready is not None:
-            await on_ready(True)
-        yield SessionHub(store, queue_size=config.server.queue_size)
-        return
-    client: Redis = Redis.from_url(settings.url, health_check_interval=10)
-    hub = ClusterHub(
-        store,
-        bus=RedisBus(client, replica=config.server.replica, prefix=settings.prefix),
-        presence=RedisPresence(client, prefix=settings.prefix, ttl=settings.presence_ttl),
-        replica=config.server.replica,
-        queue_size=config.server.queue_size,
-        sweep_interval=settings.sweep_interval,
-        presence_ttl=settings.presence_ttl,
-        on_ready=on_ready,
-    )
-    try:
-        async with hub:
-            yield hub
-    finally:
-        await client.aclose()

@@ -4,6 +4,16 @@ One stream runs three tasks in a TaskGroup: the reader (client frames), the
 turn worker (one turn at a time; what arrives mid-turn is queued) and the
 writer (the attachment's feed -> the wire, with a write timeout). The first of
 them to end the attachment decides the final status.
+
+The stream itself is a :class:`~talkwire.server.transport.FrameStream`: a gRPC
+``Converse`` call (:meth:`ChatService.handler`) or a WebSocket of the web
+gateway (``talkwire.server.web``), both served by :meth:`ChatService.serve`.
+
+The service is an async context manager: while it runs, a watchdog ends the
+streams whose client stopped reading (``server.write_timeout``) and writes the
+acks clients sent (coalesced, newest per session). It owns the per-session turn
+lock (one turn at a time per session on this process) and counts the turns in
+flight, so a drain can wait for them (:meth:`ChatService.wait_idle`).
 """
 
 from __future__ import annotations
@@ -12,9 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import grpc
 from google.protobuf import json_format
@@ -37,6 +49,7 @@ from talkwire.server.hub import Attachment, SessionHub
 from talkwire.server.identity import Identity
 from talkwire.server.metrics import Metrics
 from talkwire.server.store import SessionRecord, SessionStore
+from talkwire.server.transport import UNDECODABLE, FrameStream, GrpcStream
 from talkwire.server.turns import QuickReply, SubscriptionPolicy, Turn, TurnHandler
 from talkwire.v1 import chat_pb2
 
@@ -200,6 +213,30 @@ class ChatService:
         self._config = config
         self._metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
+        self._turn_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        """Start the write watchdog (stuck writers, acks)."""
+        tasks = asyncio.TaskGroup()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        self._watchdog = tasks.create_task(self._watch_writes(), name="talkwire-chat-watchdog")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler; responses are written as pre-serialised bytes."""
@@ -215,29 +252,29 @@ class ChatService:
         requests: AsyncIterator[chat_pb2.ConverseRequest],
         context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
     ) -> None:
-        """Never let an unexpected error reach the wire as UNKNOWN or a traceback."""
+        await self.serve(GrpcStream(requests, context))
+
+    async def serve(self, stream: FrameStream) -> None:
+        """Serve one session stream to its end; never lets an error out as UNKNOWN."""
         try:
-            await self.converse(requests, context)
+            await self.converse(stream)
         except Exception:
             log.exception("Converse failed")
-            self._finish(context, Status(grpc.StatusCode.INTERNAL, "internal error", False))
+            stream.finish(Status(grpc.StatusCode.INTERNAL, "internal error", False))
 
-    async def converse(
-        self,
-        requests: AsyncIterator[chat_pb2.ConverseRequest],
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
-    ) -> None:
+    async def converse(self, stream: FrameStream) -> None:
+        requests = stream.requests()
         try:
-            identity = self._admit(context)
+            identity = self._admit(stream)
         except TalkwireError as exc:
             await _read_open_frame(requests)
-            self._finish(context, status_for(exc))
+            stream.finish(status_for(exc))
             return
         try:
             first = await self._first_frame(requests)
             record, token = await self._open(identity, first)
         except TalkwireError as exc:
-            self._finish(context, status_for(exc))
+            stream.finish(status_for(exc))
             return
         last_seq = first.open.last_seq
         # Attach before reading the replay: a frame committed meanwhile is then either
@@ -248,7 +285,7 @@ class ChatService:
             await self._hub.claim(att)
             replay = await self._store.replay(record, last_seq) if first.open.session_id else []
             opened = _opened(first, record, token, replay)
-            await self._run(att, record, opened, replay, requests, context)
+            await self._run(att, record, opened, replay, requests, stream)
         except TalkwireError as exc:
             att.terminate(status_for(exc))
         finally:
@@ -257,15 +294,13 @@ class ChatService:
             # The status goes out now; the bookkeeping writes follow in the background
             # (a busy store must not keep a client waiting to learn its stream ended).
             self._background(self._after_detach(att, record.id))
-        self._finish(context, att.status)
+        stream.finish(att.status)
 
-    def _admit(
-        self, context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes]
-    ) -> Identity:
+    def _admit(self, stream: FrameStream) -> Identity:
         """The caller's identity, from the call metadata alone (no frame read yet)."""
         if self._hub.draining:
             raise UnavailableError("server is shutting down; connect to another server")
-        return self._auth.authenticate(context.invocation_metadata() or ())
+        return self._auth.authenticate(stream.metadata())
 
     async def _after_detach(self, att: Attachment, session_id: str) -> None:
         try:
@@ -284,22 +319,53 @@ class ChatService:
         task.add_done_callback(self._pending.discard)
 
     async def aclose(self) -> None:
-        """Wait (up to 5 s) for the bookkeeping of ended streams; call before the store closes."""
+        """Stop the watchdog; wait (up to 5 s) for the bookkeeping of ended streams.
+
+        Call it after the gRPC server stopped and before the store closes. Idempotent.
+        """
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None and self._watchdog is not None:
+            self._watchdog.cancel()
+            await tasks.__aexit__(None, None, None)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_BOOKKEEPING_WAIT):
                 while self._pending:  # a handler unwinding late may add one more
                     await asyncio.gather(*self._pending, return_exceptions=True)
 
-    @staticmethod
-    def _finish(
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
-        status: Status | None,
-    ) -> None:
-        if status is None or status.code == grpc.StatusCode.OK:
-            return
-        context.set_code(status.code)
-        context.set_details(status.message)
-        context.set_trailing_metadata((("talkwire-retriable", "1" if status.retriable else "0"),))
+    async def wait_idle(self) -> None:
+        """Return once no turn is in progress on this process."""
+        await self._idle.wait()
+
+    @contextlib.asynccontextmanager
+    async def _turn_lock(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's turn lock (one turn at a time per session on this process)."""
+        lock = self._turn_locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._turn_locks[session_id] = lock
+        async with lock:
+            self._busy += 1
+            self._idle.clear()
+            try:
+                yield
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+
+    async def _watch_writes(self) -> None:
+        """End streams whose client stopped reading (``server.write_timeout``); write acks."""
+        timeout = self._config.write_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))  # one timer for all streams
+            self._hub.cut_stuck_writers(loop.time(), timeout)
+            acks = self._hub.take_acks()
+            if acks:
+                try:
+                    await self._store.ack_many(acks)
+                except Exception:  # noqa: BLE001 - acks only shorten retention; never stop serving
+                    log.warning("could not record %d acks; later acks cover them", len(acks))
 
     async def _first_frame(
         self, requests: AsyncIterator[chat_pb2.ConverseRequest]
@@ -352,7 +418,7 @@ class ChatService:
         opened: chat_pb2.ConverseResponse,
         replay: list[Any],
         requests: AsyncIterator[chat_pb2.ConverseRequest],
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+        stream: FrameStream,
     ) -> None:
         turns: asyncio.Queue[_Work | None] = asyncio.Queue(self._config.turn_queue_size)
         state: dict[str, Any] = dict(record.dialogue)
@@ -363,14 +429,14 @@ class ChatService:
         loop = asyncio.get_running_loop()
         try:
             att.writing_since = loop.time()
-            await context.write(encode_template(opened))
+            await stream.write(encode_template(opened))
             att.writing_since = None
-        except (TalkwireError, grpc.aio.AioRpcError) as exc:
+        except TalkwireError as exc:
             att.terminate(status_for(exc))
             return
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._write_loop(att, replay, context))
+                tg.create_task(self._write_loop(att, replay, stream))
                 tg.create_task(self._read_loop(att, requests, turns))
                 tg.create_task(self._turn_loop(att, record, state, turns))
                 tg.create_task(_until_ended(att))
@@ -381,19 +447,19 @@ class ChatService:
         self,
         att: Attachment,
         replay: list[Any],
-        context: grpc.aio.ServicerContext[chat_pb2.ConverseRequest, bytes],
+        stream: FrameStream,
     ) -> None:
-        # The hub's write watchdog ends a stream whose write is stuck longer than
+        # The write watchdog ends a stream whose write is stuck longer than
         # server.write_timeout (one timer for all streams, not one per frame).
         loop = asyncio.get_running_loop()
         frames_out = self._metrics.frames_out
         try:
             async for payload in att.payloads(replay):
                 att.writing_since = loop.time()
-                await context.write(payload)
+                await stream.write(payload)
                 att.writing_since = None
                 frames_out.inc()
-        except (TalkwireError, grpc.aio.AioRpcError) as exc:
+        except TalkwireError as exc:
             att.terminate(status_for(exc))
 
     async def _read_loop(
@@ -422,7 +488,7 @@ class ChatService:
             raise InvalidArgumentError("a frame is not a valid ConverseRequest")
         kind = request.WhichOneof("frame")
         if kind == "ack":
-            # Acks are coalesced: the hub's watchdog (and the detach) writes the newest.
+            # Acks are coalesced: the write watchdog (and the detach) writes the newest.
             if request.ack.seq <= att.sent_seq:
                 att.ack_seq = max(att.ack_seq, request.ack.seq)
             return
@@ -467,7 +533,7 @@ class ChatService:
             if work is None:
                 att.close()
                 return
-            async with self._hub.turn(att.session_id):
+            async with self._turn_lock(att.session_id):
                 await self._turn(att, record, state, work.request)
 
     async def _turn(
@@ -503,7 +569,10 @@ class ChatService:
         changed = working != state
         try:
             frames = await self._store.append(
-                record.id, templates, dialogue=working if changed else None
+                record.id,
+                templates,
+                dialogue=working if changed else None,
+                turn=_turn_bytes(request),
             )
         except TalkwireError as exc:
             self._transient_error(att, request.id, UnavailableError(exc.message))
@@ -547,7 +616,7 @@ async def _read_open_frame(requests: AsyncIterator[chat_pb2.ConverseRequest]) ->
     the status reaches it as sent. A caller that writes nothing gets its status
     after ``_REFUSAL_WAIT`` seconds.
     """
-    with contextlib.suppress(StopAsyncIteration, TimeoutError):
+    with contextlib.suppress(StopAsyncIteration, TimeoutError, TalkwireError):
         async with asyncio.timeout(_REFUSAL_WAIT):
             await anext(requests)
 
@@ -561,15 +630,19 @@ def _identity_bytes(payload: bytes) -> bytes:
     return payload
 
 
-UNDECODABLE = chat_pb2.ConverseRequest()
-"""Stands for a client frame that is not a valid ConverseRequest (never raised in grpc)."""
-
-
 def _decode_request(data: bytes) -> chat_pb2.ConverseRequest:
     try:
         return chat_pb2.ConverseRequest.FromString(data)
     except DecodeError:
         return UNDECODABLE
+
+
+def _turn_bytes(request: chat_pb2.ConverseRequest) -> bytes | None:
+    """The user frame recorded as ``turn.received`` (messages and actions only)."""
+    return request.SerializeToString() if request.WhichOneof("frame") in _TURNS else None
+
+
+_TURNS = frozenset({"message", "action"})
 
 
 def _turn_of(request: chat_pb2.ConverseRequest) -> Turn:

@@ -2,8 +2,11 @@
 
 Loaded once at start into frozen dataclasses. Sections the core owns
 (``server``, ``store``, ``auth``) are validated here; sections owned by plugins
-(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``) are
-kept as mappings and validated by their owners. Every error names the bad key.
+(``connectors``, ``bot``, ``events``, ``webhooks``, ``policy``, ``bus``, ``web``, ``handoff``) are
+kept as mappings (with their YAML lines) and validated by their owners through
+the one section reader, :class:`talkwire.connectors.sections.Section`. Every
+error names the bad key and, for a file, its line:
+``store.pool_siz (talkwire.yaml, line 7): unknown key (known: ...)``.
 
 Environment overrides: ``TALKWIRE_CONFIG`` (the file), ``TALKWIRE_LISTEN``,
 ``TALKWIRE_STORE_URL``, and generally ``TALKWIRE_<SECTION>__<KEY>[__<KEY>]``
@@ -22,7 +25,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from talkwire.connectors.sections import Section, YamlMapping, load_yaml
 from talkwire.server.errors import ConfigError
+from talkwire.server.storeurl import check_store_url
 
 __all__ = [
     "AuthConfig",
@@ -42,6 +47,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     replica: str = field(default_factory=socket.gethostname)
     grace_period: float = 10.0
+    # SIGTERM: seconds readiness is NOT_SERVING while everything is still served.
+    drain_delay: float = 0.0
     max_message_bytes: int = 64 * 1024
     max_text_chars: int = 4000
     max_concurrent_streams: int = 100_000
@@ -57,7 +64,7 @@ class ServerConfig:
     frame_burst: int = 100
     sweep_interval: float = 30.0
     metrics_listen: str = ""
-    handler: str = "auto"
+    handler: str = field(default="auto", metadata={"choices": ("auto", "echo", "dialogue")})
     # Where the embedded demo keeps its SQLite CRM.
     data_dir: str = _DEFAULT_DATA_DIR
 
@@ -71,6 +78,8 @@ class StoreConfig:
     retention_age: float = 24 * 3600.0
     session_ttl: float = 24 * 3600.0
     dedup_window: float = 7 * 24 * 3600.0
+    # How long connector idempotency keys are remembered (seconds).
+    idempotency_window: float = 24 * 3600.0
     pool_size: int = 10
 
 
@@ -78,11 +87,11 @@ class StoreConfig:
 class AuthConfig:
     """How callers authenticate. ``kind``: ``none`` | ``static`` | ``jwt``."""
 
-    kind: str = "none"
+    kind: str = field(default="none", metadata={"choices": ("none", "static", "jwt")})
     # none: every caller is this subject with these claims (development only).
     demo_subject: str = "demo"
     demo_claims: Mapping[str, Any] = field(default_factory=lambda: {"customer_id": "c-100"})
-    demo_roles: tuple[str, ...] = ("admin",)
+    demo_roles: tuple[str, ...] = ("admin", "agent")
     # static: token -> {subject, claims, roles}; tokens may be given as env:NAME or file:PATH.
     tokens: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # jwt
@@ -111,60 +120,45 @@ class Config:
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     policy: Mapping[str, Any] = field(default_factory=dict)
     bus: Mapping[str, Any] = field(default_factory=dict)
+    outbound: Mapping[str, Any] = field(default_factory=dict)
+    web: Mapping[str, Any] = field(default_factory=dict)
+    handoff: Mapping[str, Any] = field(default_factory=dict)
     demo: bool = False
     source: str = ""
 
 
 _T = TypeVar("_T")
 _SECTIONS = {"server": ServerConfig, "store": StoreConfig, "auth": AuthConfig}
-_RAW = ("connectors", "events", "webhooks", "policy", "bus")
+_RAW = ("connectors", "events", "webhooks", "policy", "bus", "web", "handoff", "outbound")
 
 
-def _coerce(path: str, value: Any, default: Any) -> Any:
-    target = type(default)
+def _read(section: Section, key: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
+    """``section[key]`` read as the type of its dataclass default."""
+    if choices:
+        return section.text(key, default, choices=choices)
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return section.flag(key, default)
+    if isinstance(default, int):
+        return section.integer(key, default)
     if isinstance(default, float):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return section.number(key, default)
     if isinstance(default, str):
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return section.text(key, default)
     if isinstance(default, tuple):
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        if isinstance(value, list | tuple):
-            return tuple(str(v) for v in value)
-        raise ConfigError(f"{path}: expected a list, got {value!r}")
-    if isinstance(default, Mapping):
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-    return target(value)
+        return section.strings(key, default, split=True)
+    return section.section(key).raw
 
 
 def _section(name: str, cls: type[_T], raw: Any) -> _T:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{name}: expected a mapping, got {type(raw).__name__}")
+    specs = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    section = Section(raw, name, known=specs)
     defaults = cls()
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
-    values = {
-        key: _coerce(f"{name}.{key}", value, getattr(defaults, key)) for key, value in raw.items()
-    }
-    return cls(**values)
+    return cls(
+        **{
+            key: _read(section, key, getattr(defaults, key), specs[key].metadata.get("choices", ()))
+            for key in section.raw
+        }
+    )
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -188,10 +182,15 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _copy(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy that keeps the YAML lines of a :class:`YamlMapping`."""
+    return mapping.copy() if isinstance(mapping, YamlMapping) else dict(mapping)
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            base[key] = _merge(dict(base[key]), value)
+            base[key] = _merge(_copy(base[key]), value)
         else:
             base[key] = value
     return base
@@ -213,40 +212,42 @@ def load_config(
     raw: dict[str, Any] = {}
     source = "embedded demo default"
     if path is not None:
-        file = Path(path)
-        try:
-            text = file.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: invalid YAML: {exc}") from exc
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{file}: the top level must be a mapping")
-        raw = dict(loaded)
-        source = str(file)
+        raw = _read_file(Path(path))
+        source = str(path)
     raw = _merge(raw, _env_overrides(env))
     if overrides:
         raw = _merge(raw, overrides)
-    known = {f.name for f in fields(Config)} - {"source"}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{key}: unknown top-level key (known: {', '.join(sorted(known))})")
-    demo = bool(raw.get("demo", path is None and "bot" not in raw))
+    top = Section(raw, "", known=[f.name for f in fields(Config) if f.name != "source"])
     for key in _RAW:
-        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
-            raise ConfigError(f"{key}: expected a mapping")
+        top.section(key)
+    store = _section("store", StoreConfig, raw.get("store"))
+    check_store_url(store.url, Section(raw.get("store"), "store").where("url"))
     return Config(
         server=_section("server", ServerConfig, raw.get("server")),
-        store=_section("store", StoreConfig, raw.get("store")),
+        store=store,
         auth=_section("auth", AuthConfig, raw.get("auth")),
-        connectors=dict(raw.get("connectors") or {}),
+        connectors=raw.get("connectors") or {},
         bot=raw.get("bot"),
-        events=dict(raw.get("events") or {}),
-        webhooks=dict(raw.get("webhooks") or {}),
-        policy=dict(raw.get("policy") or {}),
-        bus=dict(raw.get("bus") or {}),
-        demo=demo,
+        events=raw.get("events") or {},
+        webhooks=raw.get("webhooks") or {},
+        policy=raw.get("policy") or {},
+        bus=raw.get("bus") or {},
+        outbound=raw.get("outbound") or {},
+        web=raw.get("web") or {},
+        handoff=raw.get("handoff") or {},
+        demo=top.flag("demo", path is None and "bot" not in raw),
         source=source,
     )
+
+
+def _read_file(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+    loaded = load_yaml(text, source=str(file))
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    return _copy(loaded)

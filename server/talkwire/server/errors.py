@@ -1,7 +1,9 @@
 """The server's error tree and the one place errors become gRPC statuses.
 
 Each class carries the ``grpc.StatusCode`` it maps to and whether the caller
-may retry. :func:`status_for` also understands the connectors' error tree
+may retry. ``ConfigError`` is the one config error of the whole tree, defined
+beside the reader in ``talkwire.connectors`` (which must not import the
+server) and re-exported here. :func:`status_for` also understands the connectors' error tree
 (``talkwire.connectors.errors``), so the edge never sends ``UNKNOWN`` or a
 traceback: anything unexpected becomes ``INTERNAL`` with a generic message.
 """
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from talkwire.connectors.errors import ConnectorError
+from talkwire.connectors.errors import ConfigError, ConnectorError
 
 __all__ = [
     "AlreadyExistsError",
@@ -43,12 +45,6 @@ class TalkwireError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-class ConfigError(TalkwireError):
-    """The configuration is invalid; the message names the bad key."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class InvalidArgumentError(TalkwireError):
@@ -117,6 +113,6 @@ class Status:
 
 def status_for(exc: BaseException) -> Status:
     """Translate any exception into a wire status (never UNKNOWN, never a traceback)."""
-    if isinstance(exc, TalkwireError | ConnectorError):
+    if isinstance(exc, TalkwireError | ConnectorError | ConfigError):
         return Status(exc.code, exc.message, exc.retriable)
     return Status(grpc.StatusCode.INTERNAL, "internal error", False)

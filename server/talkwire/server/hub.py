@@ -8,16 +8,23 @@ skipped, and a gap (a frame offered before an earlier one arrived) is filled
 from the SessionStore, which is the source of truth. A feed whose queue
 overflows ends with ``RESOURCE_EXHAUSTED``; the frames stay in the store for
 the resume.
+
+The hub works with a :class:`~talkwire.server.cluster.Cluster`: on one replica
+a ``LocalCluster`` (nothing to tell anyone), with several a ``RedisCluster``
+that claims attachments in the registry, wakes other replicas and catches local
+feeds up from the store. The hub calls it at four points (claim, detach,
+deliver, close); the cluster calls back through
+:class:`~talkwire.server.cluster.LocalSessions`, which the hub provides.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
 
 import grpc
 
@@ -26,7 +33,10 @@ from talkwire.server.frames import StoredFrame
 from talkwire.server.identity import Identity
 from talkwire.server.store import SessionStore
 
-__all__ = ["Attachment", "Feed", "SessionHub"]
+if TYPE_CHECKING:
+    from talkwire.server.cluster import Cluster
+
+__all__ = ["Attachment", "Feed", "SessionHub", "superseded_status"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,11 @@ _DRAINING = "server is shutting down; resume on another server"
 
 def _draining_status(message: str = _DRAINING) -> Status:
     return Status(grpc.StatusCode.UNAVAILABLE, message, True)
+
+
+def superseded_status() -> Status:
+    """How an attachment ends when a newer one of its session exists (here or elsewhere)."""
+    return Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +75,11 @@ class Feed:
         self._queue: asyncio.Queue[StoredFrame | _Transient | _Close] = asyncio.Queue(size)
         self.ended = asyncio.Event()
         self.status: Status | None = None
+
+    @property
+    def known_seq(self) -> int:
+        """The highest seq this feed has sent or queued (a catch-up fetches above it)."""
+        return max(self.sent_seq, self.queued_seq)
 
     def offer(self, frames: Sequence[StoredFrame]) -> None:
         """Queue committed frames; never blocks. Overflow ends the feed (nothing is lost)."""
@@ -166,20 +186,48 @@ class Attachment(Feed):
 
 
 class SessionHub:
-    """Owns the live attachments and watchers of this process."""
+    """Owns the live attachments and watchers of this process.
 
-    def __init__(self, store: SessionStore, *, queue_size: int = 256) -> None:
+    An async context manager: entering it starts the cluster with this hub as
+    its :class:`~talkwire.server.cluster.LocalSessions`; :meth:`aclose` stops it.
+    """
+
+    def __init__(self, store: SessionStore, cluster: Cluster, *, queue_size: int = 256) -> None:
         self._store = store
+        self._cluster = cluster
         self._queue_size = queue_size
         self._attachments: dict[str, Attachment] = {}
         self._watchers: dict[str, set[Feed]] = {}
-        self._turn_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._started = False
         self.draining = False
-        self._busy = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+
+    async def __aenter__(self) -> Self:
+        await self._cluster.start(self)
+        self._started = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the cluster (registry entries released, bus closed). Idempotent."""
+        if self._started:
+            self._started = False
+            await self._cluster.aclose()
+
+    @property
+    def cluster(self) -> Cluster:
+        return self._cluster
+
+    @property
+    def ready(self) -> bool:
+        """Readiness: the cluster can reach the other replicas and this one is not draining."""
+        return self._cluster.healthy and not self.draining
 
     def __len__(self) -> int:
         return len(self._attachments)
@@ -190,13 +238,52 @@ class SessionHub:
     def is_attached(self, session_id: str) -> bool:
         return session_id in self._attachments
 
+    # -- LocalSessions (what the cluster reads and does here) --------------
+
+    def current(self, session_id: str) -> Attachment | None:
+        """This process's attachment of ``session_id``, if any."""
+        return self._attachments.get(session_id)
+
+    def local_ids(self) -> list[str]:
+        """Sessions with an attachment or a watcher here."""
+        return list(dict.fromkeys([*self._attachments, *self._watchers]))
+
+    def feeds(self, session_id: str) -> list[Feed]:
+        """The feeds of ``session_id`` here that are still running."""
+        feeds: list[Feed] = list(self._watchers.get(session_id, ()))
+        att = self._attachments.get(session_id)
+        if att is not None:
+            feeds.append(att)
+        return [f for f in feeds if not f.ended.is_set()]
+
+    def close_local(self, session_id: str, reason: str) -> None:
+        """End the session's attachment (``NOT_FOUND``) and watchers here."""
+        att = self._attachments.get(session_id)
+        if att is not None:
+            att.terminate(Status(grpc.StatusCode.NOT_FOUND, f"session closed: {reason}", False))
+        for feed in self._watchers.get(session_id, ()):
+            feed.close()
+
+    # -- sessions ----------------------------------------------------------
+
     async def live_ids(self) -> set[str]:
-        """Sessions with a live attachment anywhere (one replica: here)."""
-        return set(self._attachments)
+        """Sessions with a live attachment anywhere (here, plus the cluster's registry).
+
+        Raises when the registry cannot be read: better to skip one expiry pass
+        than to expire sessions that are attached elsewhere.
+        """
+        return {*self._attachments, *await self._cluster.live_elsewhere()}
 
     async def attached_where(self, session_ids: Iterable[str]) -> dict[str, str] | None:
-        """``session -> replica`` from an attachment registry; ``None``: there is none."""
-        return None
+        """``session -> replica`` holding its live attachment; ``None``: no registry."""
+        ids = list(session_ids)
+        where = await self._cluster.attached_where(ids)
+        if where is None:
+            return None
+        for sid in ids:
+            if sid in self._attachments:
+                where.setdefault(sid, self._cluster.replica)  # e.g. attached while Redis was away
+        return where
 
     def attach(self, session_id: str, identity: Identity, *, after_seq: int) -> Attachment:
         """Register a new attachment; an older one of the same session is superseded."""
@@ -205,9 +292,7 @@ class SessionHub:
         )
         old = self._attachments.get(session_id)
         if old is not None:
-            old.terminate(
-                Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False)
-            )
+            old.terminate(superseded_status())
         self._attachments[session_id] = att
         if self.draining:
             # The stream passed the draining check before drain() ended every stream.
@@ -215,27 +300,18 @@ class SessionHub:
         return att
 
     async def claim(self, att: Attachment) -> None:
-        """Announce ``att`` to other replicas (a no-op on one replica; see ``bus.ClusterHub``)."""
-        return None
+        """Announce ``att`` to the cluster (an older attachment elsewhere is superseded)."""
+        await self._cluster.claim(att)
 
     def detach(self, att: Attachment) -> None:
         if self._attachments.get(att.session_id) is att:
             del self._attachments[att.session_id]
-
-    def supersede(self, session_id: str) -> bool:
-        """End this process's attachment of ``session_id`` (a newer one exists elsewhere)."""
-        att = self._attachments.get(session_id)
-        if att is None:
-            return False
-        att.terminate(Status(grpc.StatusCode.ABORTED, "superseded by a newer attachment", False))
-        return True
+        self._cluster.release(att)
 
     def close_session(self, session_id: str, reason: str) -> None:
-        att = self._attachments.get(session_id)
-        if att is not None:
-            att.terminate(Status(grpc.StatusCode.NOT_FOUND, f"session closed: {reason}", False))
-        for feed in self._watchers.get(session_id, ()):
-            feed.close()
+        """End the session's streams here and on every other replica."""
+        self.close_local(session_id, reason)
+        self._cluster.announce_close(session_id, reason)
 
     def watch(self, session_id: str, *, after_seq: int) -> Feed:
         feed = Feed(self._store, session_id, after_seq=after_seq, size=self._queue_size)
@@ -250,34 +326,16 @@ class SessionHub:
                 del self._watchers[feed.session_id]
 
     def deliver(self, frames: Mapping[str, Sequence[StoredFrame]]) -> None:
-        """Offer committed frames to the attachments and watchers of their sessions."""
+        """Offer committed frames to the local feeds of their sessions; wake the others."""
         for session_id, items in frames.items():
             att = self._attachments.get(session_id)
             if att is not None:
                 att.offer(items)
             for feed in self._watchers.get(session_id, ()):
                 feed.offer(items)
-
-    @contextlib.asynccontextmanager
-    async def turn(self, session_id: str) -> AsyncIterator[None]:
-        """Hold the session's turn lock (one turn at a time per session on this process)."""
-        lock = self._turn_locks.get(session_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._turn_locks[session_id] = lock
-        async with lock:
-            self._busy += 1
-            self._idle.clear()
-            try:
-                yield
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no turn is in progress on this process."""
-        await self._idle.wait()
+        if frames:
+            # Every session, not only those not attached here: watchers elsewhere need it too.
+            self._cluster.announce(list(frames))
 
     def take_acks(self) -> list[tuple[str, int]]:
         """Acks received since the last call, newest per session, marked as flushed."""

@@ -41,6 +41,21 @@ class Metrics:
             "Kafka records not yet consumed (assigned partitions)",
             registry=r,
         )
+        self.outbound_events = Counter(
+            "talkwire_outbound_events",
+            "Outbound deliveries by sink and outcome (delivered, retried, failed, dead_lettered)",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.outbound_pending = Gauge(
+            "talkwire_outbound_pending", "Events waiting for a sink", ["sink"], registry=r
+        )
+        self.outbound_oldest_seconds = Gauge(
+            "talkwire_outbound_oldest_pending_seconds",
+            "Age of the oldest event waiting for a sink",
+            ["sink"],
+            registry=r,
+        )
         self.consumer_stalled = Gauge(
             "talkwire_consumer_stalled", "1 when the Kafka consumer made no progress", registry=r
         )
@@ -66,6 +81,9 @@ class Metrics:
         self.events.labels("received").inc(received)
         self.events.labels("frames").inc(frames)
         self.events.labels("duplicate").inc(duplicates)
+
+    def outbound_outcome(self, sink: str, outcome: str, n: int) -> None:
+        self.outbound_events.labels(sink, outcome).inc(n)
 
     def connector_call(self, record: CallRecord) -> None:
         """Observe one connector call (the ConnectorRegistry's observer hook)."""

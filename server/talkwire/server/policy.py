@@ -13,8 +13,8 @@
             params: {order_id: "{order_id}"}
             expect: {customer_id: "{user.customer_id}"}
 
-A rule's ``key`` is a pattern: ``{user.X}`` (the caller's claim ``X``;
-``{user.sub}`` is the subject) must equal that part of the key; any other
+A rule's ``key`` is a pattern (no filters): ``{user.X}`` (the caller's claim
+``X``; ``{user.sub}`` is the subject) must equal that part of the key; any other
 ``{name}`` binds the text there (non-empty, no ``:``) as a variable. A rule
 without ``check`` allows every key it matches. With ``check``, the connector
 operation is invoked with the rendered ``params`` (as the caller) and must
@@ -34,11 +34,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.errors import ConnectorError
+from talkwire.connectors.sections import Section
 from talkwire.connectors.templates import (
     MISSING,
     TemplateError,
@@ -54,8 +56,6 @@ __all__ = ["ConfigPolicy", "PolicyRule", "from_config"]
 
 log = logging.getLogger(__name__)
 
-_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\}")
-
 
 class Invoker(Protocol):
     """What the policy needs from the connector registry."""
@@ -70,9 +70,7 @@ class Invoker(Protocol):
 
 
 def _identity_values(identity: Identity) -> dict[str, Any]:
-    user = dict(identity.claims)
-    user.setdefault("sub", identity.subject)
-    return {"user": user, "subject": identity.subject}
+    return {"user": caller_scope(identity.subject, identity.claims), "subject": identity.subject}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,53 +84,39 @@ class PolicyRule:
     params: Mapping[str, Any] | None = None
     expect: Mapping[str, Any] | None = None
 
+    # Where the rule's check was configured ("policy.rules[0].check (talkwire.yaml, line 9)").
+    where: str = field(default="", compare=False)
+
     @classmethod
     def from_config(cls, section: Any, where: str) -> PolicyRule:
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with a 'key'")
-        unknown = set(section) - {"key", "check"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: check, key)")
-        pattern = section.get("key")
+        """Validate one rule (a mapping or its :class:`Section`); errors name key and line."""
+        sec = section if isinstance(section, Section) else Section(section, where)
+        sec.check_known(("check", "key"))
+        pattern = sec.get("key")
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"{where}.key: expected a key pattern such as 'order:{{order_id}}'")
+            raise sec.error("key", "expected a key pattern such as 'order:{order_id}'")
         try:
-            compile_template(pattern)
+            template = compile_template(pattern, filters=False)
         except TemplateError as exc:
-            raise ConfigError(f"{where}.key: {exc}") from None
-        parts: list[str | tuple[str]] = []
-        pos = 0
-        for m in _FIELD.finditer(pattern):
-            if m.start() > pos:
-                parts.append(pattern[pos : m.start()])
-            parts.append((m.group(1),))
-            pos = m.end()
-        if pos < len(pattern):
-            parts.append(pattern[pos:])
-        check = section.get("check")
-        if check is None:
-            return cls(pattern=pattern, parts=tuple(parts))
-        if not isinstance(check, Mapping):
-            raise ConfigError(f"{where}.check: expected a mapping")
-        unknown = set(check) - {"connector", "operation", "params", "expect"}
-        if unknown:
-            raise ConfigError(f"{where}.check.{sorted(unknown)[0]}: unknown key")
+            raise sec.error("key", str(exc)) from None
+        parts = tuple(p if isinstance(p, str) else (p.path,) for p in template.parts)
+        if sec.get("check") is None:
+            return cls(pattern=pattern, parts=parts)
+        check = sec.section("check", known=("connector", "expect", "operation", "params"))
         for key in ("connector", "operation"):
             if not isinstance(check.get(key), str) or not check.get(key):
-                raise ConfigError(f"{where}.check.{key}: required")
-        params = check.get("params") or {}
-        expect = check.get("expect") or {}
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"{where}.check.params: expected a mapping")
-        if not isinstance(expect, Mapping) or not expect:
-            raise ConfigError(f"{where}.check.expect: expected a non-empty mapping")
+                raise check.error(key, "required")
+        expect = check.section("expect").raw
+        if not expect:
+            raise check.error("expect", "expected a non-empty mapping")
         return cls(
             pattern=pattern,
-            parts=tuple(parts),
-            connector=str(check["connector"]),
-            operation=str(check["operation"]),
-            params=dict(params),
+            parts=parts,
+            connector=check.text("connector"),
+            operation=check.text("operation"),
+            params=dict(check.section("params").raw),
             expect=dict(expect),
+            where=check.where(),
         )
 
     def match(self, key: str, identity_values: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -176,14 +160,13 @@ class ConfigPolicy:
             for i, r in enumerate(rules)
         )
         if default not in ("deny", "allow"):
-            raise ConfigError(f"policy.default: expected deny or allow, got {default!r}")
+            raise ConfigError(f"policy.default: expected one of deny, allow, got {default!r}")
         self.default_allow = default == "allow"
         self.registry = registry
         for i, rule in enumerate(self.rules):
             if rule.connector and registry is None:
-                raise ConfigError(
-                    f"policy.rules[{i}].check: needs connectors (none are configured)"
-                )
+                where = rule.where or f"policy.rules[{i}].check"
+                raise ConfigError(f"{where}: needs connectors (none are configured)")
 
     @classmethod
     def from_config(
@@ -212,7 +195,9 @@ class ConfigPolicy:
         except TemplateError as exc:
             log.info("policy %s: cannot render check (%s): deny", rule.pattern, exc)
             return False
-        ctx = CallContext(subject=identity.subject, claims=dict(identity.claims))
+        ctx = CallContext(
+            subject=identity.subject, claims=caller_scope(identity.subject, identity.claims)
+        )
         try:
             result = await self.registry.invoke(rule.connector, rule.operation, params, ctx)
         except ConnectorError as exc:
@@ -238,13 +223,10 @@ class ConfigPolicy:
 
 def from_config(section: Mapping[str, Any] | None, registry: Invoker | None = None) -> ConfigPolicy:
     """The policy for the ``policy`` section (deny everything when it is absent)."""
-    section = section or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError("policy: expected a mapping")
-    unknown = set(section) - {"rules", "default"}
-    if unknown:
-        raise ConfigError(f"policy.{sorted(unknown)[0]}: unknown key (known: default, rules)")
-    rules = section.get("rules") or []
-    if not isinstance(rules, list):
-        raise ConfigError("policy.rules: expected a list")
-    return ConfigPolicy(rules, registry, default=str(section.get("default", "deny")))
+    sec = Section(section, "policy", known=("default", "rules"))
+    rules = [sec.item("rules", i) for i in range(len(sec.list_of("rules")))]
+    return ConfigPolicy(
+        [PolicyRule.from_config(rule, rule.key) for rule in rules],
+        registry,
+        default=sec.text("default", "deny", choices=("deny", "allow")),
+    )

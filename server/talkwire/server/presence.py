@@ -32,7 +32,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-__all__ = ["LocalPresence", "Presence", "RedisPresence", "owner_of"]
+__all__ = ["Presence", "RedisPresence", "owner_of"]
 
 _CHUNK = 500
 
@@ -91,28 +91,6 @@ class Presence(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-class LocalPresence:
-    """Single replica: the SessionHub's own dict is the registry; nothing to do."""
-
-    async def claim(self, session_id: str, value: str) -> str | None:
-        return None
-
-    async def release(self, session_id: str, value: str) -> None:
-        return None
-
-    async def refresh(self, entries: Sequence[tuple[str, str]]) -> list[str]:
-        return []
-
-    async def lookup(self, session_ids: Iterable[str]) -> dict[str, str]:
-        return {}
-
-    async def live(self) -> set[str]:
-        return set()
-
-    async def aclose(self) -> None:
-        return None
 
 
 class RedisPresence:

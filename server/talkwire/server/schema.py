@@ -9,8 +9,13 @@ from sqlalchemy.dialects import mysql
 
 __all__ = [
     "SCHEMA_VERSION",
+    "conversation_events",
     "dead_letters",
+    "handoffs",
+    "idempotency_keys",
     "metadata",
+    "outbound_dead",
+    "outbound_pending",
     "outbox",
     "processed_events",
     "schema_info",
@@ -18,7 +23,9 @@ __all__ = [
     "subscriptions",
 ]
 
-SCHEMA_VERSION = 1
+# 1: sessions, frames, subscriptions, dedup, dead letters.
+# 2: conversation events and the outbound outbox (new tables only: create_all adds them).
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -105,4 +112,88 @@ dead_letters = sa.Table(
     sa.Column("payload", _Blob, nullable=True),
     sa.Column("headers", _Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+_EventId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+# Conversation events (talkwire.v1.ConversationEvent), kept for transcripts. ``id`` orders a
+# session's events: every writer of a session's events holds that session's row lock (or
+# SQLite's single writer), so ids of one session grow in commit order.
+conversation_events = sa.Table(
+    "talkwire_conversation_events",
+    metadata,
+    sa.Column("id", _EventId, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("seq", _Seq, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # frame.appended: the ConverseResponse; turn.received: the ConverseRequest; else JSON.
+    sa.Column("body", _Blob, nullable=False),
+    sa.Index("ix_talkwire_conversation_events_session", "session_id", "id"),
+)
+
+# The outbound outbox: one row per (sink, event) not yet delivered, written in the
+# transaction that wrote the event; the relay deletes it once the sink has the event.
+outbound_pending = sa.Table(
+    "talkwire_outbound_pending",
+    metadata,
+    sa.Column("sink", sa.String(64), primary_key=True),
+    sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_talkwire_outbound_pending_session", "sink", "session_id", "event_id"),
+)
+
+# Deliveries given up on (attempts or age exhausted, or refused by the receiver).
+outbound_dead = sa.Table(
+    "talkwire_outbound_dead",
+    metadata,
+    sa.Column("sink", sa.String(64), primary_key=True),
+    sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("reason", _Text, nullable=False),
+    sa.Column("dead_at", sa.Float, nullable=False),
+)
+
+# Idempotency keys of connector writes (talkwire.server.idempotency); ``id`` hashes
+# connector, operation, caller and key. ``result`` is the first call's JSON result.
+idempotency_keys = sa.Table(
+    "talkwire_idempotency_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("result", _Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+# Handoff states of a session (``bot`` has no row, or a row in state BOT).
+HANDOFF_BOT = 0
+HANDOFF_QUEUED = 1
+HANDOFF_AGENT = 2
+
+handoffs = sa.Table(
+    "talkwire_handoffs",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.SmallInteger, nullable=False, default=HANDOFF_BOT),
+    sa.Column("queue", sa.String(64), nullable=False, default=""),
+    sa.Column("reason", _Text, nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    # When the session entered its current queue (orders the queue).
+    sa.Column("queued_at", sa.Float, nullable=False),
+    sa.Column("agent", sa.String(255), nullable=True),
+    sa.Column("agent_name", sa.String(255), nullable=False, default=""),
+    # The last sign of life of the agent holding it (the timeout back to the queue).
+    sa.Column("agent_seen_at", sa.Float, nullable=True),
+    # Frames above pin_seq stay retained while queued or with an agent (user acks
+    # stop below it), so the agent's stream can replay them.
+    sa.Column("pin_seq", _Seq, nullable=False, default=0),
+    # JSON: what the bot knew (slots, results, last turns) when it handed off.
+    sa.Column("context", _Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_talkwire_handoffs_queue", "state", "queue", "queued_at"),
 )

@@ -11,6 +11,11 @@ Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
 every frame before it.
+
+Every operation that changes what a conversation is (open, resume, turn, frame,
+subscription, close, expiry) also writes its conversation event through
+:attr:`SessionStore.events` in the same transaction (the outbound outbox; see
+:mod:`talkwire.server.outbound.record`).
 """
 
 from __future__ import annotations
@@ -25,17 +30,26 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from talkwire.server import schema
-from talkwire.server.errors import FailedPreconditionError, NotFoundError, OutOfRangeError
+from talkwire.server.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    FailedPreconditionError,
+    NotFoundError,
+    OutOfRangeError,
+)
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
+from talkwire.server.outbound import record as kinds
+from talkwire.server.outbound.record import EventRecorder, EventRow
 from talkwire.server.sqlexec import SqlExecutor, open_executor
+from talkwire.server.storeurl import missing_database
 
 __all__ = [
     "FanoutEvent",
@@ -46,6 +60,7 @@ __all__ = [
 ]
 
 _CHUNK = 2000
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,11 @@ _APPEND_UPDATE = {
     True: _S.update().where(_ACTIVE_SESSION).values(_ADVANCE_DIALOGUE),
 }
 _LOCK_HEAD = sa.select(_S.c.head_seq).where(_ACTIVE_SESSION).with_for_update()
+_H = schema.handoffs
+_HANDOFF_PIN = sa.select(_H.c.pin_seq).where(
+    _H.c.session_id == sa.bindparam("sid"),
+    _H.c.state.in_((schema.HANDOFF_QUEUED, schema.HANDOFF_AGENT)),
+)
 _SET_HEAD = (
     _S.update().where(_S.c.id == sa.bindparam("b_id")).values(head_seq=sa.bindparam("b_head"))
 )
@@ -158,8 +178,11 @@ class SessionStore:
         pool_size: int = 10,
         echo: bool = False,
         executor: SqlExecutor | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.url = url
+        self.events = events or EventRecorder(clock=clock)
+        """Writes conversation events; call ``events.record(conn, ...)`` inside a transaction."""
         self.retention = retention or Retention()
         self._clock = clock
         self._db = executor or open_executor(url, pool_size=pool_size, echo=echo)
@@ -169,6 +192,11 @@ class SessionStore:
     @property
     def dialect(self) -> str:
         return self._db.dialect
+
+    @property
+    def executor(self) -> SqlExecutor:
+        """Where this store's transactions run (for focused modules on the same database)."""
+        return self._db
 
     async def __aenter__(self) -> Self:
         try:
@@ -187,8 +215,21 @@ class SessionStore:
         await self.aclose()
 
     async def start(self) -> None:
-        """Create the schema if it does not exist yet (``talkwire db upgrade`` does the same)."""
-        await self.upgrade()
+        """Create the schema if it does not exist yet (``talkwire db upgrade`` does the same).
+
+        A database that does not exist is a :class:`ConfigError` naming ``store.url``
+        (talkwire creates tables, never databases).
+        """
+        try:
+            await self.upgrade()
+        except Exception as exc:
+            if not missing_database(exc):
+                raise
+            name = sa.make_url(self.url).database
+            raise ConfigError(
+                f"store.url: database {name!r} does not exist; create it first "
+                "(talkwire creates the tables, not the database)"
+            ) from None
 
     async def upgrade(self) -> int:
         """Create or upgrade the schema; return the schema version now in place."""
@@ -206,7 +247,11 @@ class SessionStore:
                     f"database schema version {version} is newer than this talkwire "
                     f"({schema.SCHEMA_VERSION}); upgrade talkwire"
                 )
-            return version
+            if version < schema.SCHEMA_VERSION:  # every migration so far only adds tables
+                conn.execute(
+                    info.update().where(info.c.id == 1).values(version=schema.SCHEMA_VERSION)
+                )
+            return schema.SCHEMA_VERSION
 
         return await self._db.write(tx)
 
@@ -248,7 +293,15 @@ class SessionStore:
             "dialogue": "{}",
             "replica": replica,
         }
-        await self._db.write(lambda conn: conn.execute(_INSERT_SESSION, values))
+        opened: dict[str, Any] = {"subject": identity.subject, "channel": channel}
+        opened.update(locale=locale, attributes=dict(attributes or {}))
+        session_id = str(values["id"])
+
+        def tx(conn: Connection) -> None:
+            conn.execute(_INSERT_SESSION, values)
+            self.events.record(conn, session_id, kinds.SESSION_OPENED, data=opened, now=now)
+
+        await self._db.write(tx)
         return self._record(values), token
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -270,11 +323,12 @@ class SessionStore:
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
             record = check(None if row is None else self._record(row))
+            now = self._clock()
             conn.execute(
-                _S.update()
-                .where(_S.c.id == session_id)
-                .values(last_active_at=self._clock(), replica=replica)
+                _S.update().where(_S.c.id == session_id).values(last_active_at=now, replica=replica)
             )
+            data = {"replica": replica or ""}
+            self.events.record(conn, session_id, kinds.SESSION_RESUMED, data=data, now=now)
             return record
 
         return await self._db.write(tx)
@@ -321,6 +375,8 @@ class SessionStore:
             )
             if not result.rowcount:
                 return False
+            kind = kinds.SESSION_EXPIRED if state == schema.EXPIRED else kinds.SESSION_CLOSED
+            self.events.record(conn, session_id, kind, data={}, now=now)
             conn.execute(_SUB.delete().where(_SUB.c.session_id == session_id))
             conn.execute(_O.delete().where(_O.c.session_id == session_id))
             return True
@@ -349,50 +405,88 @@ class SessionStore:
         templates: Sequence[bytes],
         *,
         dialogue: Mapping[str, Any] | None = None,
+        turn: bytes | None = None,
     ) -> list[StoredFrame]:
-        """Append durable frames to one session (and save its dialogue state) atomically."""
+        """Append durable frames to one session (and save its dialogue state) atomically.
+
+        ``turn`` is the serialised user frame (``ConverseRequest``) that caused them: it
+        is recorded as a ``turn.received`` event before the frames' ``frame.appended``.
+        """
         now = self._clock()
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
         with_dialogue = dialogue is not None
         if with_dialogue:
             params["dialogue"] = json.dumps(dialogue)
-        returning = self._db.update_returning
+        return await self._db.write(
+            lambda conn: self._append_tx(conn, session_id, templates, params, with_dialogue, turn)
+        )
 
-        def tx(conn: Connection) -> list[StoredFrame]:
-            if returning:
-                head = conn.execute(_APPEND_RETURNING[with_dialogue], params).scalar()
-                if head is None:
-                    raise NotFoundError(f"session {session_id} not found or closed")
-                first = int(head) - n + 1
-            else:
-                row = conn.execute(_LOCK_HEAD, params).first()
-                if row is None:
-                    raise NotFoundError(f"session {session_id} not found or closed")
-                first = int(row[0]) + 1
-                conn.execute(_APPEND_UPDATE[with_dialogue], params)
-            frames = [
-                StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)
-            ]
-            if frames:
-                conn.execute(
-                    _INSERT_OUTBOX,
-                    [
-                        {
-                            "session_id": session_id,
-                            "seq": f.seq,
-                            "created_at": now,
-                            "payload": f.payload,
-                        }
-                        for f in frames
-                    ],
-                )
-            return frames
+    def append_in(
+        self, conn: Connection, session_id: str, templates: Sequence[bytes]
+    ) -> list[StoredFrame]:
+        """Append durable frames inside a :meth:`transaction` (e.g. a handoff step)."""
+        params: dict[str, Any] = {"sid": session_id, "n": len(templates), "now": self._clock()}
+        return self._append_tx(conn, session_id, templates, params, False)
 
-        return await self._db.write(tx)
+    def _append_tx(
+        self,
+        conn: Connection,
+        session_id: str,
+        templates: Sequence[bytes],
+        params: Mapping[str, Any],
+        with_dialogue: bool,
+        turn: bytes | None = None,
+    ) -> list[StoredFrame]:
+        n = len(templates)
+        if self._db.update_returning:
+            head = conn.execute(_APPEND_RETURNING[with_dialogue], params).scalar()
+            if head is None:
+                raise NotFoundError(f"session {session_id} not found or closed")
+            first = int(head) - n + 1
+        else:
+            row = conn.execute(_LOCK_HEAD, params).first()
+            if row is None:
+                raise NotFoundError(f"session {session_id} not found or closed")
+            first = int(row[0]) + 1
+            conn.execute(_APPEND_UPDATE[with_dialogue], params)
+        frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
+        if frames:
+            now = params["now"]
+            conn.execute(
+                _INSERT_OUTBOX,
+                [
+                    {
+                        "session_id": session_id,
+                        "seq": f.seq,
+                        "created_at": now,
+                        "payload": f.payload,
+                    }
+                    for f in frames
+                ],
+            )
+        self._record_frames(conn, session_id, frames, params["now"], turn)
+        return frames
 
-    async def save_dialogue(self, session_id: str, dialogue: Mapping[str, Any]) -> None:
-        await self.append(session_id, (), dialogue=dialogue)
+    async def transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` as one write transaction (for stores built on these tables)."""
+        return await self._db.write(work)
+
+    async def reading(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` as one read transaction."""
+        return await self._db.read(work)
+
+    def _record_frames(
+        self,
+        conn: Connection,
+        session_id: str,
+        frames: Sequence[StoredFrame],
+        now: float,
+        turn: bytes | None = None,
+    ) -> None:
+        rows = [EventRow(session_id, kinds.TURN_RECEIVED, turn)] if turn is not None else []
+        rows += [EventRow(session_id, kinds.FRAME_APPENDED, f.payload, f.seq) for f in frames]
+        self.events.record_many(conn, rows, now=now)
 
     async def frames_after(
         self, session_id: str, after_seq: int, *, limit: int | None = None
@@ -466,18 +560,26 @@ class SessionStore:
 
     @staticmethod
     def _ack(conn: Connection, session_id: str, seq: int, now: float) -> None:
+        # While a handoff holds the session, frames above its pin stay for the agent's stream.
+        pin = conn.execute(_HANDOFF_PIN, {"sid": session_id}).scalar()
+        floor = seq if pin is None else min(seq, int(pin))
         result = conn.execute(
             _S.update()
-            .where(_S.c.id == session_id, _S.c.acked_seq < seq, _S.c.head_seq >= seq)
+            .where(
+                _S.c.id == session_id,
+                # a repeated ack still drops what a released pin no longer keeps
+                sa.or_(_S.c.acked_seq < seq, _S.c.floor_seq < floor),
+                _S.c.head_seq >= seq,
+            )
             .values(
-                acked_seq=seq,
-                floor_seq=sa.case((_S.c.floor_seq < seq, seq), else_=_S.c.floor_seq),
+                acked_seq=sa.case((_S.c.acked_seq < seq, seq), else_=_S.c.acked_seq),
+                floor_seq=sa.case((_S.c.floor_seq < floor, floor), else_=_S.c.floor_seq),
                 last_active_at=now,
             )
         )
         if not result.rowcount:
             return  # an old ack, or one beyond the newest frame: nothing to drop
-        conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= seq))
+        conn.execute(_O.delete().where(_O.c.session_id == session_id, _O.c.seq <= floor))
 
     async def prune(self) -> int:
         """Apply the retention window (count and age) to unacked frames; return rows dropped."""
@@ -523,16 +625,39 @@ class SessionStore:
 
     async def subscribe(self, session_id: str, key: str) -> bool:
         """Subscribe; False if it already existed."""
-        row = {"key": key, "session_id": session_id, "created_at": self._clock()}
+        now = self._clock()
+        row = {"key": key, "session_id": session_id, "created_at": now}
+
+        def tx(conn: Connection) -> None:
+            self._lock_session(conn, session_id, now)
+            conn.execute(_SUB.insert(), row)
+            data = {"key": key, "active": True}
+            self.events.record(conn, session_id, kinds.SUBSCRIPTION_CHANGED, data=data, now=now)
+
         try:
-            await self._db.write(lambda conn: conn.execute(_SUB.insert(), row))
+            await self._db.write(tx)
         except IntegrityError:
             return False
         return True
 
     async def unsubscribe(self, session_id: str, key: str) -> bool:
         stmt = _SUB.delete().where(_SUB.c.session_id == session_id, _SUB.c.key == key)
-        return await self._db.write(lambda conn: bool(conn.execute(stmt).rowcount))
+        now = self._clock()
+
+        def tx(conn: Connection) -> bool:
+            self._lock_session(conn, session_id, now)
+            if not conn.execute(stmt).rowcount:
+                return False
+            data = {"key": key, "active": False}
+            self.events.record(conn, session_id, kinds.SUBSCRIPTION_CHANGED, data=data, now=now)
+            return True
+
+        return await self._db.write(tx)
+
+    @staticmethod
+    def _lock_session(conn: Connection, session_id: str, now: float) -> None:
+        """Take the session's row lock: its events then get ids in commit order."""
+        conn.execute(_S.update().where(_S.c.id == session_id).values(last_active_at=now))
 
     async def subscriptions(self, session_id: str) -> list[str]:
         stmt = sa.select(_SUB.c.key).where(_SUB.c.session_id == session_id).order_by(_SUB.c.key)
@@ -566,21 +691,34 @@ class SessionStore:
 
     # -- events -----------------------------------------------------------
 
-    async def fanout(self, events: Sequence[FanoutEvent]) -> FanoutResult:
+    async def fanout(
+        self, events: Sequence[FanoutEvent], *, delivery_id: str | None = None
+    ) -> FanoutResult:
         """Append each not-yet-processed event to its sessions' outboxes in one transaction.
 
         An event id seen before (in this batch or an earlier one) makes no frame:
         it is reported in ``duplicates``. Raises ``UnavailableError`` when the
         store cannot be reached; nothing is then recorded and the caller retries.
+
+        With ``delivery_id`` (a webhook delivery) the id is claimed in the same
+        transaction, even when ``events`` is empty: a delivery id recorded
+        before raises ``AlreadyExistsError`` and nothing is written, and a failed
+        transaction records neither the delivery nor its events.
         """
-        if not events:
+        if not events and delivery_id is None:
             return FanoutResult()
         now = self._clock()
-        return await self._db.write(lambda conn: self._fanout_tx(conn, events, now))
+        return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
 
     def _fanout_tx(
-        self, conn: Connection, events: Sequence[FanoutEvent], now: float
+        self,
+        conn: Connection,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None = None,
     ) -> FanoutResult:
+        if delivery_id is not None:
+            self._claim_delivery(conn, delivery_id, now)
         result = FanoutResult()
         fresh = self._claim_events(conn, events, now, result)
         targets = self._resolve_targets(conn, fresh)
@@ -602,6 +740,7 @@ class SessionStore:
                 StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
             ]
             result.frames[session_id] = frames
+            self._record_frames(conn, session_id, frames, now)
             rows.extend(
                 {"session_id": session_id, "seq": f.seq, "created_at": now, "payload": f.payload}
                 for f in frames
@@ -676,14 +815,28 @@ class SessionStore:
             conn.execute(_SET_HEAD, [{"b_id": k, "b_head": v} for k, v in heads.items()])
         return heads
 
+    @staticmethod
+    def _claim_delivery(conn: Connection, delivery_id: str, now: float) -> None:
+        # First statement of its transaction: a unique violation (a replay, or a
+        # concurrent request with the same id) aborts the transaction before it wrote anything.
+        try:
+            conn.execute(_PE.insert(), {"event_id": f"delivery:{delivery_id}", "processed_at": now})
+        except IntegrityError:
+            raise AlreadyExistsError("delivery already processed (replay)") from None
+
     async def seen_delivery(self, delivery_id: str) -> bool:
         """Record a webhook delivery id; True when it had been recorded before (a replay)."""
-        row = {"event_id": f"delivery:{delivery_id}", "processed_at": self._clock()}
+        now = self._clock()
         try:
-            await self._db.write(lambda conn: conn.execute(_PE.insert(), row))
-        except IntegrityError:
+            await self._db.write(lambda conn: self._claim_delivery(conn, delivery_id, now))
+        except AlreadyExistsError:
             return True
         return False
+
+    async def delivery_recorded(self, delivery_id: str) -> bool:
+        """Whether a webhook delivery id has been recorded (read only)."""
+        stmt = sa.select(_PE.c.event_id).where(_PE.c.event_id == f"delivery:{delivery_id}")
+        return await self._db.read(lambda conn: conn.execute(stmt).first() is not None)
 
     async def forget_processed(self, older_than: float) -> int:
         """Drop processed event ids older than ``older_than`` seconds (dedup window)."""

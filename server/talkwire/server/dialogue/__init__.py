@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from talkwire.server.dialogue.actions import ActionContext, RegistryLike
-from talkwire.server.dialogue.definition import BotDefinition, load_bot, load_bot_text
+from talkwire.server.dialogue.botparser import load_bot, load_bot_text
+from talkwire.server.dialogue.definition import BotDefinition
 from talkwire.server.dialogue.engine import DialogueEngine
 from talkwire.server.dialogue.llm import LlmPolicy
 from talkwire.server.dialogue.matcher import (

@@ -17,7 +17,7 @@ caller's identity into the :class:`CallContext`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -49,6 +49,8 @@ class RegistryLike(Protocol):
         params: Mapping[str, Any],
         ctx: CallContext | None = None,
     ) -> Any: ...
+
+    def invalidate(self, keys: Iterable[str]) -> int: ...
 
 
 @dataclass

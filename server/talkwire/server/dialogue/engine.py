@@ -5,10 +5,13 @@ One turn:
 1. A structured ``action`` turn names the intent; its parameters fill the
    intent's slots (through the same extractors and validation) and the matcher
    is skipped. Unknown intents get an ``INVALID_ARGUMENT`` error frame.
-2. A text turn first answers a pending question (a slot prompt, or an LLM write
-   confirmation); "cancel" abandons it. If the answer does not fit, a confident
-   match of another intent switches topic, otherwise the bot asks again (up to
-   ``max_attempts``).
+2. A text turn first answers a pending question (a slot prompt, a confirmation,
+   or an LLM write confirmation); "cancel" abandons it. A clearly different
+   intent interrupts it: a confident, untied match of another intent switches
+   topic even when the text also holds a value for the slot ("can I get a
+   refund for order 1001?" while asked for a ticket number), unless the text is
+   only that value ("1001", "ticket 5"). An answer that does not fit is asked
+   for again (up to ``max_attempts``).
 3. Otherwise the matcher picks the intent. Below the threshold: the LLM policy
    when configured, else the fallback reply with suggestion buttons. Two
    candidates within ``matcher.margin``: a clarifying question with both as buttons.
@@ -20,6 +23,14 @@ One turn:
    input); an empty result renders ``not_found``; connector errors become an
    ``error`` frame with a friendly message and the connector's retriable flag.
    Then ``subscribe`` keys are subscribed and the reply is sent.
+6. An intent with ``confirm`` asks it (a ``prompt`` for slot ``_confirm`` with
+   Yes / No buttons: the reserved intents ``_confirm`` and ``_decline``) once
+   its slots are filled; the action runs only after a yes ("yes", "ok", "go
+   ahead" or the Yes button); a no declines, another intent interrupts.
+7. An intent with ``handoff:`` (after its reply), or ``bot.handoff.after_fallbacks``
+   fallback replies in a row, asks for a person
+   (:func:`~talkwire.server.handoff.signal.request_handoff`); the handoff turn
+   router queues the session once the turn is done.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from typing import Any
 import grpc
 
 from talkwire.connectors.base import CallContext
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.errors import (
     ConnectorError,
     ConnectorNotFoundError,
@@ -44,6 +56,7 @@ from talkwire.connectors.errors import (
     RejectedInputError,
     ResultNotFoundError,
 )
+from talkwire.connectors.templates import Template, json_safe, lookup
 from talkwire.server.dialogue.actions import (
     ActionContext,
     CustomAction,
@@ -53,26 +66,79 @@ from talkwire.server.dialogue.actions import (
 from talkwire.server.dialogue.definition import (
     ActionDef,
     BotDefinition,
+    HandoffDef,
     IntentDef,
     LookupDef,
     QuickReplyDef,
     SlotDef,
 )
-from talkwire.server.dialogue.matcher import IntentSpec, Matcher, MatchResult, load_matcher
+from talkwire.server.dialogue.matcher import (
+    IntentSpec,
+    Matcher,
+    MatchResult,
+    load_matcher,
+    normalize,
+)
 from talkwire.server.dialogue.slots import MISSING, extract, validate
-from talkwire.server.dialogue.templates import Template, json_safe, lookup
 from talkwire.server.errors import ConfigError, PermissionDeniedError
+from talkwire.server.handoff.signal import request_handoff
 from talkwire.server.turns import QuickReply, Turn, TurnContext
 
-__all__ = ["STATE_KEY", "DialogueEngine", "MissingClaimError", "intent_specs"]
+__all__ = [
+    "CONFIRM_INTENT",
+    "CONFIRM_SLOT",
+    "DECLINE_INTENT",
+    "STATE_KEY",
+    "DialogueEngine",
+    "MissingClaimError",
+    "intent_specs",
+]
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "dialogue"
+_FALLBACKS = "fallbacks_in_a_row"
 _CANCEL_RE = re.compile(
     r"^\s*(cancel|stop|never ?mind|forget it|abort|quit)\b[\s.!]*$", re.IGNORECASE
 )
 
+_YES_RE = re.compile(
+    r"^\s*(yes|y|yeah|yep|sure|ok|okay|confirm(ed)?|go ahead|do it|please do)\b", re.IGNORECASE
+)
+_NO_RE = re.compile(r"^\s*(no|n|nope|nah|don'?t|do not|not now)\b", re.IGNORECASE)
+# Words that may stand around a bare slot value ("it's order 1001", "ticket 5 please").
+_FILLER = frozenset(
+    [
+        "it",
+        "its",
+        "is",
+        "the",
+        "a",
+        "an",
+        "my",
+        "number",
+        "no",
+        "nr",
+        "id",
+        "order",
+        "ticket",
+        "case",
+        "please",
+        "thats",
+        "that",
+        "im",
+        "eur",
+        "euro",
+        "euros",
+        "usd",
+        "dollar",
+        "dollars",
+    ]
+)
+
+CONFIRM_SLOT = "_confirm"
+CONFIRM_INTENT = "_confirm"
+DECLINE_INTENT = "_decline"
 
 _FRAME_ID: contextvars.ContextVar[str] = contextvars.ContextVar(
     "talkwire_dialogue_frame", default=""
@@ -86,6 +152,11 @@ class MissingClaimError(Exception):
 def intent_specs(bot: BotDefinition) -> list[IntentSpec]:
     """The matcher's view of the bot's intents."""
     return [IntentSpec(i.name, i.examples, i.patterns) for i in bot.intents.values()]
+
+
+def _bare_value(text: str) -> bool:
+    """True if ``text`` is only a value ("1001", "it's order 1001", "ticket 5 please")."""
+    return all(tok == "#" or tok in _FILLER for tok in normalize(text))
 
 
 def _is_empty(result: Any) -> bool:
@@ -215,6 +286,9 @@ class DialogueEngine:
         if self.llm is not None and name.startswith("_llm_"):
             await self.llm.handle_action(name, dict(turn.parameters), ctx, st)
             return
+        if name in (CONFIRM_INTENT, DECLINE_INTENT):
+            await self._confirmation_button(name == CONFIRM_INTENT, ctx, st)
+            return
         intent = self.bot.intents.get(name)
         if intent is None:
             ctx.error(grpc.StatusCode.INVALID_ARGUMENT, self._msg("unknown_intent", ctx))
@@ -247,7 +321,10 @@ class DialogueEngine:
                 st.pop("pending", None)
                 ctx.reply(self._msg("cancelled", ctx))
                 return
-            if await self._continue_pending(pending, text, ctx, st):
+            if pending.get("awaiting") == CONFIRM_SLOT:
+                if await self._continue_confirmation(pending, text, ctx, st):
+                    return
+            elif await self._continue_pending(pending, text, ctx, st):
                 return
         if self.llm is not None and self.llm.mode == "always":
             await self.llm.handle_text(text, ctx, st)
@@ -288,7 +365,11 @@ class DialogueEngine:
             return False
         slots = dict(pending.get("slots") or {})
         value = await self._extract(slot, text, ctx, prompted=True)
+        switches = self._switches_intent(text, intent.name)
         if value is not MISSING and validate(slot, value):
+            if switches and not _bare_value(text):
+                st.pop("pending", None)
+                return False
             slots[slot.name] = value
             for other in intent.slots:
                 if other.name not in slots:
@@ -298,12 +379,7 @@ class DialogueEngine:
             await self._run_intent(intent, slots, ctx, st)
             return True
         # not an answer: did the user change the subject?
-        result = self.matcher.match(text)
-        if (
-            result.intent is not None
-            and result.intent != intent.name
-            and not result.is_tie(self.bot.clarify_margin)
-        ):
+        if switches:
             st.pop("pending", None)
             return False
         attempts = int(pending.get("attempts", 0)) + 1
@@ -312,6 +388,108 @@ class DialogueEngine:
             ctx.reply(self._msg("gave_up", ctx), quick_replies=self._suggestions(ctx))
             return True
         self._ask(intent, slot, slots, ctx, st, attempts=attempts, invalid=True)
+        return True
+
+    def _switches_intent(self, text: str, current: str) -> bool:
+        """True if ``text`` confidently names another intent than ``current`` (no tie)."""
+        result = self.matcher.match(text)
+        return (
+            result.intent is not None
+            and result.intent != current
+            and result.intent in self.bot.intents
+            and not result.is_tie(self.bot.clarify_margin)
+        )
+
+    # ------------------------------------------------------------------ confirmation
+
+    def _ask_confirmation(
+        self,
+        intent: IntentDef,
+        slots: Mapping[str, Any],
+        ctx: TurnContext,
+        st: MutableMapping[str, Any],
+        *,
+        attempts: int = 0,
+    ) -> None:
+        assert intent.confirm is not None  # noqa: S101 - only called for such intents
+        st["pending"] = {
+            "intent": intent.name,
+            "slots": json_safe(dict(slots)),
+            "awaiting": CONFIRM_SLOT,
+            "attempts": attempts,
+        }
+        text = intent.confirm.render(self._values(ctx, slots))
+        if attempts:
+            text = f"{self._msg('confirm_again', ctx)} {text}"
+        ctx.prompt(
+            CONFIRM_SLOT,
+            text,
+            quick_replies=[
+                QuickReply(self._msg("yes", ctx), CONFIRM_INTENT),
+                QuickReply(self._msg("no", ctx), DECLINE_INTENT),
+            ],
+            intent=intent.name,
+        )
+
+    def _pending_confirmation(
+        self, st: MutableMapping[str, Any]
+    ) -> tuple[IntentDef, dict[str, Any]] | None:
+        pending = st.get("pending")
+        if not isinstance(pending, dict) or pending.get("awaiting") != CONFIRM_SLOT:
+            return None
+        intent = self.bot.intents.get(str(pending.get("intent")))
+        if intent is None:
+            st.pop("pending", None)
+            return None
+        return intent, dict(pending.get("slots") or {})
+
+    async def _answer_confirmation(
+        self,
+        yes: bool,
+        intent: IntentDef,
+        slots: dict[str, Any],
+        ctx: TurnContext,
+        st: MutableMapping[str, Any],
+    ) -> None:
+        st.pop("pending", None)
+        if yes:
+            await self._run_intent(intent, slots, ctx, st, confirmed=True)
+        else:
+            ctx.reply(self._msg("declined", ctx), intent=intent.name)
+
+    async def _confirmation_button(
+        self, yes: bool, ctx: TurnContext, st: MutableMapping[str, Any]
+    ) -> None:
+        found = self._pending_confirmation(st)
+        if found is None:
+            ctx.reply(self._msg("nothing_to_confirm", ctx), quick_replies=self._suggestions(ctx))
+            return
+        await self._answer_confirmation(yes, *found, ctx, st)
+
+    async def _continue_confirmation(
+        self,
+        pending: dict[str, Any],
+        text: str,
+        ctx: TurnContext,
+        st: MutableMapping[str, Any],
+    ) -> bool:
+        """Answer the pending confirmation; False if the text is about something else."""
+        found = self._pending_confirmation(st)
+        if found is None:
+            return False
+        intent, slots = found
+        if _YES_RE.match(text) or _NO_RE.match(text):
+            await self._answer_confirmation(bool(_YES_RE.match(text)), intent, slots, ctx, st)
+            return True
+        if self._switches_intent(text, intent.name):
+            st.pop("pending", None)
+            return False
+        attempts = int(pending.get("attempts", 0)) + 1
+        if attempts >= self.bot.max_attempts:
+            st.pop("pending", None)
+            ctx.reply(self._msg("gave_up", ctx), quick_replies=self._suggestions(ctx))
+            return True
+        self._ask_confirmation(intent, slots, ctx, st, attempts=attempts)
         return True
 
     # ------------------------------------------------------------------ slots
@@ -380,6 +558,8 @@ class DialogueEngine:
         slots: dict[str, Any],
         ctx: TurnContext,
         st: MutableMapping[str, Any],
+        *,
+        confirmed: bool = False,
     ) -> None:
         for slot in intent.slots:
             if slot.name in slots:
@@ -389,7 +569,11 @@ class DialogueEngine:
             elif slot.required:
                 self._ask(intent, slot, slots, ctx, st)
                 return
+        if intent.confirm is not None and not confirmed:
+            self._ask_confirmation(intent, slots, ctx, st)
+            return
         st.pop("pending", None)
+        st.pop(_FALLBACKS, None)
         values = self._values(ctx, slots)
         result: Any = None
         if intent.action is not None:
@@ -417,7 +601,12 @@ class DialogueEngine:
                 )
                 return
             values["result"] = result
+            self._invalidate(intent, values)
             await self._subscribe(intent, values, ctx)
+        if intent.handoff is not None:
+            self._hand_off(ctx, intent.handoff, values)
+            if intent.reply is None and intent.action is None:
+                return
         text = (intent.reply or self.bot.message("done")).render(values)
         quick = self._quick_replies(intent.quick_replies, values)
         if intent.suggest:
@@ -459,14 +648,15 @@ class DialogueEngine:
 
     def _call_context(self, ctx: TurnContext, action: ActionDef | None) -> CallContext:
         ident = ctx.identity
-        claims = dict(ident.claims)
-        claims.setdefault("sub", ident.subject)
         key = None
-        if action is not None:
-            key = f"{ctx.session_id}:{_FRAME_ID.get()}:{action.label}"
+        frame_id = _FRAME_ID.get()
+        # Writes are deduplicated by this key (per client frame): no frame id, no key,
+        # or two turns without ids would share one.
+        if action is not None and frame_id:
+            key = f"{ctx.session_id}:{frame_id}:{action.label}"
         return CallContext(
             subject=ident.subject,
-            claims=claims,
+            claims=caller_scope(ident.subject, ident.claims),
             deadline=time.monotonic() + self.action_timeout,
             idempotency_key=key,
         )
@@ -484,6 +674,12 @@ class DialogueEngine:
                 continue
             out[name] = value
         return out
+
+    def _invalidate(self, intent: IntentDef, values: Mapping[str, Any]) -> None:
+        """Drop the cached answers a successful write made stale (``invalidate`` keys)."""
+        keys = [k for k in (t.render(values) for t in intent.invalidate) if k]
+        if keys:
+            self.connectors.invalidate(keys)
 
     async def _subscribe(
         self, intent: IntentDef, values: Mapping[str, Any], ctx: TurnContext
@@ -515,11 +711,9 @@ class DialogueEngine:
 
     def _values(self, ctx: TurnContext, slots: Mapping[str, Any]) -> dict[str, Any]:
         ident = ctx.identity
-        user = dict(ident.claims)
-        user.setdefault("subject", ident.subject)
         values: dict[str, Any] = dict(slots)
         values["slots"] = dict(slots)
-        values["user"] = user
+        values["user"] = caller_scope(ident.subject, ident.claims)
         values["session"] = {"id": ctx.session_id, "locale": ctx.locale}
         return values
 
@@ -551,7 +745,26 @@ class DialogueEngine:
             if n != exclude and n in self.bot.intents
         ]
 
+    @staticmethod
+    def _hand_off(ctx: TurnContext, rule: HandoffDef, values: Mapping[str, Any]) -> None:
+        reason = rule.reason.render(values) if rule.reason is not None else ""
+        request_handoff(ctx.state, rule.queue, reason)
+
+    def _count_fallback(self, ctx: TurnContext) -> None:
+        """The ``handoff.after_fallbacks`` rule: N fallback replies in a row ask for a person."""
+        rule = self.bot.handoff
+        if rule is None or rule.after_fallbacks <= 0:
+            return
+        st = self._state(ctx)
+        count = int(st.get(_FALLBACKS) or 0) + 1
+        if count >= rule.after_fallbacks:
+            st.pop(_FALLBACKS, None)
+            self._hand_off(ctx, rule, self._values(ctx, {}))
+        else:
+            st[_FALLBACKS] = count
+
     def _fallback(self, ctx: TurnContext, result: MatchResult | None) -> None:
+        self._count_fallback(ctx)
         quick: list[QuickReply] = []
         seen: set[str] = set()
         if result is not None:

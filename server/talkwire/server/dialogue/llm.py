@@ -39,10 +39,11 @@ import grpc
 import httpx
 
 from talkwire.connectors.base import CallContext, Operation
+from talkwire.connectors.caller import caller_scope
 from talkwire.connectors.errors import ConnectorError, ResultNotFoundError
+from talkwire.connectors.templates import MISSING, Template, json_safe, lookup
 from talkwire.server.dialogue.actions import RegistryLike
 from talkwire.server.dialogue.definition import BotDefinition, LlmConfig
-from talkwire.server.dialogue.templates import MISSING, Template, json_safe, lookup
 from talkwire.server.errors import ConfigError
 from talkwire.server.turns import QuickReply, TurnContext
 
@@ -294,17 +295,16 @@ class LlmPolicy:
     async def _invoke(self, tool: Tool, args: Mapping[str, Any], ctx: TurnContext) -> Any:
         params = self._model_args(tool, args)
         ident = ctx.identity
-        values = {"user": {**dict(ident.claims), "subject": ident.subject}}
+        user = caller_scope(ident.subject, ident.claims)
+        values = {"user": user}
         for name, tmpl in tool.bound.items():
             missing = [f for f in tmpl.fields if lookup(values, f) is MISSING]
             if missing:
                 return {"error": "not permitted for this user"}
             params[name] = tmpl.render_value(values)
-        claims = dict(ident.claims)
-        claims.setdefault("sub", ident.subject)
         call_ctx = CallContext(
             subject=ident.subject,
-            claims=claims,
+            claims=user,
             deadline=time.monotonic() + self.config.timeout,
             idempotency_key=f"{ctx.session_id}:llm:{tool.name}:{json.dumps(params, sort_keys=True)}"
             if tool.operation.write
@@ -355,7 +355,7 @@ class LlmPolicy:
 
     def _msg(self, key: str, ctx: TurnContext, **extra: Any) -> str:
         ident = ctx.identity
-        values: dict[str, Any] = {"user": {**dict(ident.claims), "subject": ident.subject}}
+        values: dict[str, Any] = {"user": caller_scope(ident.subject, ident.claims)}
         values.update(extra)
         return self.bot.message(key).render(values)
 

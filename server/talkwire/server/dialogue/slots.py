@@ -22,8 +22,8 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from talkwire.connectors.templates import MISSING
 from talkwire.server.dialogue.definition import LookupDef, SlotDef
-from talkwire.server.dialogue.templates import MISSING
 
 __all__ = ["MISSING", "Lookup", "extract", "validate"]
 

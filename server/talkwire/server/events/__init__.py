@@ -1,4 +1,4 @@
-"""Change events into sessions: decoding, routing, Kafka and webhook ingress, the demo feed.
+"""Change events into sessions: decoding, routing, Kafka and webhook ingress.
 
 See :mod:`.router` (EventRouter), :mod:`.kafka` (KafkaIngress), :mod:`.webhooks`
 (WebhookIngress), :mod:`.decode` (formats), :mod:`.routing` (topic config) and

@@ -27,7 +27,10 @@ Formats:
     wrapper. A tombstone (null value) decodes to ``None`` and is skipped. The
     id is derived from the source position (connector name, db, table, lsn or
     binlog file/pos/row), ``ts_ms`` and the record key, so a re-delivered
-    record has the same id and deduplicates.
+    record has the same id and deduplicates. Records of the MongoDB connector
+    (``after`` / ``before`` as Extended JSON strings, ``updateDescription``,
+    deletes without a document) are accepted too: see
+    :mod:`talkwire.server.events.mongo` for what ``before`` / ``after`` then hold.
 
 A ``traceparent`` header is copied into ``attributes`` for every format.
 Anything that cannot be decoded raises :class:`DecodeError` with a reason.
@@ -46,6 +49,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from talkwire.server.events import mongo
 from talkwire.v1 import events_pb2
 
 __all__ = [
@@ -365,6 +369,14 @@ def _decode_debezium(
     source = doc.get("source") or {}
     if not isinstance(source, Mapping):
         raise DecodeError("debezium: source must be an object")
+    extra: dict[str, str] = {}
+    positions: Sequence[str] = _DBZ_POSITION
+    if mongo.is_mongo_envelope(doc, source):
+        try:
+            doc, extra = mongo.normalise(doc, key)
+        except ValueError as exc:
+            raise DecodeError(f"debezium (mongodb): {exc}") from None
+        positions = mongo.POSITION
     event = events_pb2.ChangeEvent(op=op_from_name(op))
     _set_struct(event.before, doc.get("before"), "debezium before")
     _set_struct(event.after, doc.get("after"), "debezium after")
@@ -373,14 +385,17 @@ def _decode_debezium(
     if op != "d" and doc.get("after") is None:
         raise DecodeError(f"debezium: op {op!r} without 'after'")
     table = ".".join(
-        str(source[k]) for k in ("name", "db", "schema", "table") if source.get(k) not in (None, "")
+        str(source[k])
+        for k in ("name", "db", "schema", "table", "collection")
+        if source.get(k) not in (None, "")
     )
     event.source = table or topic or "debezium"
-    event.type = f"{source.get('table') or topic or 'row'}.{op_name(event.op)}"
+    name = source.get("table") or source.get("collection") or topic or "row"
+    event.type = f"{name}.{op_name(event.op)}"
     ts = source.get("ts_ms") if source.get("ts_ms") is not None else doc.get("ts_ms")
     if isinstance(ts, int | float) and not isinstance(ts, bool):
         event.occurred_at.FromMilliseconds(int(ts))
-    position = {k: source[k] for k in _DBZ_POSITION if source.get(k) is not None}
+    position = {k: source[k] for k in positions if source.get(k) is not None}
     fingerprint = json.dumps(
         [position, doc.get("ts_ms"), op, key.hex() if key else None],
         sort_keys=True,
@@ -393,9 +408,10 @@ def _decode_debezium(
             parsed = parsed.get("payload")
         if isinstance(parsed, Mapping):
             event.attributes["debezium.key"] = json.dumps(parsed, sort_keys=True, default=str)
-    for k in ("connector", "db", "table", "lsn", "file", "pos"):
+    for k in ("connector", "db", "table", "collection", "lsn", "file", "pos"):
         if source.get(k) is not None:
             event.attributes[f"debezium.{k}"] = str(source[k])
+    event.attributes.update(extra)
     return event
 
 

@@ -1,5 +1,12 @@
 """Kafka ingress: a consumer group feeding the EventRouter, committing only what is stored.
 
+Start-up never waits for the broker: :meth:`KafkaIngress.start` only starts
+the background task, which connects (an unreachable broker is retried with
+jittered exponential backoff, ``retry_initial`` .. ``retry_max``), joins the
+group and consumes. Health is reported through ``on_health`` (``False`` until
+the consumer has joined and while it stalls) and the consumer lag and stall
+gauges through ``metrics``.
+
 Per ``getmany`` batch:
 
 1. decode every record with its topic's format (a record that cannot be
@@ -10,8 +17,9 @@ Per ``getmany`` batch:
 3. dead-letter the undecodable records (to ``dead_letter_topic`` with the
    reason in the ``talkwire-dead-letter-reason`` header, else into the store's
    ``dead_letters`` table);
-4. THEN commit the offsets of exactly those records (next offset per
-   partition).
+4. THEN hand the offsets of exactly those records to the
+   :class:`~talkwire.server.events.commits.OffsetCommitter` (next offset per
+   partition), which commits them in the background, in order.
 
 When the store is unavailable (or anything else fails in 2-3) the same batch
 is retried with exponential backoff; the consumer never commits past it and
@@ -19,10 +27,15 @@ never skips it. Because the router deduplicates by event id, re-processing
 after a crash or a rebalance makes no second frame (records without an id get
 ``kafka:<topic>:<partition>:<offset>``).
 
-Rebalances: on revoke, offsets already processed but not yet committed are
+Rebalances: on revoke, offsets already stored but not yet committed are
 committed, and the in-flight batch drops the revoked partitions (it will not
 commit them; the new owner re-reads and the event-id dedup absorbs the
-overlap).
+overlap). On stop the consumer commits what is stored and leaves the group
+(a LeaveGroup request), so the others take its partitions at once instead of
+after ``session_timeout``. Membership is dynamic on purpose: aiokafka sends no
+LeaveGroup for a static member (``group_instance_id``), so static membership
+would turn every SIGTERM into a ``session_timeout`` stall, and aiokafka has no
+cooperative (incremental) rebalancing.
 
 A watchdog tracks the last progress (a committed batch, or an empty poll);
 ``healthy`` turns false and a warning is logged when there has been none for
@@ -41,36 +54,79 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
+from talkwire.server.aio import Backoff, cancel_and_wait
+from talkwire.server.events.commits import OffsetCommitter
 from talkwire.server.events.decode import DecodeError, decode
+from talkwire.server.events.health import ConsumerHealth, HealthCallback
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute
 from talkwire.server.events.settings import KafkaSettings
+from talkwire.server.metrics import Metrics
 from talkwire.server.store import SessionStore
 from talkwire.v1 import events_pb2
 
-__all__ = ["DEAD_LETTER_REASON_HEADER", "KafkaIngress"]
+__all__ = ["DEAD_LETTER_REASON_HEADER", "HealthCallback", "KafkaIngress"]
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_REASON_HEADER = "talkwire-dead-letter-reason"
 
+_Item = tuple[TopicPartition, events_pb2.ChangeEvent, TopicRoute]
+_Dead = tuple[TopicPartition, Any, str]
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` and wait for it; re-raise if *we* are being cancelled meanwhile."""
-    if task is None or task.done():
-        if task is not None and not task.cancelled():
-            task.exception()  # mark retrieved
-        return
-    task.cancel()
+
+# How long an abandoned start (stopping while the join is in flight) may take to stop.
+_ABANDON_TIMEOUT = 1.0
+
+
+async def _abandon(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer whose start failed or was cancelled, without waiting out its join.
+
+    ``consumer.stop()`` waits for a JoinGroup in flight (the broker may hold it
+    for a whole rebalance); we are not a member yet, so there is no group to
+    leave: past ``_ABANDON_TIMEOUT`` the stop is cut short and the fetcher and
+    the connections are closed directly.
+    """
+    stop = asyncio.ensure_future(consumer.stop())
     try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:  # noqa: BLE001 - already failed; logged by its owner
-        log.debug("task %s ended with an error while cancelled", task.get_name())
+        await asyncio.wait({stop}, timeout=_ABANDON_TIMEOUT)
+    except BaseException:
+        stop.cancel()
+        raise
+    if stop.done():
+        if not stop.cancelled() and stop.exception() is None:
+            return
+    else:
+        # Not cancel_and_wait: we are usually in a cancellation already (aclose
+        # cancelled the start), and the connections below must be closed anyway.
+        stop.cancel()
+        await asyncio.wait({stop})
+    with contextlib.suppress(Exception):
+        if consumer._fetcher is not None:
+            await consumer._fetcher.close()
+        await consumer._client.close()
+
+
+async def _leave_generation_zero(consumer: AIOKafkaConsumer) -> None:
+    """Send the LeaveGroup that aiokafka skips for a member of generation 0.
+
+    aiokafka's ``stop()`` leaves the group only when ``generation > 0`` (Kafka
+    numbers generations from 1); Tansu numbers them from 0, so a member that
+    stops in the group's first generation would keep its partitions until
+    ``session_timeout`` expires. Uses aiokafka's coordinator internals: there is
+    no public API for it.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "generation", None) != 0:
+        return
+    if coordinator.member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
+        return
+    try:
+        await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+    except KafkaError as exc:
+        log.warning("kafka LeaveGroup failed (partitions move after session_timeout): %s", exc)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -85,7 +141,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaIngress:
-    """Consumes the configured change topics into ``router``; an async context manager."""
+    """Consumes the configured change topics into ``router``; an async context manager.
+
+    ``on_health`` receives the health (see :attr:`healthy`) whenever it changes;
+    ``metrics`` (optional) gets the consumer lag and stall gauges.
+    """
 
     def __init__(
         self,
@@ -93,6 +153,8 @@ class KafkaIngress:
         router: EventRouter,
         store: SessionStore,
         *,
+        on_health: HealthCallback | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = (
@@ -101,24 +163,20 @@ class KafkaIngress:
         self.router = router
         self.store = store
         self._routes: dict[str, TopicRoute] = dict(self.settings.topics)
-        for name, route in self._routes.items():
-            router.topics.setdefault(name, route)
-        self._clock = clock
-        self._consumer: AIOKafkaConsumer | None = None
+        self._health = ConsumerHealth(
+            stall_after=self.settings.stall_after, on_health=on_health, metrics=metrics, clock=clock
+        )
         self._producer: AIOKafkaProducer | None = None
+        self._commits: OffsetCommitter | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._closed = False
-        self._started = False
+        self._joined = False
         self._failed: BaseException | None = None
         self._assigned: set[TopicPartition] = set()
         self._batch_revoked: set[TopicPartition] = set()
-        self._pending: dict[TopicPartition, int] = {}
-        self._committing: asyncio.Task[None] | None = None
-        self._commit_now = asyncio.Event()
         self._lag: dict[TopicPartition, int] = {}
-        self.last_progress: float = clock()
-        self._stall_reported = False
+        self.connect_attempts = 0
         self.batches = 0
         self.records = 0
         self.dead_lettered = 0
@@ -139,68 +197,37 @@ class KafkaIngress:
         await self.aclose()
 
     async def start(self) -> None:
-        if self._started:
+        """Start connecting and consuming in the background; returns at once."""
+        if self._task is not None or self._closed:
             return
-        self._started = True
-        s = self.settings
-        kwargs = s.client_kwargs()
-        consumer = AIOKafkaConsumer(
-            group_id=s.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=s.start,
-            session_timeout_ms=int(s.session_timeout * 1000),
-            heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
-            **kwargs,
-        )
-        try:
-            consumer.subscribe(topics=list(self._routes), listener=_Listener(self))
-            await consumer.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            raise
-        self._consumer = consumer
-        if s.dead_letter_topic:
-            producer = AIOKafkaProducer(acks="all", **kwargs)
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                await consumer.stop()
-                raise
-            self._producer = producer
-        self.last_progress = self._clock()
+        await self._report()
         self._task = asyncio.create_task(self._run(), name="talkwire-kafka-ingress")
 
     async def aclose(self, *, drain_timeout: float | None = None) -> None:
-        """Finish the current batch (bounded), stop consuming, leave the group. Idempotent."""
+        """Finish the current batch (bounded), commit what is stored, leave the group.
+
+        Idempotent. Not yet joined (the broker unreachable, or the join still
+        going on): the connection attempt is cancelled at once.
+        """
         if self._closed:
             return
         self._closed = True
         self._stopping.set()
         task = self._task
         if task is not None and not task.done():
-            timeout = (
-                drain_timeout
-                if drain_timeout is not None
-                else self.settings.poll_timeout + self.settings.retry_max + 5
-            )
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-            if not done:
+            if not self._joined:
                 await cancel_and_wait(task)
+            else:
+                timeout = (
+                    drain_timeout
+                    if drain_timeout is not None
+                    else self.settings.poll_timeout + self.settings.retry_max + 5
+                )
+                done, _ = await asyncio.wait({task}, timeout=timeout)
+                if not done:
+                    await cancel_and_wait(task)
         elif task is not None and not task.cancelled():
             task.exception()
-        if self._consumer is not None:
-            try:
-                await self._consumer.stop()
-            except KafkaError as exc:
-                log.warning("kafka consumer did not stop cleanly: %s", exc)
-        if self._producer is not None:
-            try:
-                await self._producer.stop()
-            except KafkaError as exc:
-                log.warning("dead-letter producer did not stop cleanly: %s", exc)
 
     # -- health -----------------------------------------------------------
 
@@ -209,11 +236,16 @@ class KafkaIngress:
         return self._task is not None and not self._task.done()
 
     @property
+    def joined(self) -> bool:
+        """Connected to the broker and a member of the consumer group."""
+        return self._joined
+
+    @property
     def healthy(self) -> bool:
-        """Running and made progress within ``stall_after`` seconds."""
-        if not self.running or self._failed is not None:
+        """Joined, running and made progress within ``stall_after`` seconds."""
+        if not self.running or not self._joined or self._failed is not None:
             return False
-        return bool(self._clock() - self.last_progress <= self.settings.stall_after)
+        return self._health.fresh
 
     @property
     def lag(self) -> int:
@@ -224,20 +256,17 @@ class KafkaIngress:
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._assigned)
 
+    async def _report(self) -> None:
+        await self._health.report(self.healthy, self.lag)
+
     # -- rebalance --------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._batch_revoked |= revoked
-        await self._flush_commits()
+        if self._commits is not None:
+            await self._commits.revoke(revoked)
         self._assigned -= revoked
-        done = {tp: off for tp, off in self._pending.items() if tp in revoked}
-        if done and self._consumer is not None:
-            try:
-                await self._consumer.commit(done)
-            except KafkaError as exc:
-                log.warning("commit on revoke failed (records will be re-read, deduped): %s", exc)
         for tp in revoked:
-            self._pending.pop(tp, None)
             self._lag.pop(tp, None)
         log.info("kafka partitions revoked: %s", sorted(str(tp) for tp in revoked))
 
@@ -245,76 +274,172 @@ class KafkaIngress:
         self._assigned = set(assigned)
         log.info("kafka partitions assigned: %s", sorted(str(tp) for tp in assigned))
 
-    # -- the loop ---------------------------------------------------------
+    # -- connect ----------------------------------------------------------
 
     async def _run(self) -> None:
-        watchdog = asyncio.create_task(self._watchdog(), name="talkwire-kafka-watchdog")
+        watchdog = asyncio.create_task(
+            self._health.watch(
+                lambda: self.healthy,
+                lambda: self.lag,
+                lambda: self._joined,
+                detail=lambda: f"lag {self.lag}, retries {self.retries}",
+            ),
+            name="talkwire-kafka-watchdog",
+        )
         try:
-            await self._consume()
-            await self._flush_commits()
+            consumer = await self._connect()
+            if consumer is None:
+                return  # stopped before the broker was reachable
+            try:
+                async with OffsetCommitter(
+                    consumer.commit, interval=self.settings.commit_interval
+                ) as commits:
+                    self._commits = commits
+                    await self._consume(consumer)
+            finally:
+                await self._disconnect(consumer)
         except asyncio.CancelledError:
-            await cancel_and_wait(self._committing)
             raise
         except BaseException as exc:
             self._failed = exc
             log.exception("kafka ingress stopped on an unexpected error")
-            await cancel_and_wait(self._committing)
             raise
         finally:
+            self._joined = False
             await cancel_and_wait(watchdog)
+            with contextlib.suppress(Exception):
+                await self._report()
+
+    async def _connect(self) -> AIOKafkaConsumer | None:
+        """Connect and join the group, retrying an unreachable broker with backoff.
+
+        None: stopped before it succeeded.
+        """
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        while True:
+            self.connect_attempts += 1
+            try:
+                consumer = await self._open()
+            except (KafkaError, OSError) as exc:
+                delay = backoff.next()
+                log.warning(
+                    "kafka broker %s not reachable (attempt %d), retrying in %.1fs: %s",
+                    ",".join(self.settings.bootstrap),
+                    self.connect_attempts,
+                    delay,
+                    exc,
+                )
+                await self._pause(delay)
+                if self._stopping.is_set():
+                    return None
+                continue
+            self._joined = True
+            self._health.progress()
+            log.info("kafka consumer joined group %s", self.settings.group_id)
+            await self._report()
+            return consumer
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        return AIOKafkaConsumer(
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.start,
+            session_timeout_ms=int(s.session_timeout * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
+            rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
+            max_poll_interval_ms=int(s.max_poll_interval * 1000),
+            **s.client_kwargs(),
+        )
+
+    async def _open(self) -> AIOKafkaConsumer:
+        consumer = self._new_consumer()
+        try:
+            consumer.subscribe(topics=list(self._routes), listener=_Listener(self))
+            await consumer.start()  # bootstrap, then wait for the first assignment
+            if self.settings.dead_letter_topic:
+                producer = AIOKafkaProducer(acks="all", **self.settings.client_kwargs())
+                try:
+                    await producer.start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    raise
+                self._producer = producer
+        except BaseException:
+            await _abandon(consumer)
+            raise
+        return consumer
+
+    async def _disconnect(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop the clients; ``consumer.stop()`` leaves the group (a LeaveGroup request)."""
+        self._joined = False
+        self._commits = None
+        await _leave_generation_zero(consumer)
+        try:
+            await consumer.stop()
+        except KafkaError as exc:
+            log.warning("kafka consumer did not stop cleanly: %s", exc)
+        else:
+            log.info("kafka consumer left group %s", self.settings.group_id)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()
+            except KafkaError as exc:
+                log.warning("dead-letter producer did not stop cleanly: %s", exc)
+
+    # -- the loop ---------------------------------------------------------
 
     async def _pause(self, seconds: float) -> None:
         """Back off, waking early when stopping."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
-    async def _consume(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None  # noqa: S101 - set by start()
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings
-        backoff = s.retry_initial
+        backoff = Backoff(s.retry_initial, s.retry_max)
         while not self._stopping.is_set():
             try:
                 batch = await consumer.getmany(
                     timeout_ms=int(s.poll_timeout * 1000), max_records=s.max_records
                 )
             except KafkaError as exc:
-                log.warning("kafka fetch failed, retrying in %.1fs: %s", backoff, exc)
-                await self._pause(backoff)
-                backoff = min(backoff * 2, s.retry_max)
+                delay = backoff.next()
+                log.warning("kafka fetch failed, retrying in %.1fs: %s", delay, exc)
+                await self._pause(delay)
                 continue
-            backoff = s.retry_initial
+            backoff.reset()
             if not batch:
-                self._progress()
+                self._health.progress()
                 continue
             await self._process(consumer, batch)
-
-    def _progress(self) -> None:
-        self.last_progress = self._clock()
-        if self._stall_reported:
-            log.warning("kafka ingress is making progress again")
-            self._stall_reported = False
-
-    async def _watchdog(self) -> None:
-        interval = max(0.05, min(1.0, self.settings.stall_after / 4))
-        while True:
-            await asyncio.sleep(interval)
-            idle = self._clock() - self.last_progress
-            if idle > self.settings.stall_after and not self._stall_reported:
-                self._stall_reported = True
-                log.warning(
-                    "kafka ingress stalled: no progress for %.1fs (lag %d, retries %d)",
-                    idle,
-                    self.lag,
-                    self.retries,
-                )
 
     async def _process(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
     ) -> None:
+        """Decode, store (retried until it succeeds or we stop), then hand over the offsets."""
         self._batch_revoked = set()
-        items: list[tuple[TopicPartition, events_pb2.ChangeEvent, TopicRoute]] = []
-        dead: list[tuple[TopicPartition, Any, str]] = []
+        items, dead, offsets = self._decode(batch)
+        if not await self._store(items, dead, offsets, size=sum(map(len, batch.values()))):
+            return
+        offsets = {tp: o for tp, o in offsets.items() if tp not in self._batch_revoked}
+        if self._commits is not None:
+            self._commits.stored(offsets)
+        self.batches += 1
+        self.records += sum(len(r) for r in batch.values())
+        self.dead_lettered += len(dead)
+        for tp, next_offset in offsets.items():
+            high = consumer.highwater(tp)
+            if high is not None:
+                self._lag[tp] = max(0, int(high) - next_offset)
+        self._health.progress()
+
+    def _decode(
+        self, batch: Mapping[TopicPartition, list[Any]]
+    ) -> tuple[list[_Item], list[_Dead], dict[TopicPartition, int]]:
+        items: list[_Item] = []
+        dead: list[_Dead] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             route = self._routes.get(tp.topic)
@@ -337,93 +462,43 @@ class KafkaIngress:
                     continue
                 if event is not None:
                     items.append((tp, event, route))
-        backoff = self.settings.retry_initial
+        return items, dead, offsets
+
+    async def _store(
+        self,
+        items: list[_Item],
+        dead: list[_Dead],
+        offsets: dict[TopicPartition, int],
+        *,
+        size: int,
+    ) -> bool:
+        """Route + dead-letter in a retry loop; False: nothing left to commit, or stopping."""
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         while True:
             gone = self._batch_revoked
             if gone:
                 items = [i for i in items if i[0] not in gone]
                 dead = [d for d in dead if d[0] not in gone]
-                offsets = {tp: o for tp, o in offsets.items() if tp not in gone}
+                for tp in gone:
+                    offsets.pop(tp, None)
             if not offsets:
-                return
+                return False
             try:
                 await self.router.route([(ev, route) for _, ev, route in items])
                 await self._dead_letter(dead)
-                break
+                return True
             except Exception as exc:  # noqa: BLE001 - retry the same batch; never skip it
                 self.retries += 1
+                delay = backoff.next()
                 log.warning(
                     "kafka batch of %d record(s) not stored, retrying in %.1fs: %s",
-                    sum(len(r) for r in batch.values()),
-                    backoff,
+                    size,
+                    delay,
                     exc,
                 )
-                await self._pause(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max)
+                await self._pause(delay)
                 if self._stopping.is_set():
-                    return  # not committed: the next owner re-reads it
-        offsets = {tp: o for tp, o in offsets.items() if tp not in self._batch_revoked}
-        self._pending.update(offsets)
-        # Commit in the background, in order, while the next batch is fetched: the
-        # offsets are already safe to commit (their store transaction is done).
-        if self.settings.commit_interval > 0:
-            if self._committing is None or self._committing.done():
-                self._committing = asyncio.create_task(self._commit_periodically(consumer))
-        else:
-            self._committing = asyncio.create_task(
-                self._commit_after(self._committing, consumer, offsets)
-            )
-        self.batches += 1
-        self.records += sum(len(r) for r in batch.values())
-        self.dead_lettered += len(dead)
-        for tp, next_offset in offsets.items():
-            high = consumer.highwater(tp)
-            if high is not None:
-                self._lag[tp] = max(0, int(high) - next_offset)
-        self._progress()
-
-    async def _commit_after(
-        self,
-        previous: asyncio.Task[None] | None,
-        consumer: AIOKafkaConsumer,
-        offsets: dict[TopicPartition, int],
-    ) -> None:
-        if previous is not None:
-            await previous
-        await self._commit(consumer, offsets)
-
-    async def _commit_periodically(self, consumer: AIOKafkaConsumer) -> None:
-        """``commit_interval`` > 0: commit the newest stored offsets every interval."""
-        while self._pending:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.commit_interval):
-                    await self._commit_now.wait()  # a flush (revoke, stop) cuts the wait short
-            self._commit_now.clear()
-            try:
-                await self._commit(consumer, dict(self._pending))
-            except Exception:  # keep committing: the next round retries the newest offsets
-                log.exception("kafka offset commit failed")
-
-    async def _flush_commits(self) -> None:
-        """Commit what is stored now and wait for the background commits started so far."""
-        self._commit_now.set()
-        task = self._committing
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance took these partitions away: the new owner re-reads from
-            # the last commit and the event-id dedup absorbs the overlap.
-            log.warning("kafka commit failed (records will be re-read, deduped): %s", exc)
-        for tp, off in offsets.items():
-            if self._pending.get(tp) == off:
-                del self._pending[tp]
+                    return False  # not committed: the next owner re-reads it
 
     async def _dead_letter(self, dead: list[tuple[TopicPartition, Any, str]]) -> None:
         for tp, rec, reason in dead:

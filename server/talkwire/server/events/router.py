@@ -95,7 +95,6 @@ class EventRouter:
         store: SessionStore,
         sink: FrameSink | None = None,
         *,
-        topics: Mapping[str, TopicRoute] | None = None,
         invalidate: Callable[[Iterable[str]], object] | None = None,
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -104,7 +103,6 @@ class EventRouter:
         self.store = store
         self._tracer = tracer if tracer is not None else default_tracer()
         self.sink: FrameSink = sink if sink is not None else _NullSink()
-        self.topics: dict[str, TopicRoute] = dict(topics or {})
         self._invalidate = invalidate
         self._metrics = metrics
         self._clock = clock
@@ -140,8 +138,14 @@ class EventRouter:
         items: Sequence[tuple[events_pb2.ChangeEvent, TopicRoute | None]],
         *,
         ingress: str = "kafka",
+        delivery_id: str | None = None,
     ) -> FanoutResult:
-        """Route a batch in one store transaction, then wake the live attachments."""
+        """Route a batch in one store transaction, then wake the live attachments.
+
+        ``delivery_id`` (webhooks) is claimed in that same transaction, even when
+        the filters drop every event: a used one raises ``AlreadyExistsError``
+        and nothing is pushed (see :meth:`SessionStore.fanout`).
+        """
         with RouteSpans(self._tracer) as spans:
             prepared: list[FanoutEvent] = []
             occurred: dict[str, float] = {}
@@ -153,7 +157,9 @@ class EventRouter:
                 prepared.append(fan)
                 if event.HasField("occurred_at"):
                     occurred[event.id] = event.occurred_at.ToNanoseconds() / 1e9
-            result = await self._fanout(prepared, occurred, received=len(items))
+            result = await self._fanout(
+                prepared, occurred, received=len(items), delivery_id=delivery_id
+            )
             spans.outcome(result.delivered, result.duplicates)
         return result
 
@@ -193,9 +199,14 @@ class EventRouter:
         return result
 
     async def _fanout(
-        self, prepared: list[FanoutEvent], occurred: Mapping[str, float], *, received: int
+        self,
+        prepared: list[FanoutEvent],
+        occurred: Mapping[str, float],
+        *,
+        received: int,
+        delivery_id: str | None = None,
     ) -> FanoutResult:
-        if not prepared:
+        if not prepared and delivery_id is None:
             return FanoutResult()
         if self._invalidate is not None:
             keys = dict.fromkeys(k for fan in prepared for k in fan.keys)
@@ -204,7 +215,7 @@ class EventRouter:
                     self._invalidate(list(keys))
                 except Exception:
                     log.exception("connector cache invalidation failed")
-        result = await self.store.fanout(prepared)
+        result = await self.store.fanout(prepared, delivery_id=delivery_id)
         if result.frames:
             try:
                 self.sink.deliver(result.frames)
@@ -228,9 +239,6 @@ class EventRouter:
                     metrics.push_latency(max(0.0, now - at))
         except Exception:
             log.exception("router metrics failed")
-
-    def route_for(self, topic: str) -> TopicRoute | None:
-        return self.topics.get(topic)
 
     @staticmethod
     def describe(event: events_pb2.ChangeEvent) -> dict[str, Any]:

@@ -28,17 +28,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from talkwire.connectors.sections import Section
 from talkwire.connectors.templates import TemplateError, compile_template
-from talkwire.server.errors import ConfigError
 from talkwire.server.events.decode import FORMATS, DecodeError, op_from_name, op_name
 from talkwire.server.events.decode import struct_to_dict as _struct_to_dict
 from talkwire.v1 import events_pb2
 
-__all__ = ["TopicRoute", "event_context", "parse_topics"]
+__all__ = ["ROUTE_KEYS", "TopicRoute", "event_context", "parse_topics"]
 
 log = logging.getLogger(__name__)
 
-_ROUTE_KEYS = frozenset({"format", "keys", "ops", "fields", "update_text", "type", "source"})
+ROUTE_KEYS = frozenset({"format", "keys", "ops", "fields", "update_text", "type", "source"})
 
 
 def event_context(event: events_pb2.ChangeEvent) -> dict[str, Any]:
@@ -59,16 +59,6 @@ def event_context(event: events_pb2.ChangeEvent) -> dict[str, Any]:
     }
 
 
-def _str_list(where: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(f"{where}: expected a list of strings")
-
-
 @dataclass(frozen=True, slots=True)
 class TopicRoute:
     """How events of one topic (or the webhook ingress) are filtered, keyed and shown."""
@@ -84,46 +74,42 @@ class TopicRoute:
 
     @classmethod
     def from_config(
-        cls, name: str, section: Mapping[str, Any] | None, *, where: str = ""
+        cls, name: str, section: Mapping[str, Any] | Section | None, *, where: str = ""
     ) -> TopicRoute:
-        """Validate one topic's section; errors name the bad key."""
-        where = where or f"events.topics.{name}"
-        section = section or {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        for key in section:
-            if key not in _ROUTE_KEYS:
-                raise ConfigError(
-                    f"{where}.{key}: unknown key (known: {', '.join(sorted(_ROUTE_KEYS))})"
-                )
-        fmt = str(section.get("format", "json"))
-        if fmt not in FORMATS:
-            raise ConfigError(f"{where}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
-        keys = _str_list(f"{where}.keys", section.get("keys"))
+        """Validate one topic's section; errors name the bad key (and its YAML line).
+
+        A :class:`Section` is read as it is (its owner checked its keys: the
+        webhook section carries these keys among its own).
+        """
+        if isinstance(section, Section):
+            sec = section
+        else:
+            sec = Section(section, where or f"events.topics.{name}", known=ROUTE_KEYS)
+        fmt = sec.text("format", "json", choices=FORMATS)
+        keys = sec.strings("keys")
         ops: frozenset[int] | None = None
-        if section.get("ops") is not None:
+        if sec.get("ops") is not None:
             try:
-                ops = frozenset(op_from_name(o) for o in _str_list(f"{where}.ops", section["ops"]))
+                ops = frozenset(op_from_name(o) for o in sec.strings("ops"))
             except DecodeError as exc:
-                raise ConfigError(f"{where}.ops: {exc.reason}") from None
-        fields = _str_list(f"{where}.fields", section.get("fields"))
-        text = section.get("update_text", "")
+                raise sec.error("ops", exc.reason) from None
+        text = sec.get("update_text", "")
         if not isinstance(text, str):
-            raise ConfigError(f"{where}.update_text: expected a string")
-        for what, template in [*((f"keys[{i}]", k) for i, k in enumerate(keys)), ("text", text)]:
+            raise sec.error("update_text", "expected a string")
+        for key, template in [*(("keys", k) for k in keys), ("update_text", text)]:
             try:
                 compile_template(template)
             except TemplateError as exc:
-                raise ConfigError(f"{where}.{what}: {exc}") from None
+                raise sec.error(key, f"{template!r}: {exc}") from None
         return cls(
             name=name,
             format=fmt,
             keys=keys,
             ops=ops,
-            fields=fields,
+            fields=sec.strings("fields"),
             update_text=text,
-            type=str(section.get("type", "")),
-            source=str(section.get("source", "")),
+            type=sec.text("type", ""),
+            source=sec.text("source", ""),
         )
 
     def accepts(self, event: events_pb2.ChangeEvent, ctx: Mapping[str, Any] | None = None) -> bool:
@@ -182,12 +168,9 @@ class TopicRoute:
 
 
 def parse_topics(section: Any, *, where: str = "events.topics") -> dict[str, TopicRoute]:
-    """``{name: TopicRoute}`` from the ``topics`` mapping."""
-    if section is None:
-        return {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of topic name -> settings")
+    """``{name: TopicRoute}`` from the ``topics`` mapping (or its :class:`Section`)."""
+    sec = section if isinstance(section, Section) else Section(section, where)
     return {
-        str(name): TopicRoute.from_config(str(name), body, where=f"{where}.{name}")
-        for name, body in section.items()
+        name: TopicRoute.from_config(name, body.raw, where=body.key)
+        for name, body in sec.children()
     }

@@ -17,8 +17,13 @@ Example::
       retry_initial: 0.2                     # store-unavailable backoff (doubles) ...
       retry_max: 5.0                         # ... up to this
       stall_after: 30.0                      # watchdog: no progress for this long -> unhealthy
-      session_timeout: 10.0                  # group session timeout (seconds)
-      heartbeat_interval: 3.0
+      session_timeout: 6.0                   # group session timeout (seconds): how long a
+                                             # killed replica keeps its partitions; 6 is
+                                             # Kafka's default group.min.session.timeout.ms
+      heartbeat_interval: 1.0                # < session_timeout; also how soon a member
+                                             # notices a rebalance
+      rebalance_timeout: 10.0                # how long the group waits for members to rejoin
+      max_poll_interval: 300.0               # a consumer stuck longer in one batch leaves
       security:
         protocol: SASL_SSL                   # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
         cafile: /etc/talkwire/ca.pem
@@ -31,44 +36,23 @@ Example::
         erp.orders: {format: json, keys: ["order:{after.id}"], update_text: "..."}
 
 Secrets (``password``, webhook ``secrets``) may be written ``env:NAME`` or
-``file:PATH``; they are resolved once at start and never logged.
+``file:PATH`` (the one rule of :func:`talkwire.connectors.sections.secret_value`:
+an unset or empty variable is an error naming the key); they are resolved once
+at start and never logged. ``enabled: false`` keeps a validated section off.
 """
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from talkwire.server.errors import ConfigError
+from talkwire.connectors.sections import Section
 from talkwire.server.events.routing import TopicRoute, parse_topics
 
-__all__ = ["KafkaSettings", "SecuritySettings", "resolve_secret"]
-
-
-def resolve_secret(value: Any, where: str) -> str:
-    """``env:NAME`` -> the variable, ``file:PATH`` -> the file's content (stripped)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a non-empty string")
-    if value.startswith("env:"):
-        name = value[4:]
-        got = os.environ.get(name)
-        if not got:
-            raise ConfigError(f"{where}: environment variable {name} is not set")
-        return got
-    if value.startswith("file:"):
-        path = Path(value[5:])
-        try:
-            got = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
-        if not got:
-            raise ConfigError(f"{where}: {path} is empty")
-        return got
-    return value
+__all__ = ["KafkaSettings", "SecuritySettings"]
 
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -90,35 +74,28 @@ class SecuritySettings:
 
     @classmethod
     def from_config(cls, section: Any, where: str = "events.security") -> SecuritySettings:
-        if section is None:
-            return cls()
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        for key in section:
-            if key not in _SECURITY_KEYS:
-                raise ConfigError(
-                    f"{where}.{key}: unknown key (known: {', '.join(sorted(_SECURITY_KEYS))})"
-                )
-        protocol = str(section.get("protocol", "PLAINTEXT")).upper()
+        sec = section if isinstance(section, Section) else Section(section, where)
+        sec.check_known(_SECURITY_KEYS)
+        protocol = sec.text("protocol", "PLAINTEXT").upper()
         if protocol not in _PROTOCOLS:
-            raise ConfigError(f"{where}.protocol: {protocol!r} is not one of {_PROTOCOLS}")
-        mechanism = str(section.get("sasl_mechanism", "PLAIN")).upper()
+            raise sec.error("protocol", f"{protocol!r} is not one of {', '.join(_PROTOCOLS)}")
+        mechanism = sec.text("sasl_mechanism", "PLAIN").upper()
         if mechanism not in _MECHANISMS:
-            raise ConfigError(f"{where}.sasl_mechanism: {mechanism!r} is not one of {_MECHANISMS}")
-        username = str(section.get("username", ""))
+            raise sec.error(
+                "sasl_mechanism", f"{mechanism!r} is not one of {', '.join(_MECHANISMS)}"
+            )
+        username = sec.text("username", "")
         password = ""
         if protocol.startswith("SASL"):
             if not username:
-                raise ConfigError(f"{where}.username: required for {protocol}")
-            password = resolve_secret(section.get("password"), f"{where}.password")
-        files = {}
-        for key in ("cafile", "certfile", "keyfile"):
-            value = str(section.get(key, ""))
+                raise sec.error("username", f"required for {protocol}")
+            password = sec.secret("password")
+        files = {key: sec.text(key, "") for key in ("cafile", "certfile", "keyfile")}
+        for key, value in files.items():
             if value and not Path(value).is_file():
-                raise ConfigError(f"{where}.{key}: no such file {value}")
-            files[key] = value
+                raise sec.error(key, f"no such file {value}")
         if bool(files["certfile"]) != bool(files["keyfile"]):
-            raise ConfigError(f"{where}: certfile and keyfile go together")
+            raise sec.error(None, "certfile and keyfile go together")
         return cls(
             protocol=protocol,
             sasl_mechanism=mechanism,
@@ -163,18 +140,13 @@ _KEYS = frozenset(
         "stall_after",
         "session_timeout",
         "heartbeat_interval",
+        "rebalance_timeout",
+        "max_poll_interval",
         "security",
         "topics",
         "enabled",
     }
 )
-
-
-def _number(section: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{where}.{key}: expected a positive number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,64 +165,49 @@ class KafkaSettings:
     retry_initial: float = 0.2
     retry_max: float = 5.0
     stall_after: float = 30.0
-    session_timeout: float = 10.0
-    heartbeat_interval: float = 3.0
+    session_timeout: float = 6.0
+    heartbeat_interval: float = 1.0
+    rebalance_timeout: float = 10.0
+    max_poll_interval: float = 300.0
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    enabled: bool = True
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], where: str = "events") -> KafkaSettings:
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        for key in section:
-            if key not in _KEYS:
-                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_KEYS))})")
-        raw = section.get("bootstrap")
-        if isinstance(raw, str):
-            bootstrap = tuple(b.strip() for b in raw.split(",") if b.strip())
-        elif isinstance(raw, list | tuple):
-            bootstrap = tuple(str(b).strip() for b in raw if str(b).strip())
-        else:
-            bootstrap = ()
+        """Validate the whole section, whatever it contains; errors name key and line."""
+        sec = Section(section, where, known=_KEYS)
+        bootstrap = sec.strings("bootstrap", split=True)
         if not bootstrap:
-            raise ConfigError(f"{where}.bootstrap: required (host:port, or a list of them)")
-        topics = parse_topics(section.get("topics"), where=f"{where}.topics")
+            raise sec.error("bootstrap", "required (host:port, or a list of them)")
+        topics = parse_topics(sec.section("topics"))
         if not topics:
-            raise ConfigError(f"{where}.topics: at least one topic is required")
-        start = str(section.get("start", "earliest")).lower()
-        if start not in ("earliest", "latest"):
-            raise ConfigError(f"{where}.start: expected earliest or latest, got {start!r}")
-        max_records = section.get("max_records", 500)
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise ConfigError(f"{where}.max_records: expected a positive integer")
-        commit_interval = section.get("commit_interval", 0)
-        if (
-            isinstance(commit_interval, bool)
-            or not isinstance(commit_interval, int | float)
-            or commit_interval < 0
-        ):
-            raise ConfigError(
-                f"{where}.commit_interval: expected a number of seconds >= 0, "
-                f"got {commit_interval!r}"
-            )
-        dlt = str(section.get("dead_letter_topic", "") or "")
+            raise sec.error("topics", "at least one topic is required")
+        heartbeat = sec.number("heartbeat_interval", 1.0, positive=True)
+        session_timeout = sec.number("session_timeout", 6.0, positive=True)
+        if heartbeat >= session_timeout:
+            raise sec.error("heartbeat_interval", "must be below session_timeout")
+        dlt = sec.text("dead_letter_topic", "")
         if dlt and dlt in topics:
-            raise ConfigError(f"{where}.dead_letter_topic: must not be one of the consumed topics")
+            raise sec.error("dead_letter_topic", "must not be one of the consumed topics")
         return cls(
             bootstrap=bootstrap,
             topics=topics,
-            group_id=str(section.get("group_id", "talkwire")),
-            start=start,
-            client_id=str(section.get("client_id", "talkwire")),
+            group_id=sec.text("group_id", "talkwire"),
+            start=sec.text("start", "earliest", choices=("earliest", "latest")),
+            client_id=sec.text("client_id", "talkwire"),
             dead_letter_topic=dlt,
-            max_records=max_records,
-            poll_timeout=_number(section, "poll_timeout", 0.5, where),
-            commit_interval=float(commit_interval),
-            retry_initial=_number(section, "retry_initial", 0.2, where),
-            retry_max=_number(section, "retry_max", 5.0, where),
-            stall_after=_number(section, "stall_after", 30.0, where),
-            session_timeout=_number(section, "session_timeout", 10.0, where),
-            heartbeat_interval=_number(section, "heartbeat_interval", 3.0, where),
-            security=SecuritySettings.from_config(section.get("security"), f"{where}.security"),
+            max_records=sec.integer("max_records", 500, minimum=1),
+            poll_timeout=sec.number("poll_timeout", 0.5, positive=True),
+            commit_interval=sec.number("commit_interval", 0.0, minimum=0.0),
+            retry_initial=sec.number("retry_initial", 0.2, positive=True),
+            retry_max=sec.number("retry_max", 5.0, positive=True),
+            stall_after=sec.number("stall_after", 30.0, positive=True),
+            session_timeout=session_timeout,
+            heartbeat_interval=heartbeat,
+            rebalance_timeout=sec.number("rebalance_timeout", 10.0, positive=True),
+            max_poll_interval=sec.number("max_poll_interval", 300.0, positive=True),
+            security=SecuritySettings.from_config(sec.section("security")),
+            enabled=sec.flag("enabled", True),
         )
 
     def client_kwargs(self) -> dict[str, Any]:

@@ -25,12 +25,20 @@ Signing (the sender)::
 
 Checks, in order: body size (413), timestamp within ``tolerance`` (401),
 signature against every active secret with ``hmac.compare_digest`` (401),
-decoding (400), routing (503 when the store is down: retry), then the
-delivery id (409 for a replay). The event id of a body without one is derived
-from the signed timestamp and body, so a replay never makes a second frame
-even under a fresh delivery id; the delivery id is recorded after routing, so
-a failed delivery can be retried with the same id. Responses are JSON:
+decoding (400), then the delivery id and the routing as ONE store transaction
+(409 for a used delivery id, and then nothing is pushed; 503 when the store is
+down: nothing was recorded, retry with the same delivery id). A sender's retry
+under the same ``X-Talkwire-Delivery`` is therefore never pushed twice, even
+re-signed with a new timestamp, and neither is a different body under a used
+id. The event id of a body without one is derived from the signed timestamp and
+body, so a replay of a captured request never makes a second frame even under a
+fresh delivery id (the delivery header is not signed). Responses are JSON:
 ``202 {"event_id", "delivered", "duplicate"}``.
+
+With ``produce_to`` the event goes to Kafka, which shares no transaction with
+the store: a used delivery id is refused (409) before producing and the id is
+recorded after the broker acknowledged, so a crash in between makes the
+sender's retry produce once more (at least once, never lost).
 """
 
 from __future__ import annotations
@@ -51,13 +59,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from talkwire.server.errors import ConfigError, UnavailableError
+from talkwire.connectors.sections import Section
+from talkwire.server.aio import cancel_and_wait
+from talkwire.server.errors import AlreadyExistsError, ConfigError, UnavailableError
 from talkwire.server.events.decode import DecodeError, decode
-from talkwire.server.events.kafka import cancel_and_wait
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute
-from talkwire.server.events.settings import resolve_secret
-from talkwire.server.store import SessionStore
+from talkwire.server.store import FanoutResult, SessionStore
 from talkwire.v1 import events_pb2
 
 __all__ = ["WebhookIngress", "WebhookSettings", "sign"]
@@ -98,43 +106,25 @@ class WebhookSettings:
     """The validated ``webhooks:`` section."""
 
     def __init__(self, section: Mapping[str, Any], where: str = "webhooks") -> None:
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        for key in section:
-            if key not in _KEYS:
-                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_KEYS))})")
-        listen = str(section.get("listen", "127.0.0.1:8081"))
+        sec = Section(section, where, known=_KEYS)
+        listen = sec.text("listen", "127.0.0.1:8081")
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit():
-            raise ConfigError(f"{where}.listen: expected host:port, got {listen!r}")
+            raise sec.error("listen", f"expected host:port, got {listen!r}")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
-        self.path = str(section.get("path", "/events"))
-        raw = section.get("secrets")
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list) or not raw:
-            raise ConfigError(f"{where}.secrets: one or two secrets are required")
-        if len(raw) > 2:
-            raise ConfigError(f"{where}.secrets: at most two active secrets (current, previous)")
-        self.secrets: tuple[bytes, ...] = tuple(
-            resolve_secret(v, f"{where}.secrets[{i}]").encode() for i, v in enumerate(raw)
-        )
-        tolerance = section.get("tolerance", 300)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or tolerance <= 0:
-            raise ConfigError(f"{where}.tolerance: expected a positive number of seconds")
-        self.tolerance = float(tolerance)
-        size = section.get("max_body_bytes", 256 * 1024)
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ConfigError(f"{where}.max_body_bytes: expected a positive integer")
-        self.max_body_bytes = size
-        route_keys = {
-            k: section[k]
-            for k in ("keys", "ops", "fields", "update_text", "type", "source")
-            if k in section
-        }
-        self.route = TopicRoute.from_config("webhook", route_keys, where=where)
-        self.produce_to = str(section.get("produce_to", "") or "")
+        self.path = sec.text("path", "/events")
+        secrets = sec.secrets("secrets")
+        if not secrets:
+            raise sec.error("secrets", "one or two secrets are required")
+        if len(secrets) > 2:
+            raise sec.error("secrets", "at most two active secrets (current, previous)")
+        self.secrets: tuple[bytes, ...] = tuple(v.encode() for v in secrets)
+        self.tolerance = sec.number("tolerance", 300.0, positive=True)
+        self.max_body_bytes = sec.integer("max_body_bytes", 256 * 1024, minimum=1)
+        self.route = TopicRoute.from_config("webhook", sec)
+        self.produce_to = sec.text("produce_to", "")
+        self.enabled = sec.flag("enabled", True)
 
     def __repr__(self) -> str:  # never show the secrets
         return f"WebhookSettings(listen={self.host}:{self.port}, secrets=<{len(self.secrets)}>)"
@@ -309,13 +299,11 @@ class WebhookIngress:
             duplicate = False
             delivered = 0
             if self.settings.produce_to:
-                await self._produce(event)
+                await self._produce_once(event, delivery)
             else:
-                result = await self.router.route([(event, self.settings.route)], ingress="webhook")
+                result = await self._route(event, delivery)
                 duplicate = event.id in result.duplicates
                 delivered = result.delivered.get(event.id, 0)
-            if await self.store.seen_delivery(delivery):
-                raise _Rejected(409, "delivery already processed (replay)")
         except _Rejected as exc:
             if exc.status >= 401:
                 log.warning("webhook rejected (%d): %s", exc.status, exc.message)
@@ -330,6 +318,26 @@ class WebhookIngress:
             {"event_id": event.id, "delivered": delivered, "duplicate": duplicate},
             status_code=202,
         )
+
+    async def _route(self, event: events_pb2.ChangeEvent, delivery: str) -> FanoutResult:
+        # The delivery id is claimed in the routing transaction itself: a used id
+        # pushes nothing, and a failed (or crashed) transaction claims nothing, so
+        # the sender's retry under the same id is routed.
+        try:
+            return await self.router.route(
+                [(event, self.settings.route)], ingress="webhook", delivery_id=delivery
+            )
+        except AlreadyExistsError:
+            raise _Rejected(409, "delivery already processed (replay)") from None
+
+    async def _produce_once(self, event: events_pb2.ChangeEvent, delivery: str) -> None:
+        # Kafka and the store share no transaction. Check, produce, then record:
+        # a crash after producing makes the sender's retry produce again (at least
+        # once toward Kafka), never a loss.
+        if await self.store.delivery_recorded(delivery):
+            raise _Rejected(409, "delivery already processed (replay)")
+        await self._produce(event)
+        await self.store.seen_delivery(delivery)
 
     async def _produce(self, event: events_pb2.ChangeEvent) -> None:
         key = event.keys[0].encode() if event.keys else None
