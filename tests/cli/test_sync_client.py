@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -23,7 +24,11 @@ def _chat_then_resume(target: str) -> tuple[list[str], list[str], str]:
         sid, token, last = session.session_id, session.resume_token, session.last_seq
         session.close()
         with SyncAdminClient(target, token="admin-token") as admin:
-            assert admin.get_session(sid).acked_seq == last  # close() acked what was seen
+            # close() acked what was seen; the server records acks in the background.
+            deadline = time.monotonic() + 10
+            while admin.get_session(sid).acked_seq != last and time.monotonic() < deadline:
+                time.sleep(0.05)  # bounded poll: no event tells a client the ack is stored
+            assert admin.get_session(sid).acked_seq == last
             published = admin.publish(session_id=sid, text="out for delivery")
             assert published.delivered == 1
             frames = admin.watch(sid, after_seq=last)  # retained, then live: take one

@@ -118,17 +118,45 @@ def add_outbound_commands(
     sessions_sub: argparse._SubParsersAction[Any],
 ) -> None:
     """Add ``sessions transcript`` and ``outbound status|redrive``."""
-    t = sessions_sub.add_parser("transcript", help="print a session's transcript")
-    t.add_argument("session_id")
+    t = sessions_sub.add_parser(
+        "transcript",
+        help="print a session's transcript",
+        description="The session's user turns and durable frames, in order (admin role).",
+        epilog="examples:\n  talkwire sessions transcript ID\n"
+        "  talkwire sessions transcript ID --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("session_id", metavar="ID", help="the session id")
     t.add_argument("--json", action="store_true", help="print the events as JSON")
     add_connection_flags(t)
     t.set_defaults(func=runner(transcript_command), handler=runner(transcript_command))
 
-    outbound = subparsers.add_parser("outbound", help="outbound event sinks (admin)")
+    outbound = subparsers.add_parser(
+        "outbound",
+        help="outbound event sinks (admin)",
+        description="The outbound conversation-event sinks (admin role).",
+        epilog="examples:\n  talkwire outbound status\n"
+        "  talkwire outbound redrive --sink crm_notes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = outbound.add_subparsers(dest="outbound_command", required=True)
-    status = sub.add_parser("status", help="outbox depth and per-sink counters")
+    status = sub.add_parser(
+        "status",
+        help="outbox depth and per-sink counters",
+        description="Outbox depth, oldest pending age, delivered / retried / failed / "
+        "dead-lettered counts and breaker state per sink.",
+        epilog="examples:\n  talkwire outbound status\n  talkwire outbound status --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
-    redrive = sub.add_parser("redrive", help="send dead-lettered deliveries again")
+    redrive = sub.add_parser(
+        "redrive",
+        help="send dead-lettered deliveries again",
+        description="Put dead-lettered deliveries back in the outbox, in their order.",
+        epilog="examples:\n  talkwire outbound redrive\n"
+        "  talkwire outbound redrive --sink crm_notes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     redrive.add_argument("--sink", default="", help="only this sink's (default: every sink)")
     for p in (status, redrive):
         add_connection_flags(p)
