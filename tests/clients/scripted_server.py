@@ -31,6 +31,7 @@ ADMIN_TOKEN = "admin-token"
 class _Abort:
     code: grpc.StatusCode
     details: str
+    trailers: tuple[tuple[str, str], ...] = ()
 
 
 _END = object()
@@ -91,10 +92,17 @@ class ScriptedChat(chat_pb2_grpc.ChatServiceServicer):
         await self.notify()
         return seq
 
-    def kick(self, session_id: str, code: grpc.StatusCode, details: str = "kicked") -> None:
+    def kick(
+        self,
+        session_id: str,
+        code: grpc.StatusCode,
+        details: str = "kicked",
+        trailers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """End the live attachment with ``code``, ``details`` and trailing metadata."""
         attachment = self.sessions[session_id].attachment
         assert attachment is not None
-        attachment.put_nowait(_Abort(code, details))
+        attachment.put_nowait(_Abort(code, details, trailers))
 
     def attached(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)
@@ -158,7 +166,7 @@ class ScriptedChat(chat_pb2_grpc.ChatServiceServicer):
                 if item is _END:
                     return
                 if isinstance(item, _Abort):
-                    await context.abort(item.code, item.details)
+                    await context.abort(item.code, item.details, item.trailers)
                 assert isinstance(item, chat_pb2.ConverseResponse)
                 await context.write(item)
                 if item.seq:

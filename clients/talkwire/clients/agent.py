@@ -488,6 +488,10 @@ def add_agent_command(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="the agent desk: list the queue, accept a session, talk, release",
         description="Commands: /queue, /accept N|SESSION_ID, text (to the user), "
         "/transfer QUEUE [reason], /release [reason], /close [reason], /quit.",
+        epilog="examples:\n  talkwire agent --token ann-token\n"
+        "  talkwire agent --queue billing\n"
+        "  printf '/queue\\n/accept 1\\nhello\\n/release\\n' | talkwire agent",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     agent.add_argument(
         "--target",

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-__all__ = ["call_metadata", "open_channel"]
+__all__ = ["call_metadata", "channel_credentials", "open_channel"]
 
 
 def call_metadata(
@@ -28,3 +28,27 @@ def open_channel(
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=list(options))
     return grpc.aio.insecure_channel(target, options=list(options))
+
+
+def channel_credentials(
+    *,
+    tls: bool = False,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM files (``ca_file``/``cert_file`` imply TLS); ``None``: plaintext."""
+    if not (tls or ca_file or cert_file):
+        return None
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file),
+        private_key=read(key_file),
+        certificate_chain=read(cert_file),
+    )

@@ -18,8 +18,9 @@ Semantics (what this library guarantees and what it chose):
   yielded as they come; ``opened`` frames are consumed by the library.
 * **Automatic reconnect.** When the stream ends with a retriable status
   (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``, ``DEADLINE_EXCEEDED``, ``INTERNAL``,
-  and ``CANCELLED`` not caused by us -- a dropped connection or a restarted
-  server shows up as one of these), the session re-attaches with ``open{session_id,
+  ``DATA_LOSS``, and ``CANCELLED`` not caused by us -- a dropped connection or a
+  restarted server shows up as one of these) and the server's
+  ``talkwire-retriable`` trailer does not say ``0``, the session re-attaches with ``open{session_id,
   resume_token, last_seq=<highest seq received>}`` after an exponential backoff
   with full jitter (:class:`~talkwire.clients.reconnect.ReconnectPolicy`). The
   server replays what is missing; dedup makes the replay invisible. Other
@@ -78,6 +79,7 @@ import grpc.aio
 
 from talkwire.clients.channel import call_metadata, open_channel
 from talkwire.clients.convert import to_struct
+from talkwire.clients.dedup import SeqFilter, Verdict
 from talkwire.clients.errors import (
     ProtocolError,
     ReconnectExhausted,
@@ -93,6 +95,7 @@ from talkwire.clients.reconnect import (
     ConnectionEventKind,
     ConnectionHook,
     ReconnectPolicy,
+    retriable_hint,
 )
 from talkwire.v1 import chat_pb2, chat_pb2_grpc
 
@@ -143,11 +146,16 @@ class _Drop:
 
     code: grpc.StatusCode
     details: str
+    retriable: bool | None = None  # the server's talkwire-retriable trailer, if any
 
     @classmethod
     def of(cls, exc: grpc.aio.AioRpcError) -> _Drop:
         code = exc.code()
-        return cls(code if code is not None else grpc.StatusCode.UNKNOWN, exc.details() or "")
+        return cls(
+            code if code is not None else grpc.StatusCode.UNKNOWN,
+            exc.details() or "",
+            retriable_hint(exc.trailing_metadata()),
+        )
 
     def ended(self) -> SessionEnded:
         """The typed error of a session that ends here."""
@@ -278,7 +286,7 @@ class ChatSession:
         self.reconnects = 0
         self.duplicates = 0
         self.replayed = 0
-        self._received_seq = last_seq
+        self._seq = SeqFilter(received=last_seq)
         self._delivered_seq = last_seq
         self._ack_enqueued = last_seq
         self._ack_deadline: float | None = None
@@ -298,6 +306,10 @@ class ChatSession:
     def last_seq(self) -> int:
         """The highest durable seq delivered to you (what to resume from later)."""
         return self._delivered_seq
+
+    @property
+    def _received_seq(self) -> int:
+        return self._seq.received
 
     @property
     def received_seq(self) -> int:
@@ -514,6 +526,7 @@ class ChatSession:
     def _on_opened(self, opened: chat_pb2.Opened) -> None:
         if opened.session_id:
             self.session_id = opened.session_id
+            self._seq.session_id = opened.session_id
         if opened.resume_token:
             self.resume_token = opened.resume_token
         self.replayed = opened.replayed
@@ -592,7 +605,7 @@ class ChatSession:
         if isinstance(end, TalkwireError):
             self._finish(end)
             return None
-        if not self._client.reconnect.retries(end.code):
+        if not self._client.reconnect.resumes(end.code, end.retriable):
             self._finish(end.ended())
             return None
         return end
@@ -691,24 +704,17 @@ class ChatSession:
                 raise error
 
     async def _on_frame(self, frame: chat_pb2.ConverseResponse) -> None:
-        seq = frame.seq
-        if seq == 0:
-            if frame.WhichOneof("frame") == "opened":
-                logger.debug("ignoring an unexpected opened frame mid-stream")
-                return
-        elif seq <= self._received_seq:
+        verdict = self._seq.check(frame)
+        if verdict is Verdict.IGNORE:
+            logger.debug("ignoring an unexpected opened frame mid-stream")
+            return
+        if verdict is Verdict.DUPLICATE:
             self.duplicates += 1
             return
-        elif seq != self._received_seq + 1:
-            raise ProtocolError(
-                f"gap in session {self.session_id}: expected seq {self._received_seq + 1}, "
-                f"got {seq}"
-            )
         while self._inbox.qsize() >= self._client.max_buffered:
             self._space.clear()
             await self._space.wait()
-        if seq:
-            self._received_seq = seq
+        self._seq.advance(frame)
         self._inbox.put_nowait(frame)
 
     async def _writer(self, call: _Call) -> None:

@@ -1,324 +1,75 @@
-"""Client subcommands of the ``talkwire`` console script: ``chat``, ``sessions``, ``connectors``.
+"""Client subcommands of the ``talkwire`` console script.
 
-``add_client_commands(subparsers)`` registers them; each leaf parser sets
-``func`` and ``handler`` (the same ``callable(args) -> int`` returning the exit
-code), which runs the command's ``async def`` with ``asyncio.run``. Errors
-print one line naming the gRPC status (``talkwire: error: UNAVAILABLE: ...``)
-on stderr and exit 1; no traceback. Standalone: ``python -m talkwire.clients.cli chat``.
-
-``talkwire chat`` reads lines from stdin (in a daemon thread, so the event
-loop keeps printing pushed updates while you type):
-
-* plain text is sent as a message; a number ``N`` presses the N-th quick reply
-  of the latest reply/prompt; ``/sub KEY``, ``/unsub KEY``, ``/ping``, ``/quit``;
-* when stdin is not a terminal (a pipe or file), each line waits for its first
-  answer (a frame whose ``in_reply_to`` is the line's frame id) before the next
-  is sent, and the command exits at EOF once the last line is answered.
-
-The session id and resume token are printed on stderr (``# session ...``), so
-``talkwire chat --session ID --resume-token TOKEN [--last-seq N]`` resumes.
+``chat``, ``sessions list|get|close|watch``, ``connectors list|invoke`` and
+``health``. ``add_client_commands(subparsers)`` registers them; each leaf
+parser sets ``func`` and ``handler`` (the same ``callable(args) -> int``
+returning the exit code). Failures print one line (``talkwire: error:
+UNAVAILABLE: ...``) on stderr and exit 1, never a traceback; exit codes are
+listed in :mod:`talkwire.clients.cliutil`. Standalone:
+``python -m talkwire.clients.cli chat``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import os
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf import json_format
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talkwire.clients.admin import AdminClient
-from talkwire.clients.agent import add_agent_command, describe_frame
-from talkwire.clients.chat import ChatClient, ChatSession
-from talkwire.clients.convert import from_struct
-from talkwire.clients.errors import RpcError, TalkwireError
-from talkwire.clients.reconnect import ConnectionEvent, ConnectionEventKind
-from talkwire.v1 import admin_pb2, chat_pb2
+from talkwire.clients.channel import call_metadata, open_channel
+from talkwire.clients.chat_cli import chat_command, chat_help, render_frame
+from talkwire.clients.cliutil import (
+    CommandError,
+    add_connection_flags,
+    credentials,
+    guarded,
+    runner,
+)
+from talkwire.clients.jsonout import message_dict, message_line
+from talkwire.v1 import admin_pb2
 
 __all__ = [
+    "EXIT_NOT_SERVING",
+    "EXIT_UNKNOWN_SERVICE",
     "add_client_commands",
     "chat_command",
     "connectors_command",
+    "health_command",
     "main",
     "parse_parameters",
     "sessions_command",
 ]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+#: ``talkwire health`` exit codes besides 0 (all SERVING) and 1 (no answer).
+EXIT_UNKNOWN_SERVICE = 3
+EXIT_NOT_SERVING = 4
+
+_Formatter = argparse.RawDescriptionHelpFormatter
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit code 1."""
+def _out(stdout: TextIO | None) -> TextIO:
+    return stdout if stdout is not None else sys.stdout
 
 
-# -- plumbing ----------------------------------------------------------------------
+def _err(stderr: TextIO | None) -> TextIO:
+    return stderr if stderr is not None else sys.stderr
 
 
-def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    if not (args.tls or args.ca_file or args.cert_file):
-        return None
-
-    def read(path: str | None) -> bytes | None:
-        if not path:
-            return None
-        with open(path, "rb") as fh:
-            return fh.read()
-
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(args.ca_file),
-        private_key=read(args.key_file),
-        certificate_chain=read(args.cert_file),
-    )
-
-
-def _error_line(exc: BaseException) -> str:
-    if isinstance(exc, RpcError):
-        return f"{exc.code.name}: {exc.details}" if exc.details else exc.code.name
-    if isinstance(exc, grpc.aio.AioRpcError):
-        code = exc.code()
-        name = code.name if code is not None else "UNKNOWN"
-        return f"{name}: {exc.details() or ''}".rstrip(": ")
-    if isinstance(exc, TimeoutError):
-        return "DEADLINE_EXCEEDED: no answer in time"
-    return str(exc) or type(exc).__name__
-
-
-async def _guarded(coro: Awaitable[int], stderr: TextIO) -> int:
-    try:
-        return await coro
-    except (TalkwireError, grpc.aio.AioRpcError, CommandError, TimeoutError, OSError) as exc:
-        print(f"talkwire: error: {_error_line(exc)}", file=stderr)
-        return 1
-
-
-def _runner(
-    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
-) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return asyncio.run(command(args))
-        except KeyboardInterrupt:
-            return 130
-
-    run.__name__ = getattr(command, "__name__", "run")
-    return run
-
-
-def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection")
-    group.add_argument(
-        "--target",
-        default=os.environ.get("TALKWIRE_TARGET", DEFAULT_TARGET),
-        help="server address host:port (env TALKWIRE_TARGET; default %(default)s)",
-    )
-    group.add_argument(
-        "--token",
-        default=os.environ.get("TALKWIRE_TOKEN"),
-        help="bearer token (env TALKWIRE_TOKEN)",
-    )
-    group.add_argument("--tls", action="store_true", help="use TLS (system roots)")
-    group.add_argument("--ca-file", help="PEM root certificates (implies --tls)")
-    group.add_argument("--cert-file", help="PEM client certificate for mTLS (implies --tls)")
-    group.add_argument("--key-file", help="PEM client key for mTLS")
-
-
-# -- chat ----------------------------------------------------------------------------
-
-
-def _start_line_reader(stream: TextIO) -> asyncio.Queue[str | None]:
-    """Feed ``stream`` lines into a queue from a daemon thread; ``None`` marks EOF."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def put(item: str | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: we are exiting
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        try:
-            for line in iter(stream.readline, ""):
-                put(line)
-        except (OSError, ValueError):
-            pass
-        finally:
-            put(None)
-
-    threading.Thread(target=work, name="talkwire-stdin", daemon=True).start()
-    return queue
-
-
-class _ChatView:
-    """Renders frames and tracks quick replies and answered frame ids."""
-
-    ANSWERS = frozenset({"reply", "prompt", "error", "subscription", "pong"})
-
-    def __init__(self, out: TextIO, interactive: bool) -> None:
-        self.out = out
-        self.interactive = interactive
-        self.quick_replies: list[chat_pb2.QuickReply] = []
-        self.waiting: dict[str, asyncio.Event] = {}
-
-    def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
-
-    def render(self, frame: chat_pb2.ConverseResponse) -> None:
-        kind = frame.WhichOneof("frame")
-        if kind == "handoff" or (kind == "reply" and frame.reply.author.role not in ("", "bot")):
-            self._print(describe_frame(frame, with_seq=False))  # a person, or the handoff
-        elif kind in ("reply", "prompt"):
-            body = frame.reply if kind == "reply" else frame.prompt
-            self._print(f"bot: {body.text}")
-            self.quick_replies = list(body.quick_replies)
-            for n, qr in enumerate(self.quick_replies, 1):
-                self._print(f"  [{n}] {qr.label or qr.intent}")
-        elif kind == "update":
-            update = frame.update
-            text = update.text or json.dumps(from_struct(update.data), sort_keys=True)
-            where = f" {update.key}" if update.key else ""
-            self._print(f"update{where}: {text}")
-        elif kind == "error":
-            self._print(f"error {frame.error.code}: {frame.error.message}")
-        elif kind == "pong":
-            self._print(f"pong {frame.pong.data}".rstrip())
-        elif kind == "subscription":
-            state = "subscribed" if frame.subscription.active else "unsubscribed"
-            self._print(f"{state} {frame.subscription.key}")
-        if frame.in_reply_to and kind in self.ANSWERS:
-            event = self.waiting.pop(frame.in_reply_to, None)
-            if event is not None:
-                event.set()
-        if self.interactive:
-            print("> ", end="", file=self.out, flush=True)
-
-    def expect(self, frame_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self.waiting[frame_id] = event
-        return event
-
-
-async def _chat_input(
-    session: ChatSession,
-    lines: asyncio.Queue[str | None],
-    view: _ChatView,
-    answer_timeout: float,
-) -> None:
-    if view.interactive:
-        print("> ", end="", file=view.out, flush=True)
-    while True:
-        line = await lines.get()
-        if line is None:
-            return
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
-            return
-        command, _, rest = line.partition(" ")
-        rest = rest.strip()
-        if command == "/sub" and rest:
-            frame_id = await session.subscribe(rest)
-        elif command == "/unsub" and rest:
-            frame_id = await session.unsubscribe(rest)
-        elif command == "/ping":
-            frame_id = await session.ping(rest)
-        elif line.isdigit() and 1 <= int(line) <= len(view.quick_replies):
-            qr = view.quick_replies[int(line) - 1]
-            frame_id = await session.action(qr.intent, from_struct(qr.parameters), qr.label)
-        else:
-            frame_id = await session.send(line)
-        if not view.interactive:  # piped: one turn at a time, so numbers and EOF work
-            answered = view.expect(frame_id)
-            async with asyncio.timeout(answer_timeout):
-                await answered.wait()
-
-
-async def _chat_output(session: ChatSession, view: _ChatView) -> None:
-    async for frame in session:
-        view.render(frame)
-
-
-async def chat_command(
-    args: argparse.Namespace,
-    *,
-    stdin: TextIO | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """``talkwire chat``: an interactive (or piped) Converse session. Returns the exit code."""
-    stdin = stdin if stdin is not None else sys.stdin
-    stdout = stdout if stdout is not None else sys.stdout
-    stderr = stderr if stderr is not None else sys.stderr
-    return await _guarded(_chat(args, stdin, stdout, stderr), stderr)
-
-
-async def _chat(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    isatty = getattr(stdin, "isatty", None)
-    interactive = bool(isatty()) if callable(isatty) else False
-    view = _ChatView(stdout, interactive)
-
-    def on_event(event: ConnectionEvent) -> None:
-        if event.kind is ConnectionEventKind.DISCONNECTED:
-            code = event.code.name if event.code else "?"
-            print(f"# disconnected ({code}: {event.details}); resuming", file=stderr)
-        elif event.kind is ConnectionEventKind.RESUMED:
-            print(f"# resumed ({event.replayed} frames replayed)", file=stderr)
-
-    if bool(args.session) != bool(args.resume_token):
-        raise CommandError("--session and --resume-token go together")
-    client = ChatClient(
-        args.target,
-        token=args.token,
-        credentials=_credentials(args),
-        on_connection_event=on_event,
-    )
-    async with client:
-        if args.session:
-            session = await client.resume(args.session, args.resume_token, args.last_seq)
-        else:
-            attributes = dict(a.split("=", 1) for a in args.attribute)
-            session = await client.open(
-                channel=args.channel, locale=args.locale, attributes=attributes
-            )
-        print(f"# session {session.session_id} resume-token {session.resume_token}", file=stderr)
-        async with session:
-            lines = _start_line_reader(stdin)
-            output = asyncio.create_task(_chat_output(session, view))
-            user = asyncio.create_task(_chat_input(session, lines, view, args.answer_timeout))
-            try:
-                done, _ = await asyncio.wait({output, user}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (user, output):
-                    task.cancel()
-                await asyncio.wait({user, output})
-            if output in done and not output.cancelled():
-                output.result()  # raises the session's error
-                print("# the server closed the session", file=stderr)
-            elif not user.cancelled():
-                user.result()  # raises TimeoutError if an answer never came
-        print(f"# last-seq {session.last_seq}", file=stderr)
-    return 0
-
-
-# -- sessions ------------------------------------------------------------------------
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
 def _admin(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(args.target, token=args.token, credentials=_credentials(args))
+    return AdminClient(args.target, token=args.token, credentials=credentials(args))
 
 
-def _as_json(message: Any) -> str:
-    return json.dumps(
-        json_format.MessageToDict(message, preserving_proto_field_name=True),
-        indent=2,
-        sort_keys=True,
-    )
+# -- sessions --------------------------------------------------------------------------
 
 
 def _session_row(s: admin_pb2.Session) -> list[str]:
@@ -344,27 +95,36 @@ def _table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
 async def sessions_command(
     args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
-    """``talkwire sessions list|get|close``."""
-    out = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
-    return await _guarded(_sessions(args, out), err)
+    """``talkwire sessions list|get|close|watch``."""
+    return await guarded(_sessions(args, _out(stdout)), _err(stderr))
 
 
 async def _sessions(args: argparse.Namespace, out: TextIO) -> int:
     async with _admin(args) as admin:
         if args.sessions_command == "list":
-            rows = []
-            async for s in admin.iter_sessions(
-                subject=args.subject, key=args.key, include_closed=args.include_closed
-            ):
-                rows.append(s)
+            rows = [
+                s
+                async for s in admin.iter_sessions(
+                    subject=args.subject, key=args.key, include_closed=args.include_closed
+                )
+            ]
             if args.json:
-                print(json.dumps([json.loads(_as_json(s)) for s in rows], indent=2), file=out)
+                print(_dumps([message_dict(s) for s in rows]), file=out)
             else:
                 header = ["SESSION", "SUBJECT", "CHANNEL", "STATE", "ATTACHED", "HEAD", "ACKED"]
                 _table(out, [*header, "SUBSCRIPTIONS"], [_session_row(s) for s in rows])
         elif args.sessions_command == "get":
-            print(_as_json(await admin.get_session(args.session_id)), file=out)
+            print(_dumps(message_dict(await admin.get_session(args.session_id))), file=out)
+        elif args.sessions_command == "watch":
+            after = args.after_seq
+            if after is None:  # acked frames may be pruned; unacked ones are always retained
+                after = (await admin.get_session(args.session_id)).acked_seq
+            async for frame in admin.watch(args.session_id, after):
+                if args.json:
+                    print(message_line(frame), file=out, flush=True)
+                else:
+                    for line in render_frame(frame):
+                        print(f"[{frame.seq}] {line}", file=out, flush=True)
         else:
             session = await admin.close_session(args.session_id, args.reason)
             print(f"closed {session.session_id}", file=out)
@@ -411,41 +171,47 @@ def parse_parameters(pairs: list[str], base_json: str | None = None) -> dict[str
     return params
 
 
+def _claims(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        claims = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"INVALID_ARGUMENT: --claims is not valid JSON: {exc}") from None
+    if not isinstance(claims, dict):
+        raise CommandError("INVALID_ARGUMENT: --claims must be a JSON object")
+    return claims
+
+
 async def connectors_command(
     args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """``talkwire connectors list|invoke``."""
-    out = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
-    return await _guarded(_connectors(args, out), err)
+    return await guarded(_connectors(args, _out(stdout)), _err(stderr))
+
+
+def _print_connectors(out: TextIO, connectors: list[admin_pb2.ConnectorInfo]) -> None:
+    for c in connectors:
+        print(f"{c.name} ({c.type})", file=out)
+        for op in c.operations:
+            params_text = ", ".join(
+                f"{p.name}{'' if p.required else '?'}: {p.type or 'any'}" for p in op.parameters
+            )
+            kind = " [write]" if op.write else ""
+            print(f"  {op.name}({params_text}){kind}  {op.description}".rstrip(), file=out)
 
 
 async def _connectors(args: argparse.Namespace, out: TextIO) -> int:
     if args.connectors_command == "invoke":
         params = parse_parameters(args.params, args.json_params)
-        claims: dict[str, Any] | None = None
-        if args.claims:
-            try:
-                claims = json.loads(args.claims)
-            except json.JSONDecodeError as exc:
-                raise CommandError(f"INVALID_ARGUMENT: --claims is not valid JSON: {exc}") from None
-            if not isinstance(claims, dict):
-                raise CommandError("INVALID_ARGUMENT: --claims must be a JSON object")
+        claims = _claims(args.claims)
     async with _admin(args) as admin:
         if args.connectors_command == "list":
             connectors = await admin.list_connectors()
             if args.json:
-                print(json.dumps([json.loads(_as_json(c)) for c in connectors], indent=2), file=out)
-                return 0
-            for c in connectors:
-                print(f"{c.name} ({c.type})", file=out)
-                for op in c.operations:
-                    params_text = ", ".join(
-                        f"{p.name}{'' if p.required else '?'}: {p.type or 'any'}"
-                        for p in op.parameters
-                    )
-                    kind = " [write]" if op.write else ""
-                    print(f"  {op.name}({params_text}){kind}  {op.description}".rstrip(), file=out)
+                print(_dumps([message_dict(c) for c in connectors]), file=out)
+            else:
+                _print_connectors(out, connectors)
             return 0
         result = await admin.invoke_connector(
             args.connector,
@@ -455,87 +221,326 @@ async def _connectors(args: argparse.Namespace, out: TextIO) -> int:
             claims=claims,
             idempotency_key=args.idempotency_key or "",
         )
-        print(json.dumps(result, indent=2, sort_keys=True, default=str), file=out)
+        print(_dumps(result), file=out)
     return 0
 
 
-# -- registration ------------------------------------------------------------------------
+# -- health ------------------------------------------------------------------------------
 
 
-def add_client_commands(
-    subparsers: argparse._SubParsersAction[Any],
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """Register ``chat``, ``sessions`` and ``connectors`` on a ``talkwire`` subparsers object.
+async def health_command(
+    args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """``talkwire health [SERVICE...]``: grpc.health.v1 Check of ``""`` and each SERVICE."""
+    return await guarded(_health(args, _out(stdout)), _err(stderr))
 
-    Every leaf parser sets ``func`` and ``handler`` (aliases): ``args.handler(args)``
-    runs the command and returns its exit code. Returns the ``connectors``
-    subcommands, so the server CLI can add offline ones (``inspect``).
-    """
-    chat = subparsers.add_parser(
-        "chat",
-        help="chat with the bot (interactive, or one line per turn from a pipe)",
-        description="Open (or resume) a session; type text, a quick-reply number, "
-        "/sub KEY, /unsub KEY, /ping or /quit.",
+
+async def _health(args: argparse.Namespace, out: TextIO) -> int:
+    names = ["", *(s for s in args.services if s)]
+    serving = health_pb2.HealthCheckResponse.SERVING
+    worst = 0
+    channel = open_channel(args.target, credentials(args), ())
+    async with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in names:
+            label = name or '""'
+            try:
+                response = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=name),
+                    metadata=call_metadata(args.token),
+                    timeout=args.timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                print(f"{label}: SERVICE_UNKNOWN", file=out)
+                worst = max(worst, EXIT_UNKNOWN_SERVICE)
+                continue
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            print(f"{label}: {status}", file=out)
+            if response.status != serving:
+                worst = max(worst, EXIT_NOT_SERVING)
+    return worst
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+class _TrailingParamsParser(argparse.ArgumentParser):
+    """Takes ``key=value`` words found after options into ``params`` (``invoke x y --a b k=v``)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if not hasattr(parsed, "params"):
+            return parsed, extras
+        rest: list[str] = []
+        for word in extras:
+            if "=" in word and not word.startswith("-"):
+                parsed.params.append(word)
+            else:
+                rest.append(word)
+        return parsed, rest
+
+
+def _leaf(
+    sub: argparse._SubParsersAction[Any],
+    name: str,
+    *,
+    help: str,
+    description: str,
+    examples: str,
+    handler: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"examples:\n{examples}",
+        formatter_class=_Formatter,
     )
-    _add_connection_flags(chat)
-    chat.add_argument("--session", help="resume this session id")
-    chat.add_argument("--resume-token", help="the session's resume token")
-    chat.add_argument("--last-seq", type=int, default=0, help="resume after this seq")
-    chat.add_argument("--channel", default="cli", help="channel name (default %(default)s)")
-    chat.add_argument("--locale", default="", help="BCP 47 locale, e.g. en-GB")
+    parser.set_defaults(func=handler, handler=handler)
+    return parser
+
+
+_CHAT_EXAMPLES = """\
+  talkwire chat                                   talk to the bot (type /help)
+  talkwire chat -m 'where is my order 1001'       one turn, then exit
+  printf 'where is my order 1001\\n1\\n' | talkwire chat    one turn per line
+  talkwire chat --json -m 'hi' | jq .reply.text    frames as JSON lines
+  talkwire chat --session ID --resume-token TOKEN --last-seq 4
+
+chat commands:
+"""
+
+
+def _add_chat(sub: argparse._SubParsersAction[Any]) -> None:
+    chat = _leaf(
+        sub,
+        "chat",
+        help="chat with the bot (terminal, pipe, or -m for one turn)",
+        description="Open (or resume) a Converse session and talk to the bot. From a pipe "
+        "or with -m, each line is one turn, sent once the previous one is answered.",
+        examples=_CHAT_EXAMPLES + chat_help(),
+        handler=runner(chat_command),
+    )
+    add_connection_flags(chat)
     chat.add_argument(
-        "--attribute", action="append", default=[], metavar="K=V", help="session attribute"
+        "-m",
+        "--message",
+        action="append",
+        metavar="TEXT",
+        help="send TEXT as one turn, print the answer and exit (repeat for more turns; "
+        "stdin is not read)",
+    )
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help="print every frame as one line of JSON (proto3 JSON mapping, .proto field "
+        "names, numbers as numbers)",
+    )
+    chat.add_argument("--session", metavar="ID", help="resume this session id")
+    chat.add_argument("--resume-token", metavar="TOKEN", help="the session's resume token")
+    chat.add_argument(
+        "--last-seq",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on resume, replay the frames after seq N (default %(default)s: all retained)",
+    )
+    chat.add_argument("--channel", default="cli", help="channel name (default %(default)s)")
+    chat.add_argument("--locale", default="", help="BCP 47 locale of the user, e.g. en-GB")
+    chat.add_argument(
+        "--attribute",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a session attribute (repeatable)",
     )
     chat.add_argument(
         "--answer-timeout",
         type=float,
         default=30.0,
-        help="piped mode: seconds to wait for each answer (default %(default)s)",
+        metavar="SECONDS",
+        help="pipe / -m: give up (exit 1) when a turn has no answer after this long "
+        "(default %(default)s)",
     )
-    chat.set_defaults(func=_runner(chat_command), handler=_runner(chat_command))
 
-    sessions = subparsers.add_parser("sessions", help="list / get / close sessions (admin)")
-    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True)
-    s_list = sessions_sub.add_parser("list", help="list sessions")
-    s_list.add_argument("--subject", default="", help="only this subject's sessions")
+
+def _add_sessions(
+    sub: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    sessions = sub.add_parser(
+        "sessions",
+        help="list / get / close / watch sessions (admin role)",
+        description="Inspect and manage sessions through the AdminService (admin role).",
+        epilog="examples:\n  talkwire sessions list --key order:1001\n"
+        "  talkwire sessions get ID\n  talkwire sessions watch ID --after-seq 10\n"
+        "  talkwire sessions close ID --reason 'spam'",
+        formatter_class=_Formatter,
+    )
+    sessions_sub: argparse._SubParsersAction[argparse.ArgumentParser]
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
+    handler = runner(sessions_command)
+    s_list = _leaf(
+        sessions_sub,
+        "list",
+        help="list sessions",
+        description="List sessions (open ones unless --include-closed).",
+        examples="  talkwire sessions list\n  talkwire sessions list --subject alice --json",
+        handler=handler,
+    )
+    s_list.add_argument("--subject", default="", help="only the sessions of this subject")
     s_list.add_argument("--key", default="", help="only sessions subscribed to this key")
-    s_list.add_argument("--include-closed", action="store_true")
-    s_list.add_argument("--json", action="store_true", help="print JSON")
-    s_get = sessions_sub.add_parser("get", help="show one session as JSON")
-    s_get.add_argument("session_id")
-    s_close = sessions_sub.add_parser("close", help="close a session")
-    s_close.add_argument("session_id")
-    s_close.add_argument("--reason", default="closed by operator")
-    for p in (s_list, s_get, s_close):
-        _add_connection_flags(p)
-        p.set_defaults(func=_runner(sessions_command), handler=_runner(sessions_command))
-    from talkwire.clients.outbound_cli import add_outbound_commands
+    s_list.add_argument("--include-closed", action="store_true", help="closed sessions too")
+    s_list.add_argument("--json", action="store_true", help="print a JSON array")
+    s_get = _leaf(
+        sessions_sub,
+        "get",
+        help="show one session as JSON",
+        description="Show one session as JSON.",
+        examples="  talkwire sessions get 3f2a...",
+        handler=handler,
+    )
+    s_get.add_argument("session_id", metavar="ID", help="the session id")
+    s_watch = _leaf(
+        sessions_sub,
+        "watch",
+        help="stream a session's frames (the Watch RPC)",
+        description="Print a session's durable frames, each prefixed with its [seq]: the "
+        "retained ones after --after-seq, then live ones as they happen. Ctrl-C stops.",
+        examples="  talkwire sessions watch ID\n  talkwire sessions watch ID --after-seq 12 --json",
+        handler=handler,
+    )
+    s_watch.add_argument("session_id", metavar="ID", help="the session id")
+    s_watch.add_argument(
+        "--after-seq",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start after seq N (default: the session's acked seq, i.e. the frames its "
+        "client has not acknowledged yet, then live ones)",
+    )
+    s_watch.add_argument("--json", action="store_true", help="one JSON frame per line")
+    s_close = _leaf(
+        sessions_sub,
+        "close",
+        help="close a session",
+        description="Close a session; a live attachment ends with NOT_FOUND.",
+        examples="  talkwire sessions close ID --reason 'closed by support'",
+        handler=handler,
+    )
+    s_close.add_argument("session_id", metavar="ID", help="the session id")
+    s_close.add_argument("--reason", default="closed by operator", help="why (default %(default)r)")
+    for p in (s_list, s_get, s_watch, s_close):
+        add_connection_flags(p)
+    return sessions_sub
 
-    add_outbound_commands(subparsers, sessions_sub)
 
-    connectors = subparsers.add_parser("connectors", help="list / invoke connectors (admin)")
+def _add_connectors(
+    sub: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    connectors = sub.add_parser(
+        "connectors",
+        help="list / invoke connector operations (admin role)",
+        description="Connector operations through the AdminService (admin role).",
+        epilog="examples:\n  talkwire connectors list\n"
+        "  talkwire connectors invoke crm get_order order_id=1001",
+        formatter_class=_Formatter,
+    )
     connectors_sub: argparse._SubParsersAction[argparse.ArgumentParser]
-    connectors_sub = connectors.add_subparsers(dest="connectors_command", required=True)
-    c_list = connectors_sub.add_parser("list", help="list connectors and their operations")
-    c_list.add_argument("--json", action="store_true", help="print JSON")
-    c_invoke = connectors_sub.add_parser(
+    connectors_sub = connectors.add_subparsers(
+        dest="connectors_command",
+        required=True,
+        metavar="ACTION",
+        parser_class=_TrailingParamsParser,
+    )
+    handler = runner(connectors_command)
+    c_list = _leaf(
+        connectors_sub,
+        "list",
+        help="list connectors and their operations",
+        description="List the configured connectors and their operations.",
+        examples="  talkwire connectors list\n  talkwire connectors list --json",
+        handler=handler,
+    )
+    c_list.add_argument("--json", action="store_true", help="print a JSON array")
+    c_invoke = _leaf(
+        connectors_sub,
         "invoke",
         help="invoke a connector operation",
-        description="Parameters: key=value (JSON scalars are typed: id=1001 is a number), "
-        "key:=JSON, key==string; --json '{...}' is the base object.",
+        description="Invoke one operation with parameters and print its result as JSON. "
+        "Parameters are key=value (a JSON scalar is typed: id=1001 is a number), "
+        "key:=JSON (forced JSON) or key==text (forced string); they may come before "
+        "or after the options.",
+        examples="  talkwire connectors invoke crm get_order order_id=1001\n"
+        "  talkwire connectors invoke crm get_order --as-subject alice order_id=1001\n"
+        '  talkwire connectors invoke crm find_orders --json \'{"status": "shipped"}\'',
+        handler=handler,
     )
-    c_invoke.add_argument("connector")
-    c_invoke.add_argument("operation")
-    c_invoke.add_argument("params", nargs="*", metavar="key=value")
-    c_invoke.add_argument("--json", dest="json_params", metavar="OBJECT", help="parameters")
-    c_invoke.add_argument("--as-subject", help="act as this subject")
-    c_invoke.add_argument("--claims", help="claims of that subject, a JSON object")
+    c_invoke.add_argument("connector", help="connector name, as in the config")
+    c_invoke.add_argument("operation", help="operation name")
+    c_invoke.add_argument("params", nargs="*", metavar="key=value", help="operation parameters")
     c_invoke.add_argument(
-        "--idempotency-key", help="idempotency key: a write runs once per key (same result after)"
+        "--json",
+        dest="json_params",
+        metavar="OBJECT",
+        help="parameters as a JSON object (key=value pairs override its keys)",
     )
+    c_invoke.add_argument("--as-subject", metavar="SUBJECT", help="act as this subject")
+    c_invoke.add_argument("--claims", metavar="OBJECT", help="that subject's claims (JSON)")
+    c_invoke.add_argument("--idempotency-key", metavar="KEY", help="idempotency key (writes)")
     for p in (c_list, c_invoke):
-        _add_connection_flags(p)
-        p.set_defaults(func=_runner(connectors_command), handler=_runner(connectors_command))
+        add_connection_flags(p)
+    return connectors_sub
+
+
+def _add_health(sub: argparse._SubParsersAction[Any]) -> None:
+    health = _leaf(
+        sub,
+        "health",
+        help="ask the server's gRPC health service",
+        description='grpc.health.v1 Check of the server ("") and of each SERVICE named; '
+        "one line per service. Exit 0: all SERVING; 3: a SERVICE is unknown; 4: one is "
+        "NOT_SERVING; 1: no answer.",
+        examples="  talkwire health\n  talkwire health talkwire.ready talkwire.events\n"
+        "  until talkwire health talkwire.ready; do sleep 1; done",
+        handler=runner(health_command),
+    )
+    health.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help="services to check besides the server itself, e.g. talkwire.ready "
+        "(readiness), talkwire.events (the Kafka consumer)",
+    )
+    health.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="deadline of each check (default %(default)s)",
+    )
+    add_connection_flags(health)
+
+
+def add_client_commands(
+    subparsers: argparse._SubParsersAction[Any],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Register ``chat``, ``sessions``, ``outbound``, ``connectors``, ``health`` and ``agent``.
+
+    Every leaf parser sets ``func`` and ``handler`` (aliases): ``args.handler(args)``
+    runs the command and returns its exit code. Returns the ``connectors``
+    subcommands, so the server CLI can add offline ones (``inspect``).
+    """
+    from talkwire.clients.agent import add_agent_command
+    from talkwire.clients.outbound_cli import add_outbound_commands
+
+    _add_chat(subparsers)
+    add_outbound_commands(subparsers, _add_sessions(subparsers))
+    connectors_sub = _add_connectors(subparsers)
+    _add_health(subparsers)
     add_agent_command(subparsers)  # talkwire agent: the desk lives in talkwire.clients.agent
     return connectors_sub
 

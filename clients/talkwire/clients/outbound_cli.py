@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from google.protobuf import json_format
 
 from talkwire.clients import cli
+from talkwire.clients.cliutil import add_connection_flags, guarded, runner
 from talkwire.v1 import conversation_pb2
 
 __all__ = ["add_outbound_commands", "outbound_command", "transcript_command", "transcript_line"]
@@ -56,7 +57,7 @@ async def transcript_command(
     """``talkwire sessions transcript ID [--json]``."""
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    return await cli._guarded(_transcript(args, out), err)
+    return await guarded(_transcript(args, out), err)
 
 
 async def _transcript(args: argparse.Namespace, out: TextIO) -> int:
@@ -78,7 +79,7 @@ async def outbound_command(
     """``talkwire outbound status|redrive``."""
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    return await cli._guarded(_outbound(args, out), err)
+    return await guarded(_outbound(args, out), err)
 
 
 async def _outbound(args: argparse.Namespace, out: TextIO) -> int:
@@ -117,18 +118,46 @@ def add_outbound_commands(
     sessions_sub: argparse._SubParsersAction[Any],
 ) -> None:
     """Add ``sessions transcript`` and ``outbound status|redrive``."""
-    t = sessions_sub.add_parser("transcript", help="print a session's transcript")
-    t.add_argument("session_id")
+    t = sessions_sub.add_parser(
+        "transcript",
+        help="print a session's transcript",
+        description="The session's user turns and durable frames, in order (admin role).",
+        epilog="examples:\n  talkwire sessions transcript ID\n"
+        "  talkwire sessions transcript ID --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("session_id", metavar="ID", help="the session id")
     t.add_argument("--json", action="store_true", help="print the events as JSON")
-    cli._add_connection_flags(t)
-    t.set_defaults(func=cli._runner(transcript_command), handler=cli._runner(transcript_command))
+    add_connection_flags(t)
+    t.set_defaults(func=runner(transcript_command), handler=runner(transcript_command))
 
-    outbound = subparsers.add_parser("outbound", help="outbound event sinks (admin)")
+    outbound = subparsers.add_parser(
+        "outbound",
+        help="outbound event sinks (admin)",
+        description="The outbound conversation-event sinks (admin role).",
+        epilog="examples:\n  talkwire outbound status\n"
+        "  talkwire outbound redrive --sink crm_notes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = outbound.add_subparsers(dest="outbound_command", required=True)
-    status = sub.add_parser("status", help="outbox depth and per-sink counters")
+    status = sub.add_parser(
+        "status",
+        help="outbox depth and per-sink counters",
+        description="Outbox depth, oldest pending age, delivered / retried / failed / "
+        "dead-lettered counts and breaker state per sink.",
+        epilog="examples:\n  talkwire outbound status\n  talkwire outbound status --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
-    redrive = sub.add_parser("redrive", help="send dead-lettered deliveries again")
+    redrive = sub.add_parser(
+        "redrive",
+        help="send dead-lettered deliveries again",
+        description="Put dead-lettered deliveries back in the outbox, in their order.",
+        epilog="examples:\n  talkwire outbound redrive\n"
+        "  talkwire outbound redrive --sink crm_notes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     redrive.add_argument("--sink", default="", help="only this sink's (default: every sink)")
     for p in (status, redrive):
-        cli._add_connection_flags(p)
-        p.set_defaults(func=cli._runner(outbound_command), handler=cli._runner(outbound_command))
+        add_connection_flags(p)
+        p.set_defaults(func=runner(outbound_command), handler=runner(outbound_command))

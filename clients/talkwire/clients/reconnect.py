@@ -9,6 +9,14 @@ An authentication failure is never retried: ``UNAUTHENTICATED`` and
 ``PERMISSION_DENIED`` cannot be made retriable (a policy naming them is refused),
 so a session whose credentials stop working ends at once with a typed error
 instead of resuming in a loop.
+
+The server's trailing metadata ``talkwire-retriable`` (:data:`RETRIABLE_TRAILER`)
+refines the status: ``"0"`` ends the session even on a status the policy would
+retry (a genuine server ``INTERNAL``, say); ``"1"`` or no trailer leaves the
+decision to the status. grpc-python's ``INTERNAL "Internal error from Core"``
+(a client write racing the end of a stream) carries no trailer, so it resumes.
+Both clients (``talkwire.clients.chat`` and ``talkwire.clients.sync``) decide
+with :meth:`ReconnectPolicy.resumes` and wait with :class:`Backoff`.
 """
 
 from __future__ import annotations
@@ -16,24 +24,28 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 
 __all__ = [
     "NEVER_RETRIED",
     "RETRIABLE_CODES",
+    "RETRIABLE_TRAILER",
     "Backoff",
     "ConnectionEvent",
     "ConnectionEventKind",
     "ConnectionHook",
     "ReconnectPolicy",
+    "retriable_hint",
 ]
 
 #: Stream-ending statuses after which the session resumes automatically by default.
 #: ``INTERNAL`` is among them: grpc-python reports ``INTERNAL "Internal error from
 #: Core"`` when a client write (an ack) races the end of a stream, hiding the
-#: server's status.
+#: server's status (a genuine server ``INTERNAL`` carries ``talkwire-retriable: 0``
+#: and ends the session). ``DATA_LOSS`` is the server's "frames missing; resume":
+#: the resume either fills the gap or fails loudly (a gap is a ProtocolError).
 RETRIABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -50,6 +62,9 @@ RETRIABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
 NEVER_RETRIED: frozenset[grpc.StatusCode] = frozenset(
     {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 )
+
+#: The trailing-metadata key with the server's own verdict: "1" retriable, "0" not.
+RETRIABLE_TRAILER = "talkwire-retriable"
 
 _RNG = random.Random()  # noqa: S311 - jitter only, not security relevant
 
@@ -88,6 +103,14 @@ class ReconnectPolicy:
     def retries(self, code: grpc.StatusCode) -> bool:
         """Whether a stream that ended with ``code`` is resumed."""
         return self.enabled and code in self.retriable_codes
+
+    def resumes(self, code: grpc.StatusCode, retriable: bool | None = None) -> bool:
+        """Whether a stream that ended with ``code`` (and the server's hint) is resumed.
+
+        ``retriable`` is :func:`retriable_hint` of the trailing metadata: ``False``
+        vetoes a resume, ``True`` or ``None`` leave it to :meth:`retries`.
+        """
+        return retriable is not False and self.retries(code)
 
     def backoff_cap(self, attempt: int) -> float:
         """The upper bound of the delay before attempt number ``attempt`` (from 0)."""
@@ -157,3 +180,12 @@ class ConnectionEvent:
 
 
 ConnectionHook = Callable[[ConnectionEvent], Awaitable[None] | None]
+
+
+def retriable_hint(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool | None:
+    """The ``talkwire-retriable`` trailer as a bool; ``None`` when the server sent none."""
+    for key, value in trailing_metadata or ():
+        if key.lower() == RETRIABLE_TRAILER:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            return text.strip() != "0"
+    return None
