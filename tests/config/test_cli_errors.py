@@ -171,3 +171,20 @@ def test_static_token_roles_of_the_wrong_shape(tmp_path: Path) -> None:
     assert err == [
         "talkwire: auth.tokens.t-12....roles: must be a list of strings or a space-separated string"
     ]
+
+
+def test_webhooks_listen_on_a_taken_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = _serve(
+            tmp_path,
+            "server: {listen: '127.0.0.1:0', handler: echo}\n"
+            f"webhooks: {{listen: '127.0.0.1:{port}', secrets: [s3cret-for-tests]}}\n",
+        )
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith(f"talkwire: webhooks.listen: cannot listen on 127.0.0.1:{port}")

@@ -45,7 +45,8 @@ def test_unknown_key_has_one_wording_with_the_line(tmp_path: Path) -> None:
         load_config(path, env={})
     assert err.value.message == (
         f"store.pool_siz ({path}, line 4): unknown key (known: dedup_window, "
-        "idempotency_window, pool_size, retention_age, retention_frames, session_ttl, url)"
+        "durability, idempotency_window, pool_size, retention_age, retention_frames, "
+        "session_ttl, url)"
     )
     assert err.value.key == "store.pool_siz"
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from talkwire.clients.channel import call_metadata, open_channel
+from talkwire.clients.channel import ServiceClient
 from talkwire.clients.convert import from_value, to_struct
-from talkwire.clients.errors import SessionClosed, rpc_error_from
+from talkwire.clients.errors import rpc_error_from
 from talkwire.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, conversation_pb2, events_pb2
 
 __all__ = ["AdminClient", "change_event"]
@@ -81,54 +80,13 @@ def change_event(
     return event
 
 
-class AdminClient:
+class AdminClient(ServiceClient["admin_pb2_grpc.AdminServiceAsyncStub"]):
     """Typed wrapper over ``AdminService``; an async context manager owning its channel."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        token: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        metadata: Sequence[tuple[str, str]] = (),
-        timeout: float | None = 30.0,
-    ) -> None:
-        self.target = target
-        self._credentials = credentials
-        self._options = list(options)
-        self._metadata = call_metadata(token, metadata)
-        self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: admin_pb2_grpc.AdminServiceAsyncStub | None = None
-        self._closed = False
+    _service = "AdminClient"
 
-    async def __aenter__(self) -> Self:
-        self._get_stub()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._channel is not None:
-            await self._channel.close()
-
-    def _get_stub(self) -> admin_pb2_grpc.AdminServiceAsyncStub:
-        if self._closed:
-            raise SessionClosed("the AdminClient is closed")
-        if self._stub is None:
-            self._channel = open_channel(self.target, self._credentials, self._options)
-            self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
-        return self._stub
+    def _make_stub(self, channel: grpc.aio.Channel) -> admin_pb2_grpc.AdminServiceAsyncStub:
+        return admin_pb2_grpc.AdminServiceStub(channel)
 
     # -- sessions --------------------------------------------------------------
 

@@ -43,7 +43,7 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 
-from talkwire.clients.channel import call_metadata, open_channel
+from talkwire.clients.channel import ServiceClient
 from talkwire.clients.errors import RpcError, SessionClosed, TalkwireError, rpc_error_from
 from talkwire.v1 import agent_pb2, agent_pb2_grpc, chat_pb2
 
@@ -52,55 +52,17 @@ __all__ = ["AgentClient", "Conversation", "add_agent_command", "agent_command", 
 _RESUME_ATTEMPTS = 5
 
 
-class AgentClient:
+class AgentClient(ServiceClient["agent_pb2_grpc.AgentServiceAsyncStub"]):
     """Typed wrapper over ``AgentService``; an async context manager owning its channel."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        token: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        metadata: Sequence[tuple[str, str]] = (),
-        timeout: float | None = 30.0,
-    ) -> None:
-        self.target = target
-        self._credentials = credentials
-        self._options = list(options)
-        self.metadata = call_metadata(token, metadata)
-        self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: agent_pb2_grpc.AgentServiceAsyncStub | None = None
-        self._closed = False
+    _service = "AgentClient"
 
-    async def __aenter__(self) -> Self:
-        self.stub()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the channel. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._channel is not None:
-            await self._channel.close()
+    def _make_stub(self, channel: grpc.aio.Channel) -> agent_pb2_grpc.AgentServiceAsyncStub:
+        return agent_pb2_grpc.AgentServiceStub(channel)
 
     def stub(self) -> agent_pb2_grpc.AgentServiceAsyncStub:
-        if self._closed:
-            raise SessionClosed("the AgentClient is closed")
-        if self._stub is None:
-            self._channel = open_channel(self.target, self._credentials, self._options)
-            self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
-        return self._stub
+        """The AgentService stub (opens the channel on first use)."""
+        return self._get_stub()
 
     async def _unary(self, method: str, request: Any) -> Any:
         try:

@@ -100,11 +100,11 @@ def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and (
         isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
     ):
-        log.warning("session store unavailable: %r", exc.orig)
+        log.debug("session store unavailable: %r", exc.orig)
         return UnavailableError("session store unavailable")
     if isinstance(exc, OSError | sqlite3.OperationalError | sqlite3.InterfaceError):
         # The driver's text names hosts and ports: it goes to the log, not to clients.
-        log.warning("session store unavailable: %r", exc)
+        log.debug("session store unavailable: %r", exc)
         return UnavailableError("session store unavailable")
     return exc
 

@@ -43,28 +43,25 @@ sender's retry produce once more (at least once, never lost).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from talkwire.connectors.sections import Section
-from talkwire.server.aio import cancel_and_wait
 from talkwire.server.errors import AlreadyExistsError, ConfigError, UnavailableError
 from talkwire.server.events.decode import DecodeError, decode
 from talkwire.server.events.router import EventRouter
 from talkwire.server.events.routing import TopicRoute
+from talkwire.server.httpserve import HttpServer
 from talkwire.server.store import FanoutResult, SessionStore
 from talkwire.v1 import events_pb2
 
@@ -130,14 +127,6 @@ class WebhookSettings:
         return f"WebhookSettings(listen={self.host}:{self.port}, secrets=<{len(self.secrets)}>)"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the talkwire server owns SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -168,8 +157,7 @@ class WebhookIngress:
         if self.settings.produce_to and producer is None:
             raise ConfigError("webhooks.produce_to: needs Kafka (events.bootstrap) configured")
         self._clock = clock
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http: HttpServer | None = None
         self._closed = False
         self.port: int = self.settings.port
         self.app = Starlette(routes=[Route(self.settings.path, self._handle, methods=["POST"])])
@@ -191,29 +179,16 @@ class WebhookIngress:
         await self.aclose()
 
     async def start(self) -> None:
-        config = uvicorn.Config(
+        """Listen; ``ConfigError`` naming ``webhooks.listen`` when the address is taken."""
+        self._http = HttpServer(
             self.app,
             host=self.settings.host,
             port=self.settings.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
+            key="webhooks.listen",
+            name="talkwire-webhooks",
         )
-        server = _Server(config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(), name="talkwire-webhooks")
-        while not server.started:
-            if self._task.done():
-                self._task.result()
-                raise OSError(
-                    f"webhooks: cannot listen on {self.settings.host}:{self.settings.port}"
-                )
-            await asyncio.sleep(0.01)
-        for srv in server.servers:
-            for sock in srv.sockets:
-                self.port = int(sock.getsockname()[1])
-                break
+        await self._http.start()
+        self.port = self._http.port
         log.info("webhook ingress listening on %s", self.url)
 
     async def aclose(self) -> None:
@@ -221,15 +196,8 @@ class WebhookIngress:
         if self._closed:
             return
         self._closed = True
-        if self._server is not None:
-            self._server.should_exit = True
-        task = self._task
-        if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=10)
-            if not done:
-                await cancel_and_wait(task)
-            elif not task.cancelled() and task.exception() is not None:
-                log.warning("webhook server ended with %r", task.exception())
+        if self._http is not None:
+            await self._http.aclose()
 
     # -- request handling -------------------------------------------------
 

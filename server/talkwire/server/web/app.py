@@ -15,23 +15,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from talkwire.server.aio import cancel_and_wait
 from talkwire.server.chat import ChatService
-from talkwire.server.errors import ConfigError, DeadlineExceededError, status_for
+from talkwire.server.errors import DeadlineExceededError, status_for
+from talkwire.server.httpserve import HttpServer
 from talkwire.server.transport import Metadata
 from talkwire.server.web.adapter import (
     JSON_PROTOCOL,
@@ -53,14 +51,6 @@ _CLOSE_WAIT = 2.0  # seconds a close frame may take before the socket is dropped
 _POLICY_VIOLATION = 1008
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the talkwire server owns SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 def _static(name: str) -> bytes:
     return resources.files("talkwire.server.web").joinpath("static", name).read_bytes()
 
@@ -72,8 +62,7 @@ class WebGateway:
         self.settings = settings
         self._chat = chat
         self._max_bytes = max_message_bytes
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http: HttpServer | None = None
         self._closed = False
         self.port = settings.port
         self._widget = _static("widget.js")
@@ -104,60 +93,29 @@ class WebGateway:
 
     async def start(self) -> None:
         """Listen; ``ConfigError`` naming ``web.listen`` when the address is taken."""
-        config = uvicorn.Config(
+        self._http = HttpServer(
             self.app,
             host=self.settings.host,
             port=self.settings.port,
+            key="web.listen",
+            name="talkwire-web",
             ws="websockets-sansio",
             # Bigger than the limit, so an oversized frame reaches the adapter and gets
             # its talkwire close code; past this the library closes with 1009 itself.
             ws_max_size=4 * self._max_bytes,
             ws_per_message_deflate=False,  # a deflate context per socket costs ~100 KiB idle
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
         )
-        sock = self._bind()
-        self.port = int(sock.getsockname()[1])
-        server = _Server(config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="talkwire-web")
-        while not server.started:
-            if self._task.done():
-                self._task.result()
-                raise ConfigError(f"web.listen: the gateway did not start on {self.url}")
-            await asyncio.sleep(0.01)
+        await self._http.start()
+        self.port = self._http.port
         log.info("web gateway on %s (WebSocket %s)", self.url, self.settings.path)
-
-    def _bind(self) -> socket.socket:
-        """Bind here, so a taken address is a ConfigError (uvicorn would exit the process)."""
-        host, port = self.settings.host, self.settings.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"web.listen: cannot listen on {host}:{port}: {exc.strerror}"
-            ) from exc
-        sock.set_inheritable(True)
-        return sock
 
     async def aclose(self) -> None:
         """Stop listening; open sockets end with their session's status. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._server is not None:
-            self._server.should_exit = True
-        task = self._task
-        if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=10)
-            if not done:
-                await cancel_and_wait(task)
+        if self._http is not None:
+            await self._http.aclose()
 
     async def _serve_widget(self, request: Request) -> Response:
         return Response(
