@@ -56,6 +56,13 @@ class Scripted:
         )
         self.pool = ThreadPoolExecutor(1)
 
+    def shutdown(self) -> None:
+        """Close the client's sessions: their request iterators end, so grpc_testing's
+        (non-daemon) consumer threads do too and the test process can exit."""
+        self.client.close_timeout = 0.05
+        self.client.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
     def take(self) -> tuple[Any, Any]:
         """The next Converse the client starts: (metadata, rpc), its open request taken."""
         metadata, rpc = self.channel.take_stream_stream(CONVERSE)
@@ -76,7 +83,7 @@ class Scripted:
 def scripted() -> Iterator[Scripted]:
     s = Scripted(reconnect=ReconnectPolicy(initial_backoff=0.01, max_backoff=0.01))
     yield s
-    s.pool.shutdown(wait=False, cancel_futures=True)
+    s.shutdown()
 
 
 @pytest.mark.parametrize("ending", ENDINGS, ids=str)
@@ -157,7 +164,7 @@ def test_gives_up_after_max_attempts() -> None:
         assert (raised.value.attempts, raised.value.details) == (2, "still down")
         assert s.events[-1].kind is ConnectionEventKind.GAVE_UP
     finally:
-        s.pool.shutdown(wait=False, cancel_futures=True)
+        s.shutdown()
 
 
 def test_a_refused_resume_ends_the_session(scripted: Scripted) -> None:
