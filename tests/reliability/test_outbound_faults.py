@@ -50,8 +50,17 @@ async def _chat(target: str, turns: int, pause: float = 0.0) -> str:
     async with chat_client(target) as client:
         session = await client.open(channel="web")
         for i in range(turns):
-            await session.send(f"m{i}")
-            await session.next_frame(timeout=60)
+            for attempt in range(4):
+                # A message in flight when the server is killed is never answered (client
+                # frames are not durable until their turn commits): send it again, as a
+                # gateway would. Its events are then recorded once per answered turn.
+                await session.send(f"m{i}")
+                try:
+                    await session.next_frame(timeout=20)
+                    break
+                except TimeoutError:
+                    if attempt == 3:
+                        raise
             if pause:
                 await asyncio.sleep(pause)  # paces the load; not synchronisation
         return session.session_id
