@@ -122,7 +122,13 @@ async def test_receiver_down_30s_then_back_gets_everything_in_order(
 ) -> None:
     receiver = WebhookReceiver(SECRET)
     await receiver.start()
-    section = hook(receiver.url, retries={"base_delay": 0.2, "max_delay": 2.0})
+    # The breaker opens while the receiver is down; a short reset keeps the probes that
+    # find it back (and the scripted 500 that re-opens it) inside the drain window.
+    section = hook(
+        receiver.url,
+        retries={"base_delay": 0.2, "max_delay": 2.0},
+        breaker={"failures": 5, "reset_after": 2.0},
+    )
     app = await make_app(make_config(tmp_path, outbound=section))
     url = app.config.store.url
     try:
