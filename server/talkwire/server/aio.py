@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
 
-__all__ = ["Backoff", "cancel_and_wait"]
+__all__ = ["Backoff", "Periodic", "cancel_and_wait"]
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,49 @@ class Backoff:
 
     def reset(self) -> None:
         self._ceiling = self.initial
+
+
+class Periodic:
+    """Runs ``work`` every ``interval`` seconds while entered (an async context manager).
+
+    A pass that raises is logged and the next tick tries again; cancellation is never
+    swallowed. :meth:`aclose` stops the loop and waits for it (idempotent).
+    """
+
+    def __init__(
+        self, work: Callable[[], Awaitable[object]], interval: float, *, name: str
+    ) -> None:
+        self._work = work
+        self._interval = interval
+        self._name = name
+        self._tasks: asyncio.TaskGroup | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        tasks = asyncio.TaskGroup()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        self._task = tasks.create_task(self._run(), name=self._name)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None and self._task is not None:
+            self._task.cancel()
+            await tasks.__aexit__(None, None, None)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)  # periodic work, not synchronisation
+            try:
+                await self._work()
+            except Exception:
+                log.exception("%s failed; retrying in %ss", self._name, self._interval)

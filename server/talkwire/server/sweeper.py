@@ -10,12 +10,12 @@ is logged and retried at the next tick.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
+from talkwire.server.aio import Periodic
 from talkwire.server.hub import SessionHub
 from talkwire.server.store import SessionStore
 
@@ -40,18 +40,13 @@ class Sweeper:
         """``also``: more expiry passes run on every tick (e.g. idempotency keys)."""
         self._store = store
         self._hub = hub
-        self._interval = interval
         self._session_ttl = session_ttl
         self._dedup_window = dedup_window
         self._also = tuple(also)
-        self._tasks: asyncio.TaskGroup | None = None
-        self._loop: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self._pass, interval, name="talkwire-sweeper")
 
     async def __aenter__(self) -> Self:
-        tasks = asyncio.TaskGroup()
-        await tasks.__aenter__()
-        self._tasks = tasks
-        self._loop = tasks.create_task(self._run(), name="talkwire-sweeper")
+        await self._periodic.__aenter__()
         return self
 
     async def __aexit__(
@@ -64,21 +59,13 @@ class Sweeper:
 
     async def aclose(self) -> None:
         """Stop the periodic pass. Idempotent."""
-        tasks, self._tasks = self._tasks, None
-        if tasks is not None and self._loop is not None:
-            self._loop.cancel()
-            await tasks.__aexit__(None, None, None)
+        await self._periodic.aclose()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)  # periodic work, not synchronisation
-            try:
-                await self.sweep_now()
-                await self._store.forget_processed(self._dedup_window)
-                for forget in self._also:
-                    await forget()
-            except Exception:
-                log.exception("sweep failed; retrying in %ss", self._interval)
+    async def _pass(self) -> None:
+        await self.sweep_now()
+        await self._store.forget_processed(self._dedup_window)
+        for forget in self._also:
+            await forget()
 
     async def sweep_now(self) -> list[str]:
         """Run one expiry + retention pass now; return the sessions that expired."""

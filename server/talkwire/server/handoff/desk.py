@@ -10,12 +10,12 @@ stayed away past ``handoff.agent_timeout`` back to their queue.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from talkwire.server.aio import Periodic
 from talkwire.server.errors import InvalidArgumentError, TalkwireError
 from talkwire.server.handoff.context import build_context
 from talkwire.server.handoff.settings import HandoffSettings
@@ -52,14 +52,12 @@ class HandoffDesk:
         self.handoffs = handoffs or HandoffStore(store)
         self._store = store
         self._hub = hub
-        self._tasks: asyncio.TaskGroup | None = None
-        self._sweep: asyncio.Task[None] | None = None
+        self._sweep = Periodic(
+            self._requeue_pass, settings.sweep_interval, name="talkwire-handoff-sweep"
+        )
 
     async def __aenter__(self) -> Self:
-        tasks = asyncio.TaskGroup()
-        await tasks.__aenter__()
-        self._tasks = tasks
-        self._sweep = tasks.create_task(self._sweep_loop(), name="talkwire-handoff-sweep")
+        await self._sweep.__aenter__()
         return self
 
     async def __aexit__(
@@ -72,18 +70,13 @@ class HandoffDesk:
 
     async def aclose(self) -> None:
         """Stop the timeout sweep. Idempotent."""
-        tasks, self._tasks = self._tasks, None
-        if tasks is not None and self._sweep is not None:
-            self._sweep.cancel()
-            await tasks.__aexit__(None, None, None)
+        await self._sweep.aclose()
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval)
-            try:
-                await self.requeue_stale()
-            except TalkwireError as exc:
-                log.warning("handoff timeout sweep skipped: %s", exc)
+    async def _requeue_pass(self) -> None:
+        try:
+            await self.requeue_stale()
+        except TalkwireError as exc:
+            log.warning("handoff timeout sweep skipped: %s", exc)
 
     def deliver(self, step: HandoffStep | None) -> None:
         if step is not None:
