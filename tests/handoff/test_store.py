@@ -17,7 +17,7 @@ from talkwire.server.errors import (
 from talkwire.server.frames import encode_template
 from talkwire.server.handoff import HandoffStore
 from talkwire.server.identity import Identity
-from talkwire.server.store import SessionStore
+from talkwire.server.store import Retention, SessionStore
 from talkwire.v1 import chat_pb2
 from tests.store.test_store import BACKENDS, Clock
 from tests.support.databases import temp_database
@@ -159,6 +159,29 @@ async def test_user_acks_keep_what_the_agent_still_needs(
     await handoffs.release(sid, "ann")  # seq 5; no pin any more
     await store.ack(sid, 5)
     assert await store.frames_after(sid, 0) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_retention_keeps_what_the_agent_still_needs(backend: str, tmp_path: Path) -> None:
+    async with (
+        temp_database(backend, tmp_path) as url,
+        SessionStore(url, retention=Retention(max_frames=2, max_age=1e9)) as store,
+    ):
+        handoffs = HandoffStore(store)
+        record, _ = await store.create_session(ALICE)
+        sid = record.id
+        await store.append(sid, [_update(), _update()])
+        await handoffs.queue(sid, queue="q", reason="", context={})  # seq 3, pin 0
+        await handoffs.accept(sid, ANN, may_serve=_anyone)  # seq 4
+        await store.append(sid, [_update(), _update()])  # seq 5, 6
+        await store.prune()  # over the window, but the agent has seen nothing yet
+        assert [f.seq for f in await store.frames_after(sid, 0)] == [1, 2, 3, 4, 5, 6]
+        await handoffs.seen(sid, "ann", pin_seq=3)
+        await store.prune()  # the window (newest 2) is capped at the agent's pin
+        assert [f.seq for f in await store.frames_after(sid, 0)] == [4, 5, 6]
+        await handoffs.release(sid, "ann")  # seq 7; no pin any more
+        await store.prune()
+        assert [f.seq for f in await store.frames_after(sid, 0)] == [6, 7]
 
 
 async def test_requeue_after_the_agent_stayed_away(

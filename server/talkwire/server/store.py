@@ -719,7 +719,13 @@ class SessionStore:
             floors: dict[str, int] = defaultdict(int)
             for session_id, seq in [*by_age, *by_count]:
                 floors[session_id] = max(floors[session_id], int(seq))
-            return floors
+            # While a handoff holds a session, the frames above its pin stay for the
+            # agent's stream (as they do against the user's acks).
+            for session_id in list(floors):
+                pin = conn.execute(_HANDOFF_PIN, {"sid": session_id}).scalar()
+                if pin is not None:
+                    floors[session_id] = min(floors[session_id], int(pin))
+            return {sid: floor for sid, floor in floors.items() if floor > 0}
 
         def drop(conn: Connection, floors: Mapping[str, int]) -> int:
             dropped = 0
