@@ -224,12 +224,12 @@ async def test_talk_to_a_person_queues_a_handoff_with_context(alice: Any) -> Non
     await alice.send("where is my order 1001")
     await _answer(alice, "reply")
     await alice.send("can I talk to a real person")
-    frames = await _answer(alice, "handoff")
+    frames = await _answer(alice, "handoff")  # the bot's reply, then the QUEUED frame
+    assert [f.WhichOneof("frame") for f in frames[-2:]] == ["reply", "handoff"]
+    assert frames[-2].reply.text == "Connecting you to a person. Someone will be with you shortly."
     handoff = frames[-1].handoff
     assert handoff.state == chat_pb2.HANDOFF_STATE_QUEUED
     assert (handoff.queue, handoff.reason, handoff.position) == ("general", "asked for a person", 1)
-    reply = (await _answer(alice, "reply"))[-1].reply
-    assert reply.text == "Connecting you to a person. Someone will be with you shortly."
     # While queued the bot is quiet: the next words are stored for the agent, not answered.
     await alice.send("where is my order 1002")
     receipt = (await _answer(alice, "reply"))[-1].reply

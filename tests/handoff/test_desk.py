@@ -44,10 +44,11 @@ async def test_bot_hands_off_agent_talks_and_hands_back(channel: grpc.aio.Channe
     history = History()
     user, opened, frames = await _queued_session(channel)
     sid = opened.session_id
-    assert [kind(f) for f in frames] == ["reply:bot", "handoff:QUEUED", "reply:bot"]
-    queued = frames[1].handoff
+    # The bot's reply comes first; the QUEUED frame follows it in the same commit.
+    assert [kind(f) for f in frames] == ["reply:bot", "reply:bot", "handoff:QUEUED"]
+    queued = frames[2].handoff
     assert (queued.queue, queued.position, queued.reason) == ("billing", 1, "asked for a person")
-    assert frames[1].in_reply_to == "m2"
+    assert frames[2].in_reply_to == "m2"
 
     desk = agent_stub(channel)
     listing = await desk.ListQueue(agent_pb2.ListQueueRequest(), metadata=metadata_for(ANN))
@@ -302,8 +303,8 @@ async def test_fallbacks_in_a_row_hand_off(channel: grpc.aio.Channel) -> None:
     assert (await user.recv()).reply.intent == "fallback"
     await user.send(message("asdf lkjh", "f2"))
     frames = await _frames(user, 2)
-    assert [kind(f) for f in frames] == ["handoff:QUEUED", "reply:bot"]
-    assert (frames[0].handoff.queue, frames[0].handoff.reason) == (
+    assert [kind(f) for f in frames] == ["reply:bot", "handoff:QUEUED"]
+    assert (frames[1].handoff.queue, frames[1].handoff.reason) == (
         "general",
         "the bot did not understand",
     )

@@ -149,7 +149,7 @@ async def test_user_and_agent_on_different_replicas_survive_kill_9(
     user = _User(history)
     await user.open(a)
     await user.say("talk to a person", "m1")
-    assert [kind(await user.recv()) for _ in range(2)] == ["handoff:QUEUED", "reply:bot"]
+    assert [kind(await user.recv()) for _ in range(2)] == ["reply:bot", "handoff:QUEUED"]
 
     # The agent, on B, sees the session queued on A and takes it.
     listing = await _desk(b).ListQueue(agent_pb2.ListQueueRequest(), metadata=metadata_for(ANN))

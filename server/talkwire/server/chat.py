@@ -23,7 +23,14 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +38,7 @@ from typing import Any, Self
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from sqlalchemy.engine import Connection
 
 from talkwire.server.auth import Authenticator
 from talkwire.server.config import ServerConfig
@@ -53,7 +61,10 @@ from talkwire.server.transport import UNDECODABLE, FrameStream, GrpcStream
 from talkwire.server.turns import QuickReply, SubscriptionPolicy, Turn, TurnHandler
 from talkwire.v1 import chat_pb2
 
-__all__ = ["ChatService", "TurnContextImpl"]
+__all__ = ["ChatService", "CommitStep", "TurnContextImpl"]
+
+CommitStep = Callable[[Connection], list[StoredFrame]]
+"""A step run inside a turn's commit (after its frames); returns the frames it appended."""
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,7 @@ class TurnContextImpl:
     policy: SubscriptionPolicy
     store: SessionStore
     frames: list[chat_pb2.ConverseResponse] = field(default_factory=list)
+    in_commit: list[CommitStep] = field(default_factory=list)
 
     @property
     def session_id(self) -> str:
@@ -101,6 +113,11 @@ class TurnContextImpl:
     @property
     def state(self) -> MutableMapping[str, Any]:
         return self._state
+
+    def commit_with(self, step: CommitStep) -> None:
+        """Run ``step(conn)`` in the turn's own commit, after its frames (the frames it
+        returns are delivered with the turn's)."""
+        self.in_commit.append(step)
 
     def _frame(self) -> chat_pb2.ConverseResponse:
         frame = chat_pb2.ConverseResponse(in_reply_to=self.frame_id)
@@ -568,12 +585,7 @@ class ChatService:
         templates = [encode_template(f) for f in ctx.frames]
         changed = working != state
         try:
-            frames = await self._store.append(
-                record.id,
-                templates,
-                dialogue=working if changed else None,
-                turn=_turn_bytes(request),
-            )
+            frames = await self._commit(ctx, templates, working if changed else None, request)
         except TalkwireError as exc:
             self._transient_error(att, request.id, UnavailableError(exc.message))
             return
@@ -582,6 +594,26 @@ class ChatService:
             state.update(working)
         self._hub.deliver({record.id: frames})
         self._metrics.turn_seconds.observe(time.perf_counter() - started)
+
+    async def _commit(
+        self,
+        ctx: TurnContextImpl,
+        templates: list[bytes],
+        dialogue: Mapping[str, Any] | None,
+        request: chat_pb2.ConverseRequest,
+    ) -> list[StoredFrame]:
+        turn = _turn_bytes(request)
+        if not ctx.in_commit:
+            return await self._store.append(ctx.record_id, templates, dialogue=dialogue, turn=turn)
+        steps = list(ctx.in_commit)
+
+        def then(conn: Connection) -> list[StoredFrame]:
+            return [f for step in steps for f in step(conn)]
+
+        frames, more = await self._store.append_then(
+            ctx.record_id, templates, then, dialogue=dialogue, turn=turn
+        )
+        return frames + more
 
 
 def _opened(

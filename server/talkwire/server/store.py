@@ -507,6 +507,28 @@ class SessionStore:
             lambda conn: self._append_tx(conn, session_id, templates, params, with_dialogue, turn)
         )
 
+    async def append_then(
+        self,
+        session_id: str,
+        templates: Sequence[bytes],
+        then: Callable[[Connection], _T],
+        *,
+        dialogue: Mapping[str, Any] | None = None,
+        turn: bytes | None = None,
+    ) -> tuple[list[StoredFrame], _T]:
+        """:meth:`append`, then ``then(conn)`` in the same transaction (a rare step a turn
+        asks for, such as a handoff: its frames follow the turn's own)."""
+        params: dict[str, Any] = {"sid": session_id, "n": len(templates), "now": self._clock()}
+        with_dialogue = dialogue is not None
+        if with_dialogue:
+            params["dialogue"] = json.dumps(dialogue)
+
+        def tx(conn: Connection) -> tuple[list[StoredFrame], _T]:
+            frames = self._append_tx(conn, session_id, templates, params, with_dialogue, turn)
+            return frames, then(conn)
+
+        return await self._db.write(tx)
+
     def append_in(
         self, conn: Connection, session_id: str, templates: Sequence[bytes]
     ) -> list[StoredFrame]:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from sqlalchemy.engine import Connection
+
 from talkwire.server.aio import Periodic
 from talkwire.server.errors import InvalidArgumentError, TalkwireError
 from talkwire.server.handoff.context import build_context
@@ -50,7 +52,7 @@ class HandoffDesk:
     ) -> None:
         self.settings = settings
         self.handoffs = handoffs or HandoffStore(store)
-        self._store = store
+        self.store = store
         self._hub = hub
         self._sweep = Periodic(
             self._requeue_pass, settings.sweep_interval, name="talkwire-handoff-sweep"
@@ -94,21 +96,41 @@ class HandoffDesk:
         frame_id: str = "",
     ) -> HandoffStep:
         """bot -> queued, with the context the bot has (``state``: the turn's, else the store's)."""
+        step = await self.queue_step(
+            session_id, queue=queue, reason=reason, state=state, frame_id=frame_id
+        )
+        result = await self.handoffs.commit_queue(session_id, step)
+        self.deliver(result)
+        return result
+
+    async def queue_step(
+        self,
+        session_id: str,
+        *,
+        queue: str = "",
+        reason: str = "",
+        state: Mapping[str, Any] | None = None,
+        frame_id: str = "",
+    ) -> Callable[[Connection], HandoffStep]:
+        """Validate and gather the context; return the queue step to run in a transaction
+        (:meth:`queue` runs it alone; a turn runs it in its own commit)."""
         queue = queue or self.settings.default_queue
         check_queue_name(queue)
         if len(reason) > 500:
             raise InvalidArgumentError("reason: at most 500 characters")
         if state is None:
-            record = await self._store.get_session(session_id)
+            record = await self.store.get_session(session_id)
             state = {} if record is None else record.dialogue
-        frames = await self._store.frames_after(session_id, 0)
+        frames = await self.store.frames_after(session_id, 0)
         context = build_context(
             state, frames[-_CONTEXT_FRAMES:], keep=self.settings.transcript_turns
         )
-        step = await self.handoffs.queue(
-            session_id, queue=queue, reason=reason, context=context, frame_id=frame_id
-        )
-        self.deliver(step)
+
+        def step(conn: Connection) -> HandoffStep:
+            return self.handoffs.queue_in(
+                conn, session_id, queue=queue, reason=reason, context=context, frame_id=frame_id
+            )
+
         return step
 
     async def accept(self, session_id: str, agent: Identity) -> HandoffStep:

@@ -153,71 +153,94 @@ class HandoffStore:
         frame_id: str = "",
     ) -> HandoffStep:
         """bot -> queued. ``FAILED_PRECONDITION`` when already queued or with an agent."""
-        now = self._clock()
 
         def tx(conn: Connection) -> HandoffStep:
-            session = conn.execute(
-                sa.select(_S.c.subject, _S.c.floor_seq).where(
-                    _S.c.id == session_id, _S.c.state == schema.ACTIVE
-                )
-            ).first()
-            if session is None:
-                raise NotFoundError(f"session {session_id} not found or closed")
-            values = {
-                "state": schema.HANDOFF_QUEUED,
-                "queue": queue,
-                "reason": reason,
-                "subject": session[0],
-                "queued_at": now,
-                "agent": None,
-                "agent_name": "",
-                "agent_seen_at": None,
-                "pin_seq": int(session[1]),
-                "context": json.dumps(context),
-                "updated_at": now,
-            }
-            updated = conn.execute(
-                _H.update()
-                .where(_H.c.session_id == session_id, _H.c.state == schema.HANDOFF_BOT)
-                .values(values)
-            ).rowcount
-            if not updated:
-                if self._get(conn, session_id) is not None:
-                    raise FailedPreconditionError(
-                        f"session {session_id} is already queued or with an agent"
-                    )
-                conn.execute(_H.insert().values(session_id=session_id, **values))
-            position = self._position(conn, queue, now, session_id)
-            frames = self._store.append_in(
-                conn,
-                session_id,
-                [
-                    handoff_frame(
-                        chat_pb2.HANDOFF_STATE_QUEUED,
-                        queue=queue,
-                        reason=reason,
-                        position=position,
-                        in_reply_to=frame_id,
-                    )
-                ],
+            return self.queue_in(
+                conn, session_id, queue=queue, reason=reason, context=context, frame_id=frame_id
             )
-            self._event(
-                conn,
-                session_id,
-                kinds.HANDOFF_QUEUED,
-                queue=queue,
-                reason=reason,
-                position=position,
-                context=dict(context),
-            )
-            return HandoffStep(self._must(conn, session_id), {session_id: frames}, position)
 
+        return await self.commit_queue(session_id, tx)
+
+    async def commit_queue(
+        self, session_id: str, step: Callable[[Connection], HandoffStep]
+    ) -> HandoffStep:
+        """Run a queue step (:meth:`queue_in`) as its own transaction."""
         try:
-            return await self._store.transaction(tx)
+            return await self._store.transaction(step)
         except IntegrityError:  # a concurrent queue of the same session inserted first
             raise FailedPreconditionError(
                 f"session {session_id} is already queued or with an agent"
             ) from None
+
+    def queue_in(
+        self,
+        conn: Connection,
+        session_id: str,
+        *,
+        queue: str,
+        reason: str,
+        context: Mapping[str, Any],
+        frame_id: str = "",
+    ) -> HandoffStep:
+        """The queue step inside a caller's transaction (a turn that asks for a person
+        commits its own reply and this step together). Raises ``FAILED_PRECONDITION``
+        (or the driver's ``IntegrityError`` on a concurrent first queue)."""
+        now = self._clock()
+        session = conn.execute(
+            sa.select(_S.c.subject, _S.c.floor_seq).where(
+                _S.c.id == session_id, _S.c.state == schema.ACTIVE
+            )
+        ).first()
+        if session is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        values = {
+            "state": schema.HANDOFF_QUEUED,
+            "queue": queue,
+            "reason": reason,
+            "subject": session[0],
+            "queued_at": now,
+            "agent": None,
+            "agent_name": "",
+            "agent_seen_at": None,
+            "pin_seq": int(session[1]),
+            "context": json.dumps(context),
+            "updated_at": now,
+        }
+        updated = conn.execute(
+            _H.update()
+            .where(_H.c.session_id == session_id, _H.c.state == schema.HANDOFF_BOT)
+            .values(values)
+        ).rowcount
+        if not updated:
+            if self._get(conn, session_id) is not None:
+                raise FailedPreconditionError(
+                    f"session {session_id} is already queued or with an agent"
+                )
+            conn.execute(_H.insert().values(session_id=session_id, **values))
+        position = self._position(conn, queue, now, session_id)
+        frames = self._store.append_in(
+            conn,
+            session_id,
+            [
+                handoff_frame(
+                    chat_pb2.HANDOFF_STATE_QUEUED,
+                    queue=queue,
+                    reason=reason,
+                    position=position,
+                    in_reply_to=frame_id,
+                )
+            ],
+        )
+        self._event(
+            conn,
+            session_id,
+            kinds.HANDOFF_QUEUED,
+            queue=queue,
+            reason=reason,
+            position=position,
+            context=dict(context),
+        )
+        return HandoffStep(self._must(conn, session_id), {session_id: frames}, position)
 
     async def accept(
         self, session_id: str, agent: Identity, *, may_serve: Callable[[str], bool]

@@ -6,22 +6,32 @@ handoff state: queued or with an agent, the turn is stored as a durable
 ``reply`` authored by the user (the agent's stream receives it; the user gets it
 as the receipt) and the engine is not called. With the bot, the engine runs; a
 handoff the engine asked for (:func:`~talkwire.server.handoff.signal.request_handoff`)
-or a gateway's ``talkwire.handoff`` action queues the session.
+or a gateway's ``talkwire.handoff`` action queues the session -- in the turn's own
+commit, so the ``QUEUED`` frame follows the bot's reply and a crash keeps both or
+neither.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
-from talkwire.server.errors import TalkwireError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from talkwire.server.errors import FailedPreconditionError, TalkwireError
+from talkwire.server.frames import StoredFrame, encode_template
 from talkwire.server.handoff.context import remember_user_turn
 from talkwire.server.handoff.desk import HandoffDesk
 from talkwire.server.handoff.frames import authored_reply
 from talkwire.server.handoff.signal import HANDOFF_ACTION, HandoffRequest, take_request
+from talkwire.server.handoff.store import HandoffStep
 from talkwire.server.hub import SessionHub
 from talkwire.server.turns import Turn, TurnContext, TurnHandler
+from talkwire.v1 import chat_pb2
 
-__all__ = ["HandoffTurns"]
+__all__ = ["CommitsWith", "HandoffTurns"]
 
 
 def _text_of(turn: Turn) -> str:
@@ -69,7 +79,7 @@ class HandoffTurns:
         if request is None:
             return
         try:
-            await self._desk.queue(
+            step = await self._desk.queue_step(
                 ctx.session_id,
                 queue=request.queue,
                 reason=request.reason,
@@ -78,3 +88,45 @@ class HandoffTurns:
             )
         except TalkwireError as exc:
             ctx.error(exc.code, exc.message, retriable=exc.retriable)
+            return
+        if isinstance(ctx, CommitsWith):
+            ctx.commit_with(lambda conn: self._queue_in(conn, ctx.session_id, step, turn.frame_id))
+            return
+        try:  # a context without a commit hook: the step commits on its own
+            self._desk.deliver(await self._desk.handoffs.commit_queue(ctx.session_id, step))
+        except TalkwireError as exc:
+            ctx.error(exc.code, exc.message, retriable=exc.retriable)
+
+    def _queue_in(
+        self,
+        conn: Connection,
+        session_id: str,
+        step: Callable[[Connection], HandoffStep],
+        frame_id: str,
+    ) -> list[StoredFrame]:
+        """The queue step inside the turn's commit. Someone else queued the session since
+        the turn read it: the turn still commits, with an ``error`` frame instead."""
+        try:
+            with conn.begin_nested():
+                return list(step(conn).frames.get(session_id, ()))
+        except (FailedPreconditionError, IntegrityError):
+            error = _error_frame(
+                FailedPreconditionError("the session is already queued or with an agent"),
+                frame_id,
+            )
+            return self._desk.store.append_in(conn, session_id, [error])
+
+
+@runtime_checkable
+class CommitsWith(Protocol):
+    """A turn context that can run a step inside the turn's own commit."""
+
+    def commit_with(self, step: Callable[[Connection], list[StoredFrame]]) -> None: ...
+
+
+def _error_frame(exc: TalkwireError, frame_id: str) -> bytes:
+    frame = chat_pb2.ConverseResponse(in_reply_to=frame_id)
+    frame.error.code = exc.code.name
+    frame.error.message = exc.message
+    frame.error.retriable = exc.retriable
+    return encode_template(frame)
