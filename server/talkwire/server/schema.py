@@ -21,11 +21,13 @@ __all__ = [
     "schema_info",
     "sessions",
     "subscriptions",
+    "time_columns",
 ]
 
 # 1: sessions, frames, subscriptions, dedup, dead letters.
 # 2: conversation events and the outbound outbox (new tables only: create_all adds them).
-SCHEMA_VERSION = 2
+# 3: timestamps as DOUBLE on MySQL/MariaDB (were single-precision FLOAT).
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -41,6 +43,9 @@ class _Bytes(sa.LargeBinary):
 
 _Blob = _Bytes().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
 _Text = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# Unix seconds as a double everywhere: MySQL/MariaDB's plain FLOAT is single precision
+# (about 128 s of resolution at today's timestamps).
+_Time = sa.Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb")
 _Seq = sa.BigInteger()
 
 # Session states (mirrors talkwire.v1.SessionState).
@@ -66,8 +71,8 @@ sessions = sa.Table(
     sa.Column("locale", sa.String(35), nullable=False, default=""),
     sa.Column("attributes", _Text, nullable=False),
     sa.Column("state", sa.SmallInteger, nullable=False, default=ACTIVE),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("last_active_at", sa.Float, nullable=False, index=True),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Column("last_active_at", _Time, nullable=False, index=True),
     sa.Column("head_seq", _Seq, nullable=False, default=0),
     sa.Column("acked_seq", _Seq, nullable=False, default=0),
     # Frames with seq <= floor_seq are gone (acked or pruned).
@@ -81,7 +86,7 @@ outbox = sa.Table(
     metadata,
     sa.Column("session_id", sa.String(64), primary_key=True),
     sa.Column("seq", _Seq, primary_key=True, autoincrement=False),
-    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("created_at", _Time, nullable=False, index=True),
     sa.Column("payload", _Blob, nullable=False),
 )
 
@@ -90,7 +95,7 @@ subscriptions = sa.Table(
     metadata,
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("session_id", sa.String(64), primary_key=True),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
     sa.Index("ix_talkwire_subscriptions_session", "session_id"),
 )
 
@@ -98,7 +103,7 @@ processed_events = sa.Table(
     "talkwire_processed_events",
     metadata,
     sa.Column("event_id", sa.String(255), primary_key=True),
-    sa.Column("processed_at", sa.Float, nullable=False, index=True),
+    sa.Column("processed_at", _Time, nullable=False, index=True),
 )
 
 dead_letters = sa.Table(
@@ -111,7 +116,7 @@ dead_letters = sa.Table(
     sa.Column("reason", _Text, nullable=False),
     sa.Column("payload", _Blob, nullable=True),
     sa.Column("headers", _Text, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
 )
 
 _EventId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
@@ -126,7 +131,7 @@ conversation_events = sa.Table(
     sa.Column("session_id", sa.String(64), nullable=False),
     sa.Column("kind", sa.String(64), nullable=False),
     sa.Column("seq", _Seq, nullable=False, default=0),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
     # frame.appended: the ConverseResponse; turn.received: the ConverseRequest; else JSON.
     sa.Column("body", _Blob, nullable=False),
     sa.Index("ix_talkwire_conversation_events_session", "session_id", "id"),
@@ -140,7 +145,7 @@ outbound_pending = sa.Table(
     sa.Column("sink", sa.String(64), primary_key=True),
     sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
     sa.Column("session_id", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
     sa.Index("ix_talkwire_outbound_pending_session", "sink", "session_id", "event_id"),
 )
 
@@ -151,10 +156,10 @@ outbound_dead = sa.Table(
     sa.Column("sink", sa.String(64), primary_key=True),
     sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
     sa.Column("session_id", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("reason", _Text, nullable=False),
-    sa.Column("dead_at", sa.Float, nullable=False),
+    sa.Column("dead_at", _Time, nullable=False),
 )
 
 # Idempotency keys of connector writes (talkwire.server.idempotency); ``id`` hashes
@@ -166,8 +171,8 @@ idempotency_keys = sa.Table(
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("result", _Text, nullable=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Column("expires_at", _Time, nullable=False, index=True),
 )
 
 # Handoff states of a session (``bot`` has no row, or a row in state BOT).
@@ -184,16 +189,21 @@ handoffs = sa.Table(
     sa.Column("reason", _Text, nullable=False),
     sa.Column("subject", sa.String(255), nullable=False),
     # When the session entered its current queue (orders the queue).
-    sa.Column("queued_at", sa.Float, nullable=False),
+    sa.Column("queued_at", _Time, nullable=False),
     sa.Column("agent", sa.String(255), nullable=True),
     sa.Column("agent_name", sa.String(255), nullable=False, default=""),
     # The last sign of life of the agent holding it (the timeout back to the queue).
-    sa.Column("agent_seen_at", sa.Float, nullable=True),
+    sa.Column("agent_seen_at", _Time, nullable=True),
     # Frames above pin_seq stay retained while queued or with an agent (user acks
     # stop below it), so the agent's stream can replay them.
     sa.Column("pin_seq", _Seq, nullable=False, default=0),
     # JSON: what the bot knew (slots, results, last turns) when it handed off.
     sa.Column("context", _Text, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_at", _Time, nullable=False),
     sa.Index("ix_talkwire_handoffs_queue", "state", "queue", "queued_at"),
 )
+
+
+def time_columns() -> list[sa.Column[Any]]:
+    """Every timestamp column (Unix seconds, a double)."""
+    return [c for t in metadata.sorted_tables for c in t.columns if c.type is _Time]

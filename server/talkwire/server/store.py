@@ -216,6 +216,13 @@ _SET_HEAD = (
 )
 
 
+def _widen_time_columns(conn: Connection) -> None:
+    """Schema 3 on MySQL/MariaDB: timestamp columns from FLOAT to DOUBLE."""
+    for column in schema.time_columns():
+        null = "NULL" if column.nullable else "NOT NULL"
+        conn.exec_driver_sql(f"ALTER TABLE {column.table.name} MODIFY {column.name} DOUBLE {null}")
+
+
 class SessionStore:
     """Async access to the session tables. Use as an async context manager."""
 
@@ -306,7 +313,9 @@ class SessionStore:
                     f"database schema version {version} is newer than this talkwire "
                     f"({schema.SCHEMA_VERSION}); upgrade talkwire"
                 )
-            if version < schema.SCHEMA_VERSION:  # every migration so far only adds tables
+            if version < schema.SCHEMA_VERSION:  # 2 only added tables (create_all did)
+                if version < 3 and conn.dialect.name in ("mysql", "mariadb"):
+                    _widen_time_columns(conn)
                 conn.execute(
                     info.update().where(info.c.id == 1).values(version=schema.SCHEMA_VERSION)
                 )
