@@ -9,7 +9,8 @@ MySQL/MariaDB by URL (async engine). See :mod:`talkwire.server.sqlexec`.
 Every operation is one transaction function of a SQLAlchemy ``Connection``; on
 SQLite the hot ones (append, ack, replay, claim, fan-out) are instead functions of
 the stdlib ``sqlite3`` connection (:mod:`talkwire.server.sqlitehot`), run by the
-same writer in the same group commit.
+same writer in the same group commit; on PostgreSQL they are async functions of an
+``asyncpg`` connection (:mod:`talkwire.server.pghot`, :mod:`talkwire.server.pgexec`).
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
@@ -36,11 +37,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema, sqlitehot
+from talkwire.server import pghot, schema, sqlitehot
 from talkwire.server.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -52,6 +54,7 @@ from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
 from talkwire.server.outbound import record as kinds
 from talkwire.server.outbound.record import EventRecorder, EventRow
+from talkwire.server.pgexec import AsyncpgExecutor
 from talkwire.server.sqlexec import SqlExecutor, SqliteExecutor, open_executor
 from talkwire.server.storeurl import missing_database
 
@@ -241,6 +244,7 @@ class SessionStore:
         )
         self._sqlite = self._db.dialect == "sqlite"
         self._raw = self._db if isinstance(self._db, SqliteExecutor) else None
+        self._pg = self._db if isinstance(self._db, AsyncpgExecutor) else None
         self._closed = False
 
     @property
@@ -251,6 +255,11 @@ class SessionStore:
     def sqlite(self) -> SqliteExecutor | None:
         """The SQLite executor when the hot paths run raw ``sqlite3`` (else None)."""
         return self._raw
+
+    @property
+    def pg(self) -> AsyncpgExecutor | None:
+        """The PostgreSQL executor when the hot paths run on asyncpg (else None)."""
+        return self._pg
 
     @property
     def executor(self) -> SqlExecutor:
@@ -390,6 +399,20 @@ class SessionStore:
                 return record
 
             return await self._raw.write_raw(raw_tx)
+        if self._pg is not None:
+
+            async def pg_tx(conn: asyncpg.Connection) -> SessionRecord:
+                row = await pghot.session_row(conn, session_id)
+                record = check(None if row is None else self._record(row))
+                now = self._clock()
+                await pghot.touch_replica(conn, session_id, now, replica)
+                data = _json({"replica": replica or ""})
+                await self.events.record_pg(
+                    conn, [(session_id, kinds.SESSION_RESUMED, 0, now, data)]
+                )
+                return record
+
+            return await self._pg.write_pg(pg_tx)
 
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
@@ -498,6 +521,11 @@ class SessionStore:
             return await self._raw.write_raw(
                 lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn)
             )
+        if self._pg is not None:
+            saved = None if dialogue is None else json.dumps(dialogue)
+            return await self._pg.write_pg(
+                lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn)
+            )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
         with_dialogue = dialogue is not None
@@ -574,6 +602,25 @@ class SessionStore:
         self.events.record_raw(conn, rows)
         return [StoredFrame(first + i, p) for i, p in enumerate(payloads)]
 
+    async def _append_pg(
+        self,
+        conn: asyncpg.Connection,
+        session_id: str,
+        templates: Sequence[bytes],
+        now: float,
+        dialogue: str | None,
+        turn: bytes | None,
+    ) -> list[StoredFrame]:
+        first = await pghot.advance(conn, session_id, len(templates), now, dialogue)
+        if first is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
+        rows = [(session_id, kinds.TURN_RECEIVED, 0, now, turn)] if turn is not None else []
+        rows += [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
+        outbox = [(session_id, f.seq, now, f.payload) for f in frames]
+        await self.events.record_pg(conn, rows, outbox)
+        return frames
+
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (for stores built on these tables)."""
         return await self._db.write(work)
@@ -601,6 +648,11 @@ class SessionStore:
         if self._raw is not None:
             rows = await self._raw.read_raw(
                 lambda conn: sqlitehot.frames_after(conn, session_id, after_seq, limit)
+            )
+            return [StoredFrame(seq, payload) for seq, payload in rows]
+        if self._pg is not None:
+            rows = await self._pg.read_pg(
+                lambda conn: pghot.frames_after(conn, session_id, after_seq, limit)
             )
             return [StoredFrame(seq, payload) for seq, payload in rows]
         params: dict[str, Any] = {"sid": session_id, "after": after_seq}
@@ -669,6 +721,9 @@ class SessionStore:
                     sqlitehot.ack(conn, session_id, seq, now)
 
             await self._raw.write_raw(raw_tx)
+            return
+        if self._pg is not None:
+            await self._pg.write_pg(lambda conn: pghot.ack(conn, ordered, now))
             return
 
         def tx(conn: Connection) -> None:
@@ -831,6 +886,10 @@ class SessionStore:
             return await self._raw.write_raw(
                 lambda conn: self._fanout_raw(conn, events, now, delivery_id)
             )
+        if self._pg is not None:
+            return await self._pg.write_pg(
+                lambda conn: self._fanout_pg(conn, events, now, delivery_id)
+            )
         return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
 
     def _fanout_raw(
@@ -887,6 +946,53 @@ class SessionStore:
             )
             rows.extend((session_id, f.seq, now, f.payload) for f in frames)
         sqlitehot.insert_outbox(conn, rows)
+        return result
+
+    async def _fanout_pg(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None,
+    ) -> FanoutResult:
+        """:meth:`_fanout_tx` on asyncpg: one statement per step, arrays for the many rows."""
+        if delivery_id is not None and not await pghot.claim_delivery(
+            conn, f"delivery:{delivery_id}", now
+        ):
+            raise AlreadyExistsError("delivery already processed (replay)")
+        result = FanoutResult()
+        ids = list(dict.fromkeys(ev.event_id for ev in events))
+        claimed = await pghot.claim_events(conn, ids, now)
+        fresh = _split_fresh(events, {i for i in ids if i not in claimed}, result)
+        keys = list(dict.fromkeys(k for ev in fresh for k in ev.keys))
+        by_key: dict[str, list[str]] = {}
+        for key, session_id in await pghot.subscribers(conn, keys):
+            by_key.setdefault(key, []).append(session_id)
+        direct = list(dict.fromkeys(ev.session_id for ev in fresh if ev.session_id))
+        active = await pghot.active_sessions(conn, direct)
+        per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
+        if not per_session:
+            return result
+        new_heads = {
+            session_id: head + len(per_session[session_id])
+            for session_id, head in await pghot.lock_heads(conn, sorted(per_session))
+        }
+        if not new_heads:
+            return result
+        await pghot.set_heads(conn, list(new_heads.items()))
+        rows: list[tuple[str, str, int, float, bytes]] = []
+        outbox: list[tuple[str, int, float, bytes]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in new_heads:
+                continue  # closed between lookup and lock
+            first = new_heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
+            outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
+        await self.events.record_pg(conn, rows, outbox)
         return result
 
     def _fanout_tx(

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema, sqlitehot
+from talkwire.server import pghot, schema, sqlitehot
 from talkwire.server.errors import (
     FailedPreconditionError,
     NotFoundError,
@@ -117,6 +117,10 @@ class HandoffStore:
         if raw is not None:  # every turn asks: the raw SQLite read
             row = await raw.read_point(lambda conn: sqlitehot.handoff_row(conn, session_id))
             return None if row is None else _record(row)
+        pg = self._store.pg
+        if pg is not None:  # the asyncpg point read
+            found = await pg.read_pg(lambda conn: pghot.handoff_row(conn, session_id))
+            return None if found is None else _record(found)
         return await self._store.reading(lambda conn: self._get(conn, session_id))
 
     async def waiting(self, queues: Sequence[str] | None = None) -> list[tuple[HandoffRecord, int]]:

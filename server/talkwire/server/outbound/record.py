@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy.engine import Connection
 
-from talkwire.server import schema, sqlitehot
+from talkwire.server import pghot, schema, sqlitehot
 
 __all__ = [
     "FRAME_APPENDED",
@@ -196,6 +197,28 @@ class EventRecorder:
         targets = [self.sinks_for(r[1]) for r in rows]
         sqlitehot.insert_events(conn, rows, targets)
         if any(targets):
+            self.generation += 1
+
+    def routes_for(
+        self, rows: Sequence[tuple[str, str, int, float, bytes]]
+    ) -> list[tuple[str, str]]:
+        """``(kind, sink)`` for every sink taking a kind of ``rows`` (their pending rows)."""
+        kinds = dict.fromkeys(r[1] for r in rows)
+        return [(kind, sink) for kind in kinds for sink in self.sinks_for(kind)]
+
+    async def record_pg(
+        self,
+        conn: asyncpg.Connection,
+        rows: Sequence[tuple[str, str, int, float, bytes]],
+        frames: Sequence[tuple[str, int, float, bytes]] = (),
+    ) -> None:
+        """:meth:`record_raw` on PostgreSQL's asyncpg connection, with the operation's
+        outbox ``frames`` (``(session_id, seq, created_at, payload)``) in the same statement."""
+        if not self.enabled:
+            rows = ()
+        routes = self.routes_for(rows) if rows else []
+        await pghot.write_rows(conn, frames, rows, routes)
+        if routes:
             self.generation += 1
 
     @staticmethod
