@@ -269,34 +269,38 @@ def start_server(
             drop()
         raise
     srv = Server(kind, proc, target, tmpdir, log=log, cleanup=drop)
-    prof_dir = os.environ.get("BENCH_PROFILE")  # e.g. BENCH_PROFILE=bench/results/profiles
-    if prof_dir and kind == os.environ.get("BENCH_PROFILE_KIND", "ours"):
-        Path(prof_dir).mkdir(parents=True, exist_ok=True)
-        global _PROFILES
-        _PROFILES += 1
-        out = (
-            Path(prof_dir).resolve()
-            / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
-        )
-        spy = Path(sys.executable).with_name("py-spy")
-        srv.profiler = subprocess.Popen(
-            [
-                str(spy),
-                "record",
-                "--pid",
-                str(proc.pid),
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--nonblocking",
-                "-o",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        progress(f"profiling {kind} server with py-spy -> {out}")
+    try:
+        prof_dir = os.environ.get("BENCH_PROFILE")  # e.g. BENCH_PROFILE=bench/results/profiles
+        if prof_dir and kind == os.environ.get("BENCH_PROFILE_KIND", "ours"):
+            Path(prof_dir).mkdir(parents=True, exist_ok=True)
+            global _PROFILES
+            _PROFILES += 1
+            out = (
+                Path(prof_dir).resolve()
+                / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
+            )
+            spy = Path(sys.executable).with_name("py-spy")
+            srv.profiler = subprocess.Popen(
+                [
+                    str(spy),
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-o",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            progress(f"profiling {kind} server with py-spy -> {out}")
+    except BaseException:  # e.g. py-spy missing: stop the server, drop its database
+        srv.stop()
+        raise
     return srv
 
 

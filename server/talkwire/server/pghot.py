@@ -25,7 +25,7 @@ __all__ = [
     "SESSION_COLUMNS",
     "ack",
     "active_sessions",
-    "advance",
+    "append",
     "claim_delivery",
     "claim_events",
     "frames_after",
@@ -47,15 +47,6 @@ _PE = schema.processed_events.name
 
 SESSION_COLUMNS = tuple(c.name for c in schema.sessions.columns)
 _HANDOFF_COLUMNS = tuple(c.name for c in schema.handoffs.columns)
-
-_ADVANCE = (
-    f"UPDATE {_S} SET head_seq = head_seq + $1, last_active_at = $2 "  # noqa: S608 - constants
-    f"WHERE id = $3 AND state = {schema.ACTIVE} RETURNING head_seq"
-)
-_ADVANCE_DIALOGUE = (
-    f"UPDATE {_S} SET head_seq = head_seq + $1, last_active_at = $2, dialogue = $3 "  # noqa: S608
-    f"WHERE id = $4 AND state = {schema.ACTIVE} RETURNING head_seq"
-)
 
 # -- the rows of a write: frames, events, outbound pending rows ----------------------
 # $1-$4: frames (session_id, seq, created_at, payload); $5-$9: events (session_id,
@@ -134,19 +125,79 @@ async def write_rows(
     await conn.execute(_ROWS[key], *args)
 
 
-# -- per session ------------------------------------------------------------------
+# -- append: one statement ------------------------------------------------------------
 
 
-async def advance(
-    conn: asyncpg.Connection, session_id: str, n: int, now: float, dialogue: str | None
-) -> int | None:
-    """Advance the active session's head by ``n`` (row lock held to the commit); return
-    the first new seq, None when there is no such active session."""
-    if dialogue is None:
-        head = await conn.fetchval(_ADVANCE, n, now, session_id)
+def _varint(v: str) -> str:
+    """SQL for the protobuf varint of the bigint expression ``v`` (>= 0; at most 9 bytes),
+    byte for byte :func:`talkwire.server.frames.with_seq`'s."""
+    return (
+        "(SELECT string_agg(set_byte('\\x00'::bytea, 0, "  # noqa: S608 - SQL of a constant
+        f"((({v}) >> (7 * k)) & 127 | CASE WHEN ({v}) >> (7 * (k + 1)) > 0 "
+        "THEN 128 ELSE 0 END)::int), ''::bytea ORDER BY k) "
+        f"FROM generate_series(0, 8) AS k WHERE k = 0 OR ({v}) >> (7 * k) > 0)"
+    )
+
+
+# $1 session_id, $2 frame count, $3 now, $4 templates (bytea[]), $5 the turn (bytea or
+# NULL), $6 dialogue (text or NULL: unchanged), $7/$8 routes (kind, sink). The UPDATE takes
+# the session's row lock and allocates the seqs; the frames get their seq prepended here
+# (the bytes with_seq makes), their events follow the turn's in id order, and every event
+# gets one pending row per sink of its kind. No row back: no such active session, nothing
+# written. One statement is one transaction: no BEGIN / COMMIT round trips.
+_APPEND_HEAD = (
+    f"WITH h AS (UPDATE {_S} SET head_seq = head_seq + $2, last_active_at = $3, "  # noqa: S608
+    f"dialogue = COALESCE($6::text, dialogue) WHERE id = $1 AND state = {schema.ACTIVE} "
+    "RETURNING head_seq - $2 AS base), "
+    f"f AS (INSERT INTO {_O} (session_id, seq, created_at, payload) "
+    f"SELECT $1, h.base + t.o, $3, '\\x08'::bytea || {_varint('h.base + t.o')} || t.tpl "
+    "FROM h, unnest($4::bytea[]) WITH ORDINALITY AS t(tpl, o) RETURNING seq, payload)"
+)
+_APPEND_EVENTS = (
+    f", e AS (INSERT INTO {_E} (session_id, kind, seq, created_at, body) "  # noqa: S608
+    "SELECT $1, x.kind, x.seq, $3, x.body FROM ("
+    "SELECT $9::text AS kind, 0::bigint AS seq, $5::bytea AS body FROM h "
+    "WHERE $5::bytea IS NOT NULL "
+    "UNION ALL SELECT $10::text, f.seq, f.payload FROM f) AS x ORDER BY x.seq "
+    "RETURNING id, kind), "
+    f"p AS (INSERT INTO {_P} (sink, event_id, session_id, created_at) "
+    "SELECT r.sink, e.id, $1, $3 FROM e "
+    "JOIN unnest($7::text[], $8::text[]) AS r(kind, sink) ON r.kind = e.kind)"
+)
+_APPEND_RESULT = " SELECT h.base, f.seq, f.payload FROM h LEFT JOIN f ON true ORDER BY f.seq"
+_APPEND = {
+    False: _APPEND_HEAD + _APPEND_RESULT,
+    True: _APPEND_HEAD + _APPEND_EVENTS + _APPEND_RESULT,
+}
+
+
+async def append(
+    conn: asyncpg.Connection,
+    session_id: str,
+    templates: Sequence[bytes],
+    now: float,
+    dialogue: str | None,
+    turn: bytes | None,
+    events: tuple[str, str] | None,
+    routes: Sequence[tuple[str, str]] = (),
+) -> list[tuple[int, bytes]] | None:
+    """Advance the active session's head by ``len(templates)``, store the frames (seq
+    prepended), their ``frame.appended`` events after the ``turn.received`` one of
+    ``turn`` and those events' pending rows, in one statement; ``events`` names the two
+    kinds (None: write no events). Return the frames ``(seq, payload)``; None: no such
+    active session, nothing written."""
+    args: list[Any] = [session_id, len(templates), now, list(templates), turn, dialogue]
+    if events is None:
+        rows = await conn.fetch(_APPEND[False], *args)
     else:
-        head = await conn.fetchval(_ADVANCE_DIALOGUE, n, now, dialogue, session_id)
-    return None if head is None else int(head) - n + 1
+        kinds, sinks = _columns(routes, 2)
+        rows = await conn.fetch(_APPEND[True], *args, kinds, sinks, *events)
+    if not rows:
+        return None
+    return [(int(r[1]), bytes(r[2])) for r in rows if r[1] is not None]
+
+
+# -- per session ------------------------------------------------------------------
 
 
 # One statement: the pin caps the floor; the UPDATE (guarded as in SQLite and SQLAlchemy)

@@ -524,7 +524,8 @@ class SessionStore:
         if self._pg is not None:
             saved = None if dialogue is None else json.dumps(dialogue)
             return await self._pg.write_pg(
-                lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn)
+                lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn),
+                transaction=False,  # one statement
             )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
@@ -611,15 +612,15 @@ class SessionStore:
         dialogue: str | None,
         turn: bytes | None,
     ) -> list[StoredFrame]:
-        first = await pghot.advance(conn, session_id, len(templates), now, dialogue)
-        if first is None:
+        recorder = self.events
+        events = (kinds.TURN_RECEIVED, kinds.FRAME_APPENDED) if recorder.enabled else None
+        routes = recorder.routes_for_kinds(events) if events is not None else []
+        rows = await pghot.append(conn, session_id, templates, now, dialogue, turn, events, routes)
+        if rows is None:
             raise NotFoundError(f"session {session_id} not found or closed")
-        frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
-        rows = [(session_id, kinds.TURN_RECEIVED, 0, now, turn)] if turn is not None else []
-        rows += [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
-        outbox = [(session_id, f.seq, now, f.payload) for f in frames]
-        await self.events.record_pg(conn, rows, outbox)
-        return frames
+        if routes:
+            recorder.generation += 1
+        return [StoredFrame(seq, payload) for seq, payload in rows]
 
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (for stores built on these tables)."""
@@ -723,7 +724,10 @@ class SessionStore:
             await self._raw.write_raw(raw_tx)
             return
         if self._pg is not None:
-            await self._pg.write_pg(lambda conn: pghot.ack(conn, ordered, now))
+            # One session's ack is one statement: no BEGIN / COMMIT.
+            await self._pg.write_pg(
+                lambda conn: pghot.ack(conn, ordered, now), transaction=len(ordered) > 1
+            )
             return
 
         def tx(conn: Connection) -> None:

@@ -199,12 +199,9 @@ class EventRecorder:
         if any(targets):
             self.generation += 1
 
-    def routes_for(
-        self, rows: Sequence[tuple[str, str, int, float, bytes]]
-    ) -> list[tuple[str, str]]:
-        """``(kind, sink)`` for every sink taking a kind of ``rows`` (their pending rows)."""
-        kinds = dict.fromkeys(r[1] for r in rows)
-        return [(kind, sink) for kind in kinds for sink in self.sinks_for(kind)]
+    def routes_for_kinds(self, kinds: Iterable[str]) -> list[tuple[str, str]]:
+        """``(kind, sink)`` for every sink taking one of ``kinds`` (their pending rows)."""
+        return [(kind, sink) for kind in dict.fromkeys(kinds) for sink in self.sinks_for(kind)]
 
     async def record_pg(
         self,
@@ -216,7 +213,7 @@ class EventRecorder:
         outbox ``frames`` (``(session_id, seq, created_at, payload)``) in the same statement."""
         if not self.enabled:
             rows = ()
-        routes = self.routes_for(rows) if rows else []
+        routes = self.routes_for_kinds(r[1] for r in rows)
         await pghot.write_rows(conn, frames, rows, routes)
         if routes:
             self.generation += 1
