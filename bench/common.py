@@ -113,9 +113,8 @@ async def _admin(url: str, sql: str) -> None:
     if u.get_backend_name() == "postgresql":
         import asyncpg
 
-        conn = await asyncpg.connect(
-            user=u.username, password=u.password, host=u.host, port=u.port, database=u.database
-        )
+        dsn = u.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)  # a ?host=/socket/dir URL too
         try:
             await conn.execute(sql)
         finally:

@@ -10,13 +10,15 @@ deadlock / serialisation failures run again, as ``write`` does) and
 caller's cancellation, and a database that cannot be reached is an
 ``UnavailableError`` (the driver's text goes to the debug log, not to clients).
 
-A pooled connection the server has dropped (a restart, an idle timeout) fails its
-``BEGIN``: nothing was sent yet, so the operation runs once more on a fresh
-connection. Once past ``BEGIN`` (or, for a one-statement write without a
-transaction, once the statement was sent) a lost connection is reported, never
-retried (a ``COMMIT`` whose answer was lost may have committed). The pool's
-release runs no reset query (the hot paths set no session state): one round trip
-fewer per operation.
+A connection that fails is terminated, never returned to the pool. A pooled
+connection the server has dropped (a restart, ``pg_terminate_backend``, an idle
+timeout) fails its ``BEGIN``, or refuses to send at all: nothing of the operation
+reached the database, so it runs again on another connection. Once past ``BEGIN``
+(or, for a one-statement write without a transaction, once the statement was
+sent) a lost connection is reported, never retried (a ``COMMIT`` whose answer was
+lost may have committed). A read always runs again on another connection. The
+pool's release runs no reset query (the hot paths set no session state): one round
+trip fewer per operation.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func"
 _DOWN = (
     OSError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
@@ -112,40 +115,62 @@ class AsyncpgExecutor(AsyncEngineExecutor):
 
     async def _write_pg(self, fn: PgTx[T], transaction: bool) -> T:
         pool = await self._acquire_pool()
-        stale_retry = True
-        attempt = 0
+        conflicts = 0
+        stale = self._pool_size + 1  # pooled connections found dead this call may skip
         while True:
-            begun = False
+            acquired = sent = done = False
             try:
                 async with pool.acquire() as conn:
-                    if not transaction:
-                        begun = True
-                        return await fn(conn)
-                    async with conn.transaction():
-                        begun = True
-                        return await fn(conn)
+                    acquired = True
+                    try:
+                        if not transaction:
+                            sent = True
+                            result = await fn(conn)
+                        else:
+                            async with conn.transaction():
+                                sent = True
+                                result = await fn(conn)
+                        done = True
+                    except _DOWN:
+                        conn.terminate()  # never back into the pool
+                        raise
+                return result
             except asyncpg.exceptions.TransactionRollbackError as exc:
-                attempt += 1
-                if attempt < _RETRIES:
+                conflicts += 1
+                if conflicts < _RETRIES:
                     continue  # the database chose us as a deadlock victim: run it again
                 raise _unavailable(exc) from exc
             except _DOWN as exc:
-                if not begun and stale_retry:
-                    stale_retry = False
-                    continue  # nothing was sent: once more on a fresh connection
+                if done:  # committed; only handing the connection back failed
+                    log.debug("releasing an asyncpg connection: %r", exc)
+                    return result
+                # InternalClientError: the connection refused to send (it had seen the
+                # server go away): nothing of this attempt reached the database.
+                unsent = not sent or isinstance(exc, asyncpg.exceptions.InternalClientError)
+                if acquired and unsent and stale > 0:
+                    stale -= 1
+                    continue  # a dead pooled connection: again on another one
                 raise _unavailable(exc) from exc
 
     async def _read_pg(self, fn: PgTx[T]) -> T:
         pool = await self._acquire_pool()
-        for attempt in range(2):
+        stale = self._pool_size + 1
+        while True:
+            acquired = False
             try:
                 async with pool.acquire() as conn:
-                    return await fn(conn)
+                    acquired = True
+                    try:
+                        result = await fn(conn)
+                    except _DOWN:
+                        conn.terminate()
+                        raise
+                return result
             except _DOWN as exc:
-                if attempt == 0:
-                    continue  # a read runs again safely: perhaps a stale pooled connection
+                if acquired and stale > 0:
+                    stale -= 1
+                    continue  # a read runs again safely, on another connection
                 raise _unavailable(exc) from exc
-        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         self._closed = True
