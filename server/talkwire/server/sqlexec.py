@@ -424,7 +424,8 @@ def open_executor(
 ) -> SqlExecutor:
     """The executor for ``url``'s database (``durability`` applies to SQLite; a server
     database has its own settings, e.g. PostgreSQL's ``synchronous_commit``). PostgreSQL
-    gets :class:`~talkwire.server.pgexec.AsyncpgExecutor` (asyncpg on the hot paths)."""
+    gets :class:`~talkwire.server.pgexec.AsyncpgExecutor` (asyncpg on the hot paths),
+    MySQL / MariaDB on asyncmy :class:`~talkwire.server.myexec.AsyncmyExecutor`."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return SqliteExecutor(url, echo=echo, durability=durability)
@@ -433,4 +434,8 @@ def open_executor(
         from talkwire.server.pgexec import AsyncpgExecutor
 
         return AsyncpgExecutor(url, pool_size=pool_size, echo=echo)
+    if parsed.get_backend_name() in ("mysql", "mariadb") and parsed.get_driver_name() == "asyncmy":
+        from talkwire.server.myexec import AsyncmyExecutor
+
+        return AsyncmyExecutor(url, pool_size=pool_size, echo=echo)
     return AsyncEngineExecutor(url, pool_size=pool_size, echo=echo)

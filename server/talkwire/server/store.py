@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import pghot, schema, sqlitehot
+from talkwire.server import myhot, pghot, schema, sqlitehot
 from talkwire.server.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -52,6 +52,7 @@ from talkwire.server.errors import (
 )
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
+from talkwire.server.myexec import AsyncmyExecutor
 from talkwire.server.outbound import record as kinds
 from talkwire.server.outbound.record import EventRecorder, EventRow
 from talkwire.server.pgexec import AsyncpgExecutor
@@ -245,6 +246,7 @@ class SessionStore:
         self._sqlite = self._db.dialect == "sqlite"
         self._raw = self._db if isinstance(self._db, SqliteExecutor) else None
         self._pg = self._db if isinstance(self._db, AsyncpgExecutor) else None
+        self._my = self._db if isinstance(self._db, AsyncmyExecutor) else None
         self._closed = False
 
     @property
@@ -260,6 +262,11 @@ class SessionStore:
     def pg(self) -> AsyncpgExecutor | None:
         """The PostgreSQL executor when the hot paths run on asyncpg (else None)."""
         return self._pg
+
+    @property
+    def my(self) -> AsyncmyExecutor | None:
+        """The MySQL / MariaDB executor when the turn runs on asyncmy (else None)."""
+        return self._my
 
     @property
     def executor(self) -> SqlExecutor:
@@ -527,6 +534,11 @@ class SessionStore:
                 lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn),
                 transaction=False,  # one statement
             )
+        if self._my is not None:
+            saved = None if dialogue is None else json.dumps(dialogue)
+            return await self._my.write_my(
+                lambda cur: self._append_my(cur, session_id, templates, now, saved, turn)
+            )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
         with_dialogue = dialogue is not None
@@ -622,6 +634,25 @@ class SessionStore:
             recorder.generation += 1
         return [StoredFrame(seq, payload) for seq, payload in rows]
 
+    async def _append_my(
+        self,
+        cur: Any,
+        session_id: str,
+        templates: Sequence[bytes],
+        now: float,
+        dialogue: str | None,
+        turn: bytes | None,
+    ) -> list[StoredFrame]:
+        first = await myhot.advance(cur, session_id, len(templates), now, dialogue)
+        if first is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
+        await myhot.insert_frames(cur, [(session_id, f.seq, now, f.payload) for f in frames])
+        rows = [(session_id, kinds.TURN_RECEIVED, 0, now, turn)] if turn is not None else []
+        rows += [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
+        await self.events.record_my(cur, rows)
+        return frames
+
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (for stores built on these tables)."""
         return await self._db.write(work)
@@ -654,6 +685,11 @@ class SessionStore:
         if self._pg is not None:
             rows = await self._pg.read_pg(
                 lambda conn: pghot.frames_after(conn, session_id, after_seq, limit)
+            )
+            return [StoredFrame(seq, payload) for seq, payload in rows]
+        if self._my is not None:
+            rows = await self._my.read_my(
+                lambda cur: myhot.frames_after(cur, session_id, after_seq, limit)
             )
             return [StoredFrame(seq, payload) for seq, payload in rows]
         params: dict[str, Any] = {"sid": session_id, "after": after_seq}
@@ -728,6 +764,9 @@ class SessionStore:
             await self._pg.write_pg(
                 lambda conn: pghot.ack(conn, ordered, now), transaction=len(ordered) > 1
             )
+            return
+        if self._my is not None:
+            await self._my.write_my(lambda cur: myhot.ack(cur, ordered, now))
             return
 
         def tx(conn: Connection) -> None:

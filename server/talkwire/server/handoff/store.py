@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import pghot, schema, sqlitehot
+from talkwire.server import myhot, pghot, schema, sqlitehot
 from talkwire.server.errors import (
     FailedPreconditionError,
     NotFoundError,
@@ -121,6 +121,10 @@ class HandoffStore:
         if pg is not None:  # the asyncpg point read
             found = await pg.read_pg(lambda conn: pghot.handoff_row(conn, session_id))
             return None if found is None else _record(found)
+        my = self._store.my
+        if my is not None:  # the asyncmy point read
+            got = await my.read_my(lambda cur: myhot.handoff_row(cur, session_id))
+            return None if got is None else _record(got)
         return await self._store.reading(lambda conn: self._get(conn, session_id))
 
     async def waiting(self, queues: Sequence[str] | None = None) -> list[tuple[HandoffRecord, int]]:

@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import Connection
 
-from talkwire.server import pghot, schema, sqlitehot
+from talkwire.server import myhot, pghot, schema, sqlitehot
 
 __all__ = [
     "FRAME_APPENDED",
@@ -216,6 +216,15 @@ class EventRecorder:
         routes = self.routes_for_kinds(r[1] for r in rows)
         await pghot.write_rows(conn, frames, rows, routes)
         if routes:
+            self.generation += 1
+
+    async def record_my(self, cur: Any, rows: Sequence[tuple[str, str, int, float, bytes]]) -> None:
+        """:meth:`record_raw` on MySQL / MariaDB's asyncmy cursor."""
+        if not self.enabled or not rows:
+            return
+        targets = [self.sinks_for(r[1]) for r in rows]
+        await myhot.insert_events(cur, rows, targets)
+        if any(targets):
             self.generation += 1
 
     @staticmethod
