@@ -154,6 +154,11 @@ def throwaway_store(url: str) -> tuple[str, Callable[[], None]]:
             f"DROP DATABASE IF EXISTS `{name}`",
         )
     asyncio.run(_admin(url, create))
+    # e.g. BENCH_PG_SETTINGS="synchronous_commit=off": that database's own defaults only
+    for setting in filter(None, os.environ.get("BENCH_PG_SETTINGS", "").split(",")):
+        if backend == "postgresql":
+            key, _, value = setting.partition("=")
+            asyncio.run(_admin(url, f'ALTER DATABASE "{name}" SET {key.strip()} = {value.strip()}'))
     fresh = u.set(database=name).render_as_string(hide_password=False)
     return fresh, lambda: asyncio.run(_admin(url, drop))
 

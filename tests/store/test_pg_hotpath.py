@@ -173,3 +173,17 @@ async def test_an_unreachable_database_is_unavailable() -> None:
             await store.fanout([FanoutEvent("e1", _reply("x"), session_id="s")])
     finally:
         await store.aclose()
+
+
+async def test_append_with_events_off_writes_frames_only(pg_url: str) -> None:
+    async with SessionStore(pg_url, events=EventRecorder(enabled=False)) as store:
+        record, _ = await store.create_session(ALICE)
+        frames = await store.append(record.id, [_reply("x")], turn=b"t")
+        assert [f.seq for f in frames] == [1]
+        assert await store.frames_after(record.id, 0) == frames
+    conn = await _db(pg_url)
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM talkwire_conversation_events")
+    finally:
+        await conn.close()
+    assert count == 0

@@ -91,9 +91,14 @@ class AsyncpgExecutor(AsyncEngineExecutor):
         if pool is None:
             async with self._opening:
                 if self._pool is None:
-                    # min_size 0: opening never fails; connections are made on demand.
+                    # min_size 0: opening never fails; connections are made on demand
+                    # and kept (no idle timer re-armed on every release).
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=0, max_size=self._pool_size, reset=_keep
+                        self._dsn,
+                        min_size=0,
+                        max_size=self._pool_size,
+                        reset=_keep,
+                        max_inactive_connection_lifetime=0,
                     )
                 pool = self._pool
         return pool

@@ -139,15 +139,16 @@ def _varint(v: str) -> str:
     )
 
 
-# $1 session_id, $2 frame count, $3 now, $4 templates (bytea[]), $5 the turn (bytea or
-# NULL), $6 dialogue (text or NULL: unchanged), $7/$8 routes (kind, sink). The UPDATE takes
+# $1 session_id, $2 frame count, $3 now, $4 templates (bytea[]), $5 dialogue (text or
+# NULL: unchanged); with events: $6 the turn (bytea or NULL), $7/$8 routes (kind, sink),
+# $9/$10 the turn's and the frames' event kinds. The UPDATE takes
 # the session's row lock and allocates the seqs; the frames get their seq prepended here
 # (the bytes with_seq makes), their events follow the turn's in id order, and every event
 # gets one pending row per sink of its kind. No row back: no such active session, nothing
 # written. One statement is one transaction: no BEGIN / COMMIT round trips.
 _APPEND_HEAD = (
     f"WITH h AS (UPDATE {_S} SET head_seq = head_seq + $2, last_active_at = $3, "  # noqa: S608
-    f"dialogue = COALESCE($6::text, dialogue) WHERE id = $1 AND state = {schema.ACTIVE} "
+    f"dialogue = COALESCE($5::text, dialogue) WHERE id = $1 AND state = {schema.ACTIVE} "
     "RETURNING head_seq - $2 AS base), "
     f"f AS (INSERT INTO {_O} (session_id, seq, created_at, payload) "
     f"SELECT $1, h.base + t.o, $3, '\\x08'::bytea || {_varint('h.base + t.o')} || t.tpl "
@@ -156,8 +157,8 @@ _APPEND_HEAD = (
 _APPEND_EVENTS = (
     f", e AS (INSERT INTO {_E} (session_id, kind, seq, created_at, body) "  # noqa: S608
     "SELECT $1, x.kind, x.seq, $3, x.body FROM ("
-    "SELECT $9::text AS kind, 0::bigint AS seq, $5::bytea AS body FROM h "
-    "WHERE $5::bytea IS NOT NULL "
+    "SELECT $9::text AS kind, 0::bigint AS seq, $6::bytea AS body FROM h "
+    "WHERE $6::bytea IS NOT NULL "
     "UNION ALL SELECT $10::text, f.seq, f.payload FROM f) AS x ORDER BY x.seq "
     "RETURNING id, kind), "
     f"p AS (INSERT INTO {_P} (sink, event_id, session_id, created_at) "
@@ -186,12 +187,12 @@ async def append(
     ``turn`` and those events' pending rows, in one statement; ``events`` names the two
     kinds (None: write no events). Return the frames ``(seq, payload)``; None: no such
     active session, nothing written."""
-    args: list[Any] = [session_id, len(templates), now, list(templates), turn, dialogue]
+    args: list[Any] = [session_id, len(templates), now, list(templates), dialogue]
     if events is None:
         rows = await conn.fetch(_APPEND[False], *args)
     else:
         kinds, sinks = _columns(routes, 2)
-        rows = await conn.fetch(_APPEND[True], *args, kinds, sinks, *events)
+        rows = await conn.fetch(_APPEND[True], *args, turn, kinds, sinks, *events)
     if not rows:
         return None
     return [(int(r[1]), bytes(r[2])) for r in rows if r[1] is not None]

@@ -10,7 +10,10 @@ Every operation is one transaction function of a SQLAlchemy ``Connection``; on
 SQLite the hot ones (append, ack, replay, claim, fan-out) are instead functions of
 the stdlib ``sqlite3`` connection (:mod:`talkwire.server.sqlitehot`), run by the
 same writer in the same group commit; on PostgreSQL they are async functions of an
-``asyncpg`` connection (:mod:`talkwire.server.pghot`, :mod:`talkwire.server.pgexec`).
+``asyncpg`` connection (:mod:`talkwire.server.pghot`, :mod:`talkwire.server.pgexec`), and
+on MySQL / MariaDB over asyncmy the per-turn ones (append, ack, replay, handoff lookup)
+are async functions of an ``asyncmy`` cursor (:mod:`talkwire.server.myhot`,
+:mod:`talkwire.server.myexec`).
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
