@@ -14,7 +14,7 @@ from talkwire.server.frames import encode_template
 from talkwire.server.handoff import HandoffStore
 from talkwire.server.identity import Identity
 from talkwire.server.outbound.record import EventRecorder, SinkRoute
-from talkwire.server.store import SessionStore
+from talkwire.server.store import FanoutEvent, SessionStore
 from talkwire.v1 import chat_pb2
 from tests.support.broker import free_port
 from tests.support.databases import MARIADB, temp_database
@@ -137,3 +137,25 @@ async def test_an_unreachable_database_is_unavailable() -> None:
             await store.ack("s", 1)
     finally:
         await store.aclose()
+
+
+async def test_resume_and_a_fanout_past_one_chunk(store: SessionStore) -> None:
+    """More subscribers than one ``IN`` list / ``CASE`` chunk: every one gets its frame
+    with the next seq; a resume claims the session and records the replica."""
+    sessions = [(await store.create_session(ALICE))[0] for _ in range(1100)]
+    for s in sessions:
+        await store.subscribe(s.id, "news")
+    first = sessions[0]
+    await store.append(first.id, [_reply("own")])
+    result = await store.fanout([FanoutEvent("e1", _reply("hello"), keys=("news",))])
+    assert result.delivered == {"e1": 1100}
+    assert {sid: [f.seq for f in fs] for sid, fs in result.frames.items()} == {
+        s.id: [2 if s.id == first.id else 1] for s in sessions
+    }
+    again = await store.fanout([FanoutEvent("e1", _reply("hello"), keys=("news",))])
+    assert again.duplicates == ["e1"]
+    claimed = await store.claim_session(first.id, lambda r: r or first, replica="r-1")
+    assert claimed.id == first.id
+    found = await store.get_session(first.id)
+    assert found is not None
+    assert (found.replica, found.head_seq) == ("r-1", 2)

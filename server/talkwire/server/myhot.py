@@ -8,7 +8,9 @@ of one table go in one multi-row ``INSERT`` (asyncmy's ``executemany`` rewrites
 ``INSERT ... VALUES`` so). MariaDB has no ``UPDATE ... RETURNING``: the head is read
 under its row lock (``SELECT ... FOR UPDATE``), as the SQLAlchemy twin in
 :mod:`talkwire.server.store` does; event ids come back from ``INSERT ... RETURNING``
-(MariaDB 10.5+) only when a sink needs them. Fan-out and claim stay on SQLAlchemy.
+(MariaDB 10.5+) only when a sink needs them. Fan-out and claim run here too: key
+lists as ``IN (...)`` of at most :data:`CHUNK` values, the new heads as one ``UPDATE``
+with a ``CASE`` per chunk.
 """
 
 from __future__ import annotations
@@ -16,16 +18,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from asyncmy import errors as myerrors
+
 from talkwire.server import schema
 
 __all__ = [
+    "CHUNK",
+    "SESSION_COLUMNS",
     "ack",
+    "active_sessions",
     "advance",
+    "claim_delivery",
+    "claim_events",
     "frames_after",
     "handoff_row",
     "insert_events",
     "insert_frames",
+    "lock_heads",
+    "seen_events",
+    "session_row",
+    "set_heads",
+    "subscribers",
+    "touch_replica",
 ]
+
+CHUNK = 1000
+"""Most values in one ``IN (...)`` list or rows in one multi-row ``INSERT``."""
 
 _S = schema.sessions.name
 _O = schema.outbox.name
@@ -33,6 +51,10 @@ _H = schema.handoffs.name
 _E = schema.conversation_events.name
 _P = schema.outbound_pending.name
 
+_SUB = schema.subscriptions.name
+_PE = schema.processed_events.name
+
+SESSION_COLUMNS = tuple(c.name for c in schema.sessions.columns)
 _HANDOFF_COLUMNS = tuple(c.name for c in schema.handoffs.columns)
 
 _LOCK_HEAD = f"SELECT head_seq FROM {_S} WHERE id = %s AND state = {schema.ACTIVE} FOR UPDATE"  # noqa: S608 - constants
@@ -94,21 +116,24 @@ async def insert_events(
 ) -> None:
     """Conversation events ``(session_id, kind, seq, created_at, body)`` (ids in this
     order) and, for each, one pending row per sink in ``sinks`` (parallel to ``rows``)."""
-    if not rows:
-        return
-    values = _EVENT_INTO + ", ".join([_EVENT_ROW] * len(rows))
-    params = [v for row in rows for v in row]
-    if not any(sinks):
-        await cur.execute(values, params)
-        return
-    await cur.execute(values + " RETURNING id", params)
-    ids = [int(r[0]) for r in await cur.fetchall()]
-    pending = [
-        (sink, event_id, row[0], row[3])
-        for event_id, row, targets in zip(ids, rows, sinks, strict=True)
-        for sink in targets
-    ]
-    await cur.executemany(_INSERT_PENDING, pending)
+    returning = any(sinks)
+    pending: list[tuple[str, int, str, float]] = []
+    for i in range(0, len(rows), CHUNK):
+        chunk = rows[i : i + CHUNK]
+        values = _EVENT_INTO + ", ".join([_EVENT_ROW] * len(chunk))
+        params = [v for row in chunk for v in row]
+        if not returning:
+            await cur.execute(values, params)
+            continue
+        await cur.execute(values + " RETURNING id", params)
+        ids = [int(r[0]) for r in await cur.fetchall()]
+        pending.extend(
+            (sink, event_id, row[0], row[3])
+            for event_id, row, targets in zip(ids, chunk, sinks[i : i + CHUNK], strict=True)
+            for sink in targets
+        )
+    if pending:
+        await cur.executemany(_INSERT_PENDING, pending)
 
 
 async def ack(cur: Any, acks: Sequence[tuple[str, int]], now: float) -> None:
@@ -139,3 +164,116 @@ async def handoff_row(cur: Any, session_id: str) -> dict[str, Any] | None:
     await cur.execute(_HANDOFF, (session_id,))
     row = await cur.fetchone()
     return None if row is None else dict(zip(_HANDOFF_COLUMNS, row, strict=True))
+
+
+_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM {_S} WHERE id = %s"  # noqa: S608
+_TOUCH_REPLICA = f"UPDATE {_S} SET last_active_at = %s, replica = %s WHERE id = %s"  # noqa: S608
+
+
+async def session_row(cur: Any, session_id: str) -> dict[str, Any] | None:
+    """The session row as a column -> value mapping."""
+    await cur.execute(_SESSION, (session_id,))
+    row = await cur.fetchone()
+    return None if row is None else dict(zip(SESSION_COLUMNS, row, strict=True))
+
+
+async def touch_replica(cur: Any, session_id: str, now: float, replica: str | None) -> None:
+    await cur.execute(_TOUCH_REPLICA, (now, replica, session_id))
+
+
+# -- fan-out ------------------------------------------------------------------------
+
+_CLAIM = f"INSERT INTO {_PE} (event_id, processed_at) VALUES (%s, %s)"  # noqa: S608
+_DUPLICATE_KEY = 1062
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+async def claim_delivery(cur: Any, event_id: str, now: float) -> bool:
+    """Record a delivery id (the transaction's first statement); False when it was
+    recorded before (nothing written)."""
+    try:
+        await cur.execute(_CLAIM, (event_id, now))
+    except myerrors.IntegrityError as exc:
+        if exc.args and exc.args[0] == _DUPLICATE_KEY:
+            return False
+        raise
+    return True
+
+
+async def seen_events(cur: Any, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` were processed before."""
+    seen: set[str] = set()
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i : i + CHUNK]
+        await cur.execute(
+            f"SELECT event_id FROM {_PE} WHERE event_id IN ({_marks(len(chunk))})",  # noqa: S608
+            chunk,
+        )
+        seen.update(str(r[0]) for r in await cur.fetchall())
+    return seen
+
+
+async def claim_events(cur: Any, ids: Sequence[str], now: float) -> None:
+    """Record ``ids`` as processed (the caller checked none is)."""
+    if ids:
+        await cur.executemany(_CLAIM, [(i, now) for i in ids])
+
+
+async def subscribers(cur: Any, keys: Sequence[str]) -> list[tuple[str, str]]:
+    """``(key, session_id)`` of the active subscribers of ``keys``, ordered per chunk."""
+    out: list[tuple[str, str]] = []
+    for i in range(0, len(keys), CHUNK):
+        chunk = keys[i : i + CHUNK]
+        await cur.execute(
+            f"SELECT b.key, b.session_id FROM {_SUB} AS b JOIN {_S} AS s "  # noqa: S608
+            f"ON s.id = b.session_id WHERE b.key IN ({_marks(len(chunk))}) "
+            f"AND s.state = {schema.ACTIVE} ORDER BY b.key, b.session_id",
+            chunk,
+        )
+        out.extend((str(k), str(sid)) for k, sid in await cur.fetchall())
+    return out
+
+
+async def active_sessions(cur: Any, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i : i + CHUNK]
+        await cur.execute(
+            f"SELECT id FROM {_S} WHERE id IN ({_marks(len(chunk))}) "  # noqa: S608
+            f"AND state = {schema.ACTIVE}",
+            chunk,
+        )
+        found.update(str(r[0]) for r in await cur.fetchall())
+    return found
+
+
+async def lock_heads(cur: Any, ids: Sequence[str]) -> list[tuple[str, int]]:
+    """``(id, head_seq)`` of the active sessions among the sorted ``ids``, row locks taken
+    in id order."""
+    out: list[tuple[str, int]] = []
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i : i + CHUNK]
+        await cur.execute(
+            f"SELECT id, head_seq FROM {_S} WHERE id IN ({_marks(len(chunk))}) "  # noqa: S608
+            f"AND state = {schema.ACTIVE} ORDER BY id FOR UPDATE",
+            chunk,
+        )
+        out.extend((str(sid), int(head)) for sid, head in await cur.fetchall())
+    return out
+
+
+async def set_heads(cur: Any, new_heads: Sequence[tuple[str, int]]) -> None:
+    """``(id, head_seq)`` pairs (rows locked by :func:`lock_heads`): one UPDATE per chunk."""
+    for i in range(0, len(new_heads), CHUNK):
+        chunk = new_heads[i : i + CHUNK]
+        cases = " ".join(["WHEN %s THEN %s"] * len(chunk))
+        params: list[Any] = [v for pair in chunk for v in pair]
+        params += [sid for sid, _ in chunk]
+        await cur.execute(
+            f"UPDATE {_S} SET head_seq = CASE id {cases} END "  # noqa: S608
+            f"WHERE id IN ({_marks(len(chunk))})",
+            params,
+        )

@@ -423,6 +423,20 @@ class SessionStore:
                 return record
 
             return await self._pg.write_pg(pg_tx)
+        if self._my is not None:
+
+            async def my_tx(cur: Any) -> SessionRecord:
+                row = await myhot.session_row(cur, session_id)
+                record = check(None if row is None else self._record(row))
+                now = self._clock()
+                await myhot.touch_replica(cur, session_id, now, replica)
+                data = _json({"replica": replica or ""})
+                await self.events.record_my(
+                    cur, [(session_id, kinds.SESSION_RESUMED, 0, now, data)]
+                )
+                return record
+
+            return await self._my.write_my(my_tx)
 
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
@@ -936,6 +950,10 @@ class SessionStore:
             return await self._pg.write_pg(
                 lambda conn: self._fanout_pg(conn, events, now, delivery_id)
             )
+        if self._my is not None:
+            return await self._my.write_my(
+                lambda cur: self._fanout_my(cur, events, now, delivery_id)
+            )
         return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
 
     def _fanout_raw(
@@ -1039,6 +1057,54 @@ class SessionStore:
             rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
             outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
         await self.events.record_pg(conn, rows, outbox)
+        return result
+
+    async def _fanout_my(
+        self,
+        cur: Any,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None,
+    ) -> FanoutResult:
+        """:meth:`_fanout_tx` on asyncmy, statement for statement."""
+        if delivery_id is not None and not await myhot.claim_delivery(
+            cur, f"delivery:{delivery_id}", now
+        ):
+            raise AlreadyExistsError("delivery already processed (replay)")
+        result = FanoutResult()
+        ids = list(dict.fromkeys(ev.event_id for ev in events))
+        fresh = _split_fresh(events, await myhot.seen_events(cur, ids), result)
+        await myhot.claim_events(cur, [ev.event_id for ev in fresh], now)
+        keys = list(dict.fromkeys(k for ev in fresh for k in ev.keys))
+        by_key: dict[str, list[str]] = {}
+        for key, session_id in await myhot.subscribers(cur, keys):
+            by_key.setdefault(key, []).append(session_id)
+        direct = list(dict.fromkeys(ev.session_id for ev in fresh if ev.session_id))
+        active = await myhot.active_sessions(cur, direct)
+        per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
+        if not per_session:
+            return result
+        new_heads = {
+            session_id: head + len(per_session[session_id])
+            for session_id, head in await myhot.lock_heads(cur, sorted(per_session))
+        }
+        if not new_heads:
+            return result
+        await myhot.set_heads(cur, list(new_heads.items()))
+        rows: list[tuple[str, str, int, float, bytes]] = []
+        outbox: list[tuple[str, int, float, bytes]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in new_heads:
+                continue  # closed between lookup and lock
+            first = new_heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
+            outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
+        await myhot.insert_frames(cur, outbox)
+        await self.events.record_my(cur, rows)
         return result
 
     def _fanout_tx(
