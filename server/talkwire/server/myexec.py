@@ -1,9 +1,9 @@
-"""MySQL / MariaDB's executor: SQLAlchemy for the cold paths, asyncmy directly for the turn.
+"""MySQL / MariaDB's executor: SQLAlchemy for the cold paths, asyncmy directly for the hot ones.
 
 :class:`AsyncmyExecutor` is an :class:`~talkwire.server.sqlexec.AsyncEngineExecutor`
 (``write`` / ``read`` unchanged) that also opens an ``asyncmy`` pool with the engine's
 own connect arguments (``CLIENT_FOUND_ROWS`` included), autocommit, on first use. The
-per-turn operations (:mod:`talkwire.server.myhot`) are async functions of a cursor,
+hot operations (:mod:`talkwire.server.myhot`) are async functions of a cursor,
 run by :meth:`~AsyncmyExecutor.write_my` (one transaction each; deadlocks and lock
 wait timeouts run again, as ``write`` does) and :meth:`~AsyncmyExecutor.read_my`
 (autocommit), shielded from the caller's cancellation. A connection that fails is
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MyTx = Callable[[Any], Awaitable[T]]
-"""A per-turn transaction function: ``async def fn(cursor) -> T``."""
+"""A hot-path transaction function: ``async def fn(cursor) -> T``."""
 
 _RETRIES = 3
 _CONFLICTS = {1213, 1205}  # deadlock, lock wait timeout
@@ -49,7 +49,7 @@ def _unavailable(exc: BaseException) -> UnavailableError:
 
 
 class AsyncmyExecutor(AsyncEngineExecutor):
-    """MySQL / MariaDB: the async engine for the cold paths, an asyncmy pool for the turn."""
+    """MySQL / MariaDB: the async engine for the cold paths, an asyncmy pool for the hot ones."""
 
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         super().__init__(url, pool_size=pool_size, echo=echo)

@@ -1,16 +1,16 @@
-"""The SessionStore's per-turn statements on MySQL / MariaDB, run by asyncmy directly.
+"""The SessionStore's hot statements on MySQL / MariaDB, run by asyncmy directly.
 
-Append (with its conversation events and their outbound pending rows), ack, replay and
-the per-turn handoff lookup run here, on an ``asyncmy`` cursor the
+Append (with its conversation events and their outbound pending rows), ack, replay,
+claim, fan-out and the per-turn handoff lookup run here, on an ``asyncmy`` cursor the
 :class:`~talkwire.server.myexec.AsyncmyExecutor` hands out (inside one transaction per
 write; autocommit reads). The SQL strings are constants with ``%s`` placeholders; rows
 of one table go in one multi-row ``INSERT`` (asyncmy's ``executemany`` rewrites
 ``INSERT ... VALUES`` so). MariaDB has no ``UPDATE ... RETURNING``: the head is read
 under its row lock (``SELECT ... FOR UPDATE``), as the SQLAlchemy twin in
 :mod:`talkwire.server.store` does; event ids come back from ``INSERT ... RETURNING``
-(MariaDB 10.5+) only when a sink needs them. Fan-out and claim run here too: key
-lists as ``IN (...)`` of at most :data:`CHUNK` values, the new heads as one ``UPDATE``
-with a ``CASE`` per chunk.
+(MariaDB 10.5+) only when a sink needs them. A fan-out's key and session lists go as
+``IN (...)`` of at most :data:`CHUNK` values, its new heads as one ``UPDATE`` with a
+``CASE`` per chunk.
 """
 
 from __future__ import annotations

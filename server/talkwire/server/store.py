@@ -11,8 +11,7 @@ SQLite the hot ones (append, ack, replay, claim, fan-out) are instead functions 
 the stdlib ``sqlite3`` connection (:mod:`talkwire.server.sqlitehot`), run by the
 same writer in the same group commit; on PostgreSQL they are async functions of an
 ``asyncpg`` connection (:mod:`talkwire.server.pghot`, :mod:`talkwire.server.pgexec`), and
-on MySQL / MariaDB over asyncmy the per-turn ones (append, ack, replay, handoff lookup)
-are async functions of an ``asyncmy`` cursor (:mod:`talkwire.server.myhot`,
+on MySQL / MariaDB over asyncmy of an ``asyncmy`` cursor (:mod:`talkwire.server.myhot`,
 :mod:`talkwire.server.myexec`).
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
@@ -268,7 +267,7 @@ class SessionStore:
 
     @property
     def my(self) -> AsyncmyExecutor | None:
-        """The MySQL / MariaDB executor when the turn runs on asyncmy (else None)."""
+        """The MySQL / MariaDB executor when the hot paths run on asyncmy (else None)."""
         return self._my
 
     @property
