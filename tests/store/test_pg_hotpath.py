@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -187,3 +188,21 @@ async def test_append_with_events_off_writes_frames_only(pg_url: str) -> None:
     finally:
         await conn.close()
     assert count == 0
+
+
+async def test_concurrent_fanouts_and_appends_keep_seqs_gap_free(store: SessionStore) -> None:
+    """Fan-outs to overlapping sessions and appends at once: every frame gets its own seq,
+    each session's seqs are 1..N without a gap, no write fails (locks in id order)."""
+    sessions = [(await store.create_session(ALICE))[0] for _ in range(6)]
+    for i, s in enumerate(sessions):
+        await store.subscribe(s.id, "all")
+        await store.subscribe(s.id, f"half:{i % 2}")
+    jobs = [
+        store.fanout([FanoutEvent(f"e{j}", _reply(f"e{j}"), keys=("all", f"half:{j % 2}"))])
+        for j in range(12)
+    ]
+    jobs += [store.append(s.id, [_reply("a"), _reply("b")]) for s in sessions for _ in range(2)]
+    await asyncio.gather(*jobs)
+    for s in sessions:
+        seqs = [f.seq for f in await store.frames_after(s.id, 0)]
+        assert seqs == list(range(1, 12 + 4 + 1))

@@ -25,13 +25,12 @@ __all__ = [
     "SESSION_COLUMNS",
     "ack",
     "active_sessions",
+    "advance_heads",
     "append",
     "claim_delivery",
     "claim_events",
     "frames_after",
     "handoff_row",
-    "lock_heads",
-    "set_heads",
     "subscribers",
     "touch_replica",
     "write_rows",
@@ -278,13 +277,14 @@ _SUBSCRIBERS = (
     f"WHERE b.key = ANY($1::text[]) AND s.state = {schema.ACTIVE} ORDER BY b.key, b.session_id"
 )
 _ACTIVE = f"SELECT id FROM {_S} WHERE id = ANY($1::text[]) AND state = {schema.ACTIVE}"  # noqa: S608
-_LOCK_HEADS = (
-    f"SELECT id, head_seq FROM {_S} WHERE id = ANY($1::text[]) "  # noqa: S608
-    f"AND state = {schema.ACTIVE} ORDER BY id FOR UPDATE"
-)
-_SET_HEADS = (
-    f"UPDATE {_S} AS s SET head_seq = v.head FROM unnest($1::text[], $2::bigint[]) "  # noqa: S608
-    "AS v(id, head) WHERE s.id = v.id"
+# The row locks are taken in id order (LockRows above the sort), as acks and other
+# fan-outs take them: no deadlock between them. The UPDATE then moves each locked head.
+_ADVANCE_HEADS = (
+    f"WITH l AS (SELECT id FROM {_S} WHERE id = ANY($1::text[]) "  # noqa: S608
+    f"AND state = {schema.ACTIVE} ORDER BY id FOR UPDATE) "
+    f"UPDATE {_S} AS s SET head_seq = s.head_seq + c.n "
+    "FROM l JOIN unnest($1::text[], $2::bigint[]) AS c(id, n) ON c.id = l.id "
+    "WHERE s.id = l.id RETURNING s.id, s.head_seq"
 )
 
 
@@ -314,12 +314,11 @@ async def active_sessions(conn: asyncpg.Connection, ids: Sequence[str]) -> set[s
     return {str(r[0]) for r in await conn.fetch(_ACTIVE, list(ids))}
 
 
-async def lock_heads(conn: asyncpg.Connection, ids: Sequence[str]) -> list[tuple[str, int]]:
-    """``(id, head_seq)`` of the active sessions among ``ids``, row locks taken in id order."""
-    return [(str(r[0]), int(r[1])) for r in await conn.fetch(_LOCK_HEADS, list(ids))]
-
-
-async def set_heads(conn: asyncpg.Connection, new_heads: Sequence[tuple[str, int]]) -> None:
-    """``(id, head_seq)`` pairs (their rows locked by :func:`lock_heads`)."""
-    ids, heads = _columns(new_heads, 2)
-    await conn.execute(_SET_HEADS, ids, heads)
+async def advance_heads(
+    conn: asyncpg.Connection, counts: Sequence[tuple[str, int]]
+) -> dict[str, int]:
+    """Advance the head of each active session of ``(id, count)`` by its count (row locks
+    in id order); return the new heads (closed or unknown sessions are left out)."""
+    ids, ns = _columns(counts, 2)
+    rows = await conn.fetch(_ADVANCE_HEADS, ids, ns)
+    return {str(r[0]): int(r[1]) for r in rows}

@@ -1036,13 +1036,11 @@ class SessionStore:
         per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
         if not per_session:
             return result
-        new_heads = {
-            session_id: head + len(per_session[session_id])
-            for session_id, head in await pghot.lock_heads(conn, sorted(per_session))
-        }
+        new_heads = await pghot.advance_heads(
+            conn, [(session_id, len(per_session[session_id])) for session_id in sorted(per_session)]
+        )
         if not new_heads:
             return result
-        await pghot.set_heads(conn, list(new_heads.items()))
         rows: list[tuple[str, str, int, float, bytes]] = []
         outbox: list[tuple[str, int, float, bytes]] = []
         for session_id, evs in per_session.items():
