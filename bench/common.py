@@ -100,6 +100,69 @@ def ours_config(tmp: Path, port: int, **extra: Any) -> dict[str, Any]:
     return cfg
 
 
+# -- the store of OUR server -----------------------------------------------------
+
+STORE_ENV = "BENCH_STORE"
+"""A store URL for OUR server (``--store``); unset: a fresh SQLite file per server."""
+
+
+async def _admin(url: str, sql: str) -> None:
+    import sqlalchemy as sa
+
+    u = sa.make_url(url)
+    if u.get_backend_name() == "postgresql":
+        import asyncpg
+
+        dsn = u.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)  # a ?host=/socket/dir URL too
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+        return
+    import asyncmy
+
+    conn = await asyncmy.connect(
+        user=u.username or "root",
+        password=u.password or "",
+        host=u.host or "127.0.0.1",
+        port=u.port or 3306,
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def throwaway_store(url: str) -> tuple[str, Callable[[], None]]:
+    """A fresh database on ``url``'s server: ``(its URL, drop)``. SQLite URLs are used as given."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    u = sa.make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return url, lambda: None
+    name = f"talkwire_bench_{secrets.token_hex(4)}"
+    if backend == "postgresql":
+        create, drop = f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    else:
+        create, drop = (
+            f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4",
+            f"DROP DATABASE IF EXISTS `{name}`",
+        )
+    asyncio.run(_admin(url, create))
+    # e.g. BENCH_PG_SETTINGS="synchronous_commit=off": that database's own defaults only
+    for setting in filter(None, os.environ.get("BENCH_PG_SETTINGS", "").split(",")):
+        if backend == "postgresql":
+            key, _, value = setting.partition("=")
+            asyncio.run(_admin(url, f'ALTER DATABASE "{name}" SET {key.strip()} = {value.strip()}'))
+    fresh = u.set(database=name).render_as_string(hide_password=False)
+    return fresh, lambda: asyncio.run(_admin(url, drop))
+
+
 @dataclass
 class Server:
     kind: str  # "ours" | "bare"
@@ -109,6 +172,7 @@ class Server:
     ps: psutil.Process = field(init=False)
     log: Path | None = None
     profiler: subprocess.Popen[bytes] | None = None
+    cleanup: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.ps = psutil.Process(self.proc.pid)
@@ -136,6 +200,9 @@ class Server:
                 self.proc.wait(5)
         if self.tmp is not None:
             self.tmp.cleanup()
+        if self.cleanup is not None:
+            self.cleanup()
+            self.cleanup = None
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], marker: str, timeout: float, log: Path) -> str:
@@ -174,8 +241,14 @@ def start_server(
     tmpdir = tempfile.TemporaryDirectory(prefix=f"tw-bench-{kind}-")
     tmp = Path(tmpdir.name)
     log = tmp / "server.log"
+    drop: Callable[[], None] | None = None
     if kind == "ours":
-        cfg = ours_config(tmp, port, **(config_extra or {}))
+        extra = dict(config_extra or {})
+        store = os.environ.get(STORE_ENV)
+        if store and "url" not in extra.get("store", {}):
+            url, drop = throwaway_store(store)
+            extra["store"] = {**extra.get("store", {}), "url": url}
+        cfg = ours_config(tmp, port, **extra)
         cfg_file = tmp / "config.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg))
         exe = Path(sys.executable).with_name("talkwire")
@@ -193,36 +266,45 @@ def start_server(
         cwd=tmp,
         env=env,
     )
-    target = _wait_ready(proc, marker, timeout, log)
-    srv = Server(kind, proc, target, tmpdir, log=log)
-    prof_dir = os.environ.get("BENCH_PROFILE")  # e.g. BENCH_PROFILE=bench/results/profiles
-    if prof_dir and kind == os.environ.get("BENCH_PROFILE_KIND", "ours"):
-        Path(prof_dir).mkdir(parents=True, exist_ok=True)
-        global _PROFILES
-        _PROFILES += 1
-        out = (
-            Path(prof_dir).resolve()
-            / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
-        )
-        spy = Path(sys.executable).with_name("py-spy")
-        srv.profiler = subprocess.Popen(
-            [
-                str(spy),
-                "record",
-                "--pid",
-                str(proc.pid),
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--nonblocking",
-                "-o",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        progress(f"profiling {kind} server with py-spy -> {out}")
+    try:
+        target = _wait_ready(proc, marker, timeout, log)
+    except BaseException:
+        if drop is not None:
+            drop()
+        raise
+    srv = Server(kind, proc, target, tmpdir, log=log, cleanup=drop)
+    try:
+        prof_dir = os.environ.get("BENCH_PROFILE")  # e.g. BENCH_PROFILE=bench/results/profiles
+        if prof_dir and kind == os.environ.get("BENCH_PROFILE_KIND", "ours"):
+            Path(prof_dir).mkdir(parents=True, exist_ok=True)
+            global _PROFILES
+            _PROFILES += 1
+            out = (
+                Path(prof_dir).resolve()
+                / f"{os.environ.get('BENCH_SCENARIO', 'bench')}-{kind}-{_PROFILES}.txt"
+            )
+            spy = Path(sys.executable).with_name("py-spy")
+            srv.profiler = subprocess.Popen(
+                [
+                    str(spy),
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-o",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            progress(f"profiling {kind} server with py-spy -> {out}")
+    except BaseException:  # e.g. py-spy missing: stop the server, drop its database
+        srv.stop()
+        raise
     return srv
 
 

@@ -1,4 +1,4 @@
-"""``python -m bench [scenario ...] [--quick] [--replicas N] [--out DIR]``: run scenarios, print the table."""
+"""``python -m bench [scenario ...] [--quick] [--replicas N] [--store URL] [--out DIR]``: run scenarios, print the table."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import progress, raise_fd_limit
+from bench.common import STORE_ENV, progress, raise_fd_limit
 from bench.report import Result, table, write
 from bench.scenarios import SCENARIOS
 
@@ -40,6 +40,12 @@ def machine() -> dict[str, object]:
     }
 
 
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -56,8 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         help="run OUR server as N replicas on PostgreSQL + Redis + one consumer group "
         "(scenarios that support it: events; default 1)",
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=os.environ.get(STORE_ENV),
+        help="OUR server's store: a database server URL (a throwaway database is created on "
+        "it per server and dropped after), e.g. postgresql+asyncpg://postgres@127.0.0.1/test "
+        f"(default: ${STORE_ENV}, else a fresh SQLite file)",
+    )
     parser.add_argument("--out", default="bench/results", help="results folder (JSON + PNG)")
     args = parser.parse_args(argv)
+    if args.store:
+        os.environ[STORE_ENV] = args.store  # read by bench.common.start_server
     if args.replicas < 1:
         parser.error("--replicas must be >= 1")
     names = args.scenarios or list(SCENARIOS)
@@ -68,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine()
     meta["quick"] = args.quick
     meta["replicas"] = args.replicas
+    meta["store"] = _redacted(args.store) if args.store else "sqlite"
     results: list[Result] = []
     failed = False
     for name in names:
@@ -97,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"machine: {meta['cpu']}, {meta['cores']} cores, {meta['ram_gib']} GiB, "
-        f"Python {meta['python']}, grpcio {meta['grpcio']}"
+        f"Python {meta['python']}, grpcio {meta['grpcio']}, store {meta['store']}"
     )
     print(text)
     paths = write(results, Path(args.out), meta)

@@ -423,7 +423,19 @@ def open_executor(
     url: str, *, pool_size: int = 10, echo: bool = False, durability: str = "process"
 ) -> SqlExecutor:
     """The executor for ``url``'s database (``durability`` applies to SQLite; a server
-    database has its own settings, e.g. PostgreSQL's ``synchronous_commit``)."""
-    if sa.make_url(url).get_backend_name() == "sqlite":
+    database has its own settings, e.g. PostgreSQL's ``synchronous_commit``). PostgreSQL
+    gets :class:`~talkwire.server.pgexec.AsyncpgExecutor` (asyncpg on the hot paths),
+    MySQL / MariaDB on asyncmy :class:`~talkwire.server.myexec.AsyncmyExecutor`."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
         return SqliteExecutor(url, echo=echo, durability=durability)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "asyncpg":
+        # Imported here: pgexec builds on this module's AsyncEngineExecutor.
+        from talkwire.server.pgexec import AsyncpgExecutor
+
+        return AsyncpgExecutor(url, pool_size=pool_size, echo=echo)
+    if parsed.get_backend_name() in ("mysql", "mariadb") and parsed.get_driver_name() == "asyncmy":
+        from talkwire.server.myexec import AsyncmyExecutor
+
+        return AsyncmyExecutor(url, pool_size=pool_size, echo=echo)
     return AsyncEngineExecutor(url, pool_size=pool_size, echo=echo)

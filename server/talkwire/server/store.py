@@ -9,7 +9,10 @@ MySQL/MariaDB by URL (async engine). See :mod:`talkwire.server.sqlexec`.
 Every operation is one transaction function of a SQLAlchemy ``Connection``; on
 SQLite the hot ones (append, ack, replay, claim, fan-out) are instead functions of
 the stdlib ``sqlite3`` connection (:mod:`talkwire.server.sqlitehot`), run by the
-same writer in the same group commit.
+same writer in the same group commit; on PostgreSQL they are async functions of an
+``asyncpg`` connection (:mod:`talkwire.server.pghot`, :mod:`talkwire.server.pgexec`), and
+on MySQL / MariaDB over asyncmy of an ``asyncmy`` cursor (:mod:`talkwire.server.myhot`,
+:mod:`talkwire.server.myexec`).
 Seqs are allocated inside the transaction that writes the frames, under a row
 lock on the session (``SELECT ... FOR UPDATE``, or SQLite's single writer), so a
 session's seqs are gap-free and a frame with seq N is committed no later than
@@ -36,11 +39,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema, sqlitehot
+from talkwire.server import myhot, pghot, schema, sqlitehot
 from talkwire.server.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -50,8 +54,10 @@ from talkwire.server.errors import (
 )
 from talkwire.server.frames import StoredFrame, with_seq
 from talkwire.server.identity import Identity
+from talkwire.server.myexec import AsyncmyExecutor
 from talkwire.server.outbound import record as kinds
 from talkwire.server.outbound.record import EventRecorder, EventRow
+from talkwire.server.pgexec import AsyncpgExecutor
 from talkwire.server.sqlexec import SqlExecutor, SqliteExecutor, open_executor
 from talkwire.server.storeurl import missing_database
 
@@ -248,6 +254,8 @@ class SessionStore:
         )
         self._sqlite = self._db.dialect == "sqlite"
         self._raw = self._db if isinstance(self._db, SqliteExecutor) else None
+        self._pg = self._db if isinstance(self._db, AsyncpgExecutor) else None
+        self._my = self._db if isinstance(self._db, AsyncmyExecutor) else None
         self._closed = False
 
     @property
@@ -258,6 +266,16 @@ class SessionStore:
     def sqlite(self) -> SqliteExecutor | None:
         """The SQLite executor when the hot paths run raw ``sqlite3`` (else None)."""
         return self._raw
+
+    @property
+    def pg(self) -> AsyncpgExecutor | None:
+        """The PostgreSQL executor when the hot paths run on asyncpg (else None)."""
+        return self._pg
+
+    @property
+    def my(self) -> AsyncmyExecutor | None:
+        """The MySQL / MariaDB executor when the hot paths run on asyncmy (else None)."""
+        return self._my
 
     @property
     def executor(self) -> SqlExecutor:
@@ -399,6 +417,34 @@ class SessionStore:
                 return record
 
             return await self._raw.write_raw(raw_tx)
+        if self._pg is not None:
+
+            async def pg_tx(conn: asyncpg.Connection) -> SessionRecord:
+                row = await pghot.session_row(conn, session_id)
+                record = check(None if row is None else self._record(row))
+                now = self._clock()
+                await pghot.touch_replica(conn, session_id, now, replica)
+                data = _json({"replica": replica or ""})
+                await self.events.record_pg(
+                    conn, [(session_id, kinds.SESSION_RESUMED, 0, now, data)]
+                )
+                return record
+
+            return await self._pg.write_pg(pg_tx)
+        if self._my is not None:
+
+            async def my_tx(cur: Any) -> SessionRecord:
+                row = await myhot.session_row(cur, session_id)
+                record = check(None if row is None else self._record(row))
+                now = self._clock()
+                await myhot.touch_replica(cur, session_id, now, replica)
+                data = _json({"replica": replica or ""})
+                await self.events.record_my(
+                    cur, [(session_id, kinds.SESSION_RESUMED, 0, now, data)]
+                )
+                return record
+
+            return await self._my.write_my(my_tx)
 
         def tx(conn: Connection) -> SessionRecord:
             row = conn.execute(_GET_SESSION, {"sid": session_id}).mappings().first()
@@ -507,6 +553,17 @@ class SessionStore:
             return await self._raw.write_raw(
                 lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn)
             )
+        if self._pg is not None:
+            saved = None if dialogue is None else json.dumps(dialogue)
+            return await self._pg.write_pg(
+                lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn),
+                transaction=False,  # one statement
+            )
+        if self._my is not None:
+            saved = None if dialogue is None else json.dumps(dialogue)
+            return await self._my.write_my(
+                lambda cur: self._append_my(cur, session_id, templates, now, saved, turn)
+            )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
         with_dialogue = dialogue is not None
@@ -605,6 +662,44 @@ class SessionStore:
         self.events.record_raw(conn, rows)
         return [StoredFrame(first + i, p) for i, p in enumerate(payloads)]
 
+    async def _append_pg(
+        self,
+        conn: asyncpg.Connection,
+        session_id: str,
+        templates: Sequence[bytes],
+        now: float,
+        dialogue: str | None,
+        turn: bytes | None,
+    ) -> list[StoredFrame]:
+        recorder = self.events
+        events = (kinds.TURN_RECEIVED, kinds.FRAME_APPENDED) if recorder.enabled else None
+        routes = recorder.routes_for_kinds(events) if events is not None else []
+        rows = await pghot.append(conn, session_id, templates, now, dialogue, turn, events, routes)
+        if rows is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        if routes:
+            recorder.generation += 1
+        return [StoredFrame(seq, payload) for seq, payload in rows]
+
+    async def _append_my(
+        self,
+        cur: Any,
+        session_id: str,
+        templates: Sequence[bytes],
+        now: float,
+        dialogue: str | None,
+        turn: bytes | None,
+    ) -> list[StoredFrame]:
+        first = await myhot.advance(cur, session_id, len(templates), now, dialogue)
+        if first is None:
+            raise NotFoundError(f"session {session_id} not found or closed")
+        frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
+        await myhot.insert_frames(cur, [(session_id, f.seq, now, f.payload) for f in frames])
+        rows = [(session_id, kinds.TURN_RECEIVED, 0, now, turn)] if turn is not None else []
+        rows += [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
+        await self.events.record_my(cur, rows)
+        return frames
+
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (for stores built on these tables)."""
         return await self._db.write(work)
@@ -632,6 +727,16 @@ class SessionStore:
         if self._raw is not None:
             rows = await self._raw.read_raw(
                 lambda conn: sqlitehot.frames_after(conn, session_id, after_seq, limit)
+            )
+            return [StoredFrame(seq, payload) for seq, payload in rows]
+        if self._pg is not None:
+            rows = await self._pg.read_pg(
+                lambda conn: pghot.frames_after(conn, session_id, after_seq, limit)
+            )
+            return [StoredFrame(seq, payload) for seq, payload in rows]
+        if self._my is not None:
+            rows = await self._my.read_my(
+                lambda cur: myhot.frames_after(cur, session_id, after_seq, limit)
             )
             return [StoredFrame(seq, payload) for seq, payload in rows]
         params: dict[str, Any] = {"sid": session_id, "after": after_seq}
@@ -700,6 +805,15 @@ class SessionStore:
                     sqlitehot.ack(conn, session_id, seq, now)
 
             await self._raw.write_raw(raw_tx)
+            return
+        if self._pg is not None:
+            # One session's ack is one statement: no BEGIN / COMMIT.
+            await self._pg.write_pg(
+                lambda conn: pghot.ack(conn, ordered, now), transaction=len(ordered) > 1
+            )
+            return
+        if self._my is not None:
+            await self._my.write_my(lambda cur: myhot.ack(cur, ordered, now))
             return
 
         def tx(conn: Connection) -> None:
@@ -868,6 +982,14 @@ class SessionStore:
             return await self._raw.write_raw(
                 lambda conn: self._fanout_raw(conn, events, now, delivery_id)
             )
+        if self._pg is not None:
+            return await self._pg.write_pg(
+                lambda conn: self._fanout_pg(conn, events, now, delivery_id)
+            )
+        if self._my is not None:
+            return await self._my.write_my(
+                lambda cur: self._fanout_my(cur, events, now, delivery_id)
+            )
         return await self._db.write(lambda conn: self._fanout_tx(conn, events, now, delivery_id))
 
     def _fanout_raw(
@@ -924,6 +1046,99 @@ class SessionStore:
             )
             rows.extend((session_id, f.seq, now, f.payload) for f in frames)
         sqlitehot.insert_outbox(conn, rows)
+        return result
+
+    async def _fanout_pg(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None,
+    ) -> FanoutResult:
+        """:meth:`_fanout_tx` on asyncpg: one statement per step, arrays for the many rows."""
+        if delivery_id is not None and not await pghot.claim_delivery(
+            conn, f"delivery:{delivery_id}", now
+        ):
+            raise AlreadyExistsError("delivery already processed (replay)")
+        result = FanoutResult()
+        ids = list(dict.fromkeys(ev.event_id for ev in events))
+        claimed = await pghot.claim_events(conn, ids, now)
+        fresh = _split_fresh(events, {i for i in ids if i not in claimed}, result)
+        keys = list(dict.fromkeys(k for ev in fresh for k in ev.keys))
+        by_key: dict[str, list[str]] = {}
+        for key, session_id in await pghot.subscribers(conn, keys):
+            by_key.setdefault(key, []).append(session_id)
+        direct = list(dict.fromkeys(ev.session_id for ev in fresh if ev.session_id))
+        active = await pghot.active_sessions(conn, direct)
+        per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
+        if not per_session:
+            return result
+        new_heads = await pghot.advance_heads(
+            conn, [(session_id, len(per_session[session_id])) for session_id in sorted(per_session)]
+        )
+        if not new_heads:
+            return result
+        rows: list[tuple[str, str, int, float, bytes]] = []
+        outbox: list[tuple[str, int, float, bytes]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in new_heads:
+                continue  # closed between lookup and lock
+            first = new_heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
+            outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
+        await self.events.record_pg(conn, rows, outbox)
+        return result
+
+    async def _fanout_my(
+        self,
+        cur: Any,
+        events: Sequence[FanoutEvent],
+        now: float,
+        delivery_id: str | None,
+    ) -> FanoutResult:
+        """:meth:`_fanout_tx` on asyncmy, statement for statement."""
+        if delivery_id is not None and not await myhot.claim_delivery(
+            cur, f"delivery:{delivery_id}", now
+        ):
+            raise AlreadyExistsError("delivery already processed (replay)")
+        result = FanoutResult()
+        ids = list(dict.fromkeys(ev.event_id for ev in events))
+        fresh = _split_fresh(events, await myhot.seen_events(cur, ids), result)
+        await myhot.claim_events(cur, [ev.event_id for ev in fresh], now)
+        keys = list(dict.fromkeys(k for ev in fresh for k in ev.keys))
+        by_key: dict[str, list[str]] = {}
+        for key, session_id in await myhot.subscribers(cur, keys):
+            by_key.setdefault(key, []).append(session_id)
+        direct = list(dict.fromkeys(ev.session_id for ev in fresh if ev.session_id))
+        active = await myhot.active_sessions(cur, direct)
+        per_session = _per_session(fresh, _targets(fresh, by_key, active), result)
+        if not per_session:
+            return result
+        new_heads = {
+            session_id: head + len(per_session[session_id])
+            for session_id, head in await myhot.lock_heads(cur, sorted(per_session))
+        }
+        if not new_heads:
+            return result
+        await myhot.set_heads(cur, list(new_heads.items()))
+        rows: list[tuple[str, str, int, float, bytes]] = []
+        outbox: list[tuple[str, int, float, bytes]] = []
+        for session_id, evs in per_session.items():
+            if session_id not in new_heads:
+                continue  # closed between lookup and lock
+            first = new_heads[session_id] - len(evs) + 1
+            frames = [
+                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+            ]
+            result.frames[session_id] = frames
+            rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
+            outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
+        await myhot.insert_frames(cur, outbox)
+        await self.events.record_my(cur, rows)
         return result
 
     def _fanout_tx(

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from talkwire.server import schema, sqlitehot
+from talkwire.server import myhot, pghot, schema, sqlitehot
 from talkwire.server.errors import (
     FailedPreconditionError,
     NotFoundError,
@@ -117,6 +117,14 @@ class HandoffStore:
         if raw is not None:  # every turn asks: the raw SQLite read
             row = await raw.read_point(lambda conn: sqlitehot.handoff_row(conn, session_id))
             return None if row is None else _record(row)
+        pg = self._store.pg
+        if pg is not None:  # the asyncpg point read
+            found = await pg.read_pg(lambda conn: pghot.handoff_row(conn, session_id))
+            return None if found is None else _record(found)
+        my = self._store.my
+        if my is not None:  # the asyncmy point read
+            got = await my.read_my(lambda cur: myhot.handoff_row(cur, session_id))
+            return None if got is None else _record(got)
         return await self._store.reading(lambda conn: self._get(conn, session_id))
 
     async def waiting(self, queues: Sequence[str] | None = None) -> list[tuple[HandoffRecord, int]]:

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy.engine import Connection
 
-from talkwire.server import schema, sqlitehot
+from talkwire.server import myhot, pghot, schema, sqlitehot
 
 __all__ = [
     "FRAME_APPENDED",
@@ -195,6 +196,34 @@ class EventRecorder:
             return
         targets = [self.sinks_for(r[1]) for r in rows]
         sqlitehot.insert_events(conn, rows, targets)
+        if any(targets):
+            self.generation += 1
+
+    def routes_for_kinds(self, kinds: Iterable[str]) -> list[tuple[str, str]]:
+        """``(kind, sink)`` for every sink taking one of ``kinds`` (their pending rows)."""
+        return [(kind, sink) for kind in dict.fromkeys(kinds) for sink in self.sinks_for(kind)]
+
+    async def record_pg(
+        self,
+        conn: asyncpg.Connection,
+        rows: Sequence[tuple[str, str, int, float, bytes]],
+        frames: Sequence[tuple[str, int, float, bytes]] = (),
+    ) -> None:
+        """:meth:`record_raw` on PostgreSQL's asyncpg connection, with the operation's
+        outbox ``frames`` (``(session_id, seq, created_at, payload)``) in the same statement."""
+        if not self.enabled:
+            rows = ()
+        routes = self.routes_for_kinds(r[1] for r in rows)
+        await pghot.write_rows(conn, frames, rows, routes)
+        if routes:
+            self.generation += 1
+
+    async def record_my(self, cur: Any, rows: Sequence[tuple[str, str, int, float, bytes]]) -> None:
+        """:meth:`record_raw` on MySQL / MariaDB's asyncmy cursor."""
+        if not self.enabled or not rows:
+            return
+        targets = [self.sinks_for(r[1]) for r in rows]
+        await myhot.insert_events(cur, rows, targets)
         if any(targets):
             self.generation += 1
 
