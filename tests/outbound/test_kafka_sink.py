@@ -8,9 +8,20 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
+from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.identity import Identity
+from talkwire.server.outbound.service import OutboundService, recorder_for
+from talkwire.server.outbound.settings import OutboundSettings
+from talkwire.server.store import SessionStore
 from talkwire.v1 import conversation_pb2
 from tests.events.conftest import create_topics
-from tests.outbound.helpers import converse, expected_history, outbound_store
+from tests.outbound.helpers import (
+    converse,
+    expected_history,
+    outbound_store,
+    reply,
+    user_message,
+)
 from tests.support.broker import TansuBroker
 from tests.support.history import OutboundHistory
 from tests.support.waiting import eventually
@@ -113,3 +124,38 @@ def _json(rec: object) -> dict[str, object]:
 
 async def _failed(service: object) -> bool:
     return bool((await service.status())[0].failed)  # type: ignore[attr-defined]
+
+
+async def test_a_backlog_larger_than_a_record_batch_arrives_in_order(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    """Sessions whose waiting events fill several record batches of their partition
+    (committed before the relay starts, so one round takes them all) arrive in order."""
+    topic = f"conv-{uuid.uuid4().hex[:8]}"
+    await create_topics(tansu.bootstrap, topic, partitions=2)
+    settings = OutboundSettings.from_config(kafka(tansu.bootstrap, topic))
+    url = f"sqlite+aiosqlite:///{tmp_path}/b.db"
+    text = "x" * 2000  # ~8 records per 16 KiB batch
+    async with SessionStore(url, events=recorder_for(settings)) as store:
+        sessions = []
+        for i in range(3):
+            record, _ = await store.create_session(Identity(f"u{i}"), channel="web")
+            for t in range(20):
+                fid = f"f{t}"
+                await store.append(
+                    record.id, [reply(f"{t} {text}", fid)], turn=user_message(text, fid)
+                )
+            sessions.append(record.id)
+        async with OutboundService(settings, store, ConnectorRegistry({})) as service:
+            history = await expected_history(service, sessions)
+            records = await consume(tansu.bootstrap, topic, history.check().events)
+            await eventually(lambda: _drained(service), message="the relay settled every delivery")
+    for rec in records:
+        history.record_event(conversation_pb2.ConversationEvent.FromString(rec.value))  # type: ignore[attr-defined]
+    report = history.check()
+    print(report.summary("outbound kafka multi-batch"))
+    report.assert_clean()
+
+
+async def _drained(service: OutboundService) -> bool:
+    return (await service.status())[0].pending == 0

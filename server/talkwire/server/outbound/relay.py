@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from talkwire.connectors.errors import CircuitOpenError
 from talkwire.server.errors import TalkwireError
 from talkwire.server.outbound.claims import SessionLocks
-from talkwire.server.outbound.events import StoredEvent, to_message
+from talkwire.server.outbound.events import StoredEvent
 from talkwire.server.outbound.outbox import OutboundOutbox
 from talkwire.server.outbound.record import EventRecorder
 from talkwire.server.outbound.settings import RelaySettings, SinkSettings
@@ -149,8 +149,6 @@ class Relay:
         stored = {sid: evs for sid, evs in stored.items() if evs}
         if not stored:
             return 0
-        redact = self.settings.redact
-        batch = {sid: [to_message(e, redact=redact) for e in evs] for sid, evs in stored.items()}
         breaker = self.sink.breaker
         try:
             if breaker is not None:
@@ -158,15 +156,15 @@ class Relay:
         except CircuitOpenError:
             return 0
         try:
-            outcomes = await self.sink.deliver(batch)
+            outcomes = await self.sink.deliver(stored)
         except DeliveryError as exc:
-            outcomes = {sid: Outcome(0, exc) for sid in batch}
+            outcomes = {sid: Outcome(0, exc) for sid in stored}
         except Exception as exc:  # a sink bug must not stop the relay
             log.exception("outbound %s: delivery failed", self.name)
             err = DeliveryError(f"sink failed: {type(exc).__name__}", retriable=True)
-            outcomes = {sid: Outcome(0, err) for sid in batch}
+            outcomes = {sid: Outcome(0, err) for sid in stored}
         await self._settle(stored, outcomes)
-        return len(batch)
+        return len(stored)
 
     async def _settle(
         self, stored: dict[str, list[StoredEvent]], outcomes: dict[str, Outcome]
