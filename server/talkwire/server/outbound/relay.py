@@ -4,7 +4,8 @@ One relay per sink per replica. A tick takes up to ``relay.sessions`` sessions w
 events waiting for the sink (skipping those in backoff), claims them (advisory locks:
 a session another replica works is skipped), reads up to ``relay.batch`` events of
 each, hands them to the sink in one call, then deletes what was delivered and
-dead-letters what was given up on, and releases the claims.
+dead-letters what was given up on, and releases the claims. On SQLite (one process,
+in-process claims) the sessions and their events are read in one go before the claim.
 
 At least once: a crash between the sink's acknowledgement and the delete sends the
 same events (same ids) again. Per-session order: a session's events are handed over
@@ -129,6 +130,20 @@ class Relay:
         """One round; returns how many sessions were handed to the sink."""
         if self.breaker_state == "open":
             return 0
+        if self._outbox.single_process:
+            # SQLite: the claims are this process's own, so read the round first (one
+            # reader hop for its sessions and their events) and claim what it found.
+            stored = await self._outbox.next_events(
+                self.name, self.relay.sessions, self.relay.batch, skip=self._skipped()
+            )
+            if not stored:
+                return 0
+            names = {f"{self.name}/{sid}": sid for sid in stored}
+            got = await self._locks.acquire(list(names))
+            try:
+                return await self._work({names[n]: stored[names[n]] for n in got})
+            finally:
+                await self._locks.release(got)
         ids = await self._outbox.pending_sessions(
             self.name, self.relay.sessions, skip=self._skipped()
         )
@@ -140,12 +155,12 @@ class Relay:
             claimed = [names[n] for n in got]
             if not claimed:
                 return 0
-            return await self._work(claimed)
+            stored = await self._outbox.pending_events(self.name, claimed, self.relay.batch)
+            return await self._work(stored)
         finally:
             await self._locks.release(got)
 
-    async def _work(self, claimed: list[str]) -> int:
-        stored = await self._outbox.pending_events(self.name, claimed, self.relay.batch)
+    async def _work(self, stored: dict[str, list[StoredEvent]]) -> int:
         stored = {sid: evs for sid, evs in stored.items() if evs}
         if not stored:
             return 0
