@@ -32,6 +32,8 @@ from talkwire.v1 import conversation_pb2
 
 __all__ = ["KAFKA_KEYS", "KafkaSink", "RowHeaders", "cloudevent_headers"]
 
+_PARTITION_CACHE = 100_000  # sessions whose partition is remembered
+
 KAFKA_KEYS = frozenset(
     {"bootstrap", "topic", "format", "source", "client_id", "security", "timeout", "idempotence"}
 )
@@ -123,6 +125,8 @@ class KafkaSink:
         self._headers = RowHeaders(self.source, self._content_type)
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
+        self._partition_of: dict[str, int] = {}
+        self._partitions_seen: list[int] = []
         self._closed = False
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -167,6 +171,19 @@ class KafkaSink:
         except (KafkaError, TimeoutError) as exc:
             raise DeliveryError(f"topic metadata unavailable: {exc!r}", retriable=True) from None
 
+    def _partition(self, session_id: str, partitions: list[int]) -> int:
+        """The key's partition (the default murmur2 partitioner, as ``send`` picks it),
+        remembered per session while the topic's partitions stay the same."""
+        if partitions != self._partitions_seen or len(self._partition_of) >= _PARTITION_CACHE:
+            self._partition_of.clear()
+            self._partitions_seen = partitions
+        partition = self._partition_of.get(session_id)
+        if partition is None:
+            key = session_id.encode()
+            partition = self._partitioner(key, partitions, partitions)
+            self._partition_of[session_id] = partition
+        return partition
+
     async def deliver(self, batch: StoredBatch) -> dict[str, Outcome]:
         """Every session's records go into record batches of its key's partition (built
         here, one ``send_batch`` each, as ``send`` would fill them), partitions in parallel;
@@ -175,11 +192,7 @@ class KafkaSink:
         partitions = await self._partitions(producer)
         by_partition: dict[int, list[str]] = {}
         for session_id in batch:
-            # The key's partition (the default murmur2 partitioner, as ``send`` picks it).
-            key = session_id.encode()
-            by_partition.setdefault(self._partitioner(key, partitions, partitions), []).append(
-                session_id
-            )
+            by_partition.setdefault(self._partition(session_id, partitions), []).append(session_id)
         deadline = asyncio.get_running_loop().time() + self.timeout
         results = await asyncio.gather(
             *(
