@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import time
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -73,7 +74,8 @@ class RowHeaders:
         self._second = -1
         self._stamp = ""
 
-    def __call__(self, row: StoredEvent) -> list[tuple[str, bytes]]:
+    def __call__(self, row: StoredEvent, subject: bytes | None = None) -> list[tuple[str, bytes]]:
+        """The headers of ``row``; ``subject`` is its session id encoded, if at hand."""
         ce_type = self._types.get(row.kind)
         if ce_type is None:
             ce_type = ("ce_type", f"io.talkwire.conversation.{row.kind}".encode())
@@ -83,7 +85,8 @@ class RowHeaders:
         if seconds != self._second:
             self._second = seconds
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        subject = row.session_id.encode()
+        if subject is None:
+            subject = row.session_id.encode()
         return [
             self._spec,
             ("ce_id", b"%s:%d" % (subject, row.id)),
@@ -220,14 +223,15 @@ class KafkaSink:
         error: DeliveryError | None = None
         builder = producer.create_batch()
         headers = self._headers
+        value_of = self._value if self.json else partial(to_bytes, redact=self.redact)
         try:
             for session_id in session_ids:
                 key = session_id.encode()
                 span = spans[session_id]
                 n = 0
                 for row in batch[session_id]:
-                    value = self._value(row)
-                    head = headers(row)
+                    value = value_of(row)
+                    head = headers(row, key)
                     if builder.append(timestamp=None, key=key, value=value, headers=head) is None:
                         if n:
                             span.append((len(futures), n))
