@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,24 @@ __all__ = ["Relay", "RelayCounters"]
 log = logging.getLogger(__name__)
 
 _CHECK = 0.005  # seconds between looks at the in-process "new events" generation
+_PART = 2000  # events per sink call within a round (a large backlog is pipelined)
+_IN_SINK = 2  # parts of a round in the sink at a time
+
+
+def _parts(stored: dict[str, list[StoredEvent]], size: int) -> list[dict[str, list[StoredEvent]]]:
+    """``stored`` cut into parts of whole sessions, about ``size`` events each."""
+    parts: list[dict[str, list[StoredEvent]]] = []
+    part: dict[str, list[StoredEvent]] = {}
+    n = 0
+    for sid, events in stored.items():
+        if n and n + len(events) > size:
+            parts.append(part)
+            part, n = {}, 0
+        part[sid] = events
+        n += len(events)
+    if part:
+        parts.append(part)
+    return parts
 
 
 @dataclass(slots=True)
@@ -161,25 +180,61 @@ class Relay:
             await self._locks.release(got)
 
     async def _work(self, stored: dict[str, list[StoredEvent]]) -> int:
+        """Hand the round to the sink in parts of about ``_PART`` events (whole sessions,
+        so each session's order is one part's), two parts in the sink at a time: a part is
+        settled while the next one is delivered. A part with a failed session ends the
+        round once the parts in the sink are settled (the rest waits for the next round)."""
         stored = {sid: evs for sid, evs in stored.items() if evs}
-        if not stored:
-            return 0
+        worked = 0
+        sending: deque[tuple[dict[str, list[StoredEvent]], asyncio.Task[dict[str, Outcome]]]]
+        sending = deque()
+        failed = False
+        try:
+            for part in _parts(stored, _PART):
+                if failed or not self._may_call():
+                    break
+                sending.append((part, asyncio.ensure_future(self._deliver(part))))
+                worked += len(part)
+                if len(sending) >= _IN_SINK:
+                    failed = await self._settle_first(sending)
+            while sending:
+                await self._settle_first(sending)
+        finally:
+            for _, task in sending:  # cancelled: the sink calls end with the relay
+                task.cancel()
+            if sending:
+                await asyncio.gather(*(task for _, task in sending), return_exceptions=True)
+        return worked
+
+    async def _settle_first(
+        self,
+        sending: deque[tuple[dict[str, list[StoredEvent]], asyncio.Task[dict[str, Outcome]]]],
+    ) -> bool:
+        """Wait for the oldest part in the sink and settle it; True when a session failed."""
+        part, task = sending[0]
+        outcomes = await task
+        sending.popleft()
+        await self._settle(part, outcomes)
+        return any(o.error is not None for o in outcomes.values())
+
+    def _may_call(self) -> bool:
         breaker = self.sink.breaker
         try:
             if breaker is not None:
                 breaker.before_call()
         except CircuitOpenError:
-            return 0
+            return False
+        return True
+
+    async def _deliver(self, part: dict[str, list[StoredEvent]]) -> dict[str, Outcome]:
         try:
-            outcomes = await self.sink.deliver(stored)
+            return await self.sink.deliver(part)
         except DeliveryError as exc:
-            outcomes = {sid: Outcome(0, exc) for sid in stored}
+            return {sid: Outcome(0, exc) for sid in part}
         except Exception as exc:  # a sink bug must not stop the relay
             log.exception("outbound %s: delivery failed", self.name)
             err = DeliveryError(f"sink failed: {type(exc).__name__}", retriable=True)
-            outcomes = {sid: Outcome(0, err) for sid in stored}
-        await self._settle(stored, outcomes)
-        return len(stored)
+            return {sid: Outcome(0, err) for sid in part}
 
     async def _settle(
         self, stored: dict[str, list[StoredEvent]], outcomes: dict[str, Outcome]
