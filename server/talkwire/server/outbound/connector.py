@@ -62,6 +62,7 @@ class ConnectorSink:
     """One operation call per event, a session's events one after the other."""
 
     type = "connector"
+    parts_in_flight = 1  # one call at a time, session after session
 
     def __init__(self, settings: SinkSettings, invoker: Invoker, context: SessionContext) -> None:
         sec = settings.section

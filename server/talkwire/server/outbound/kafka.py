@@ -102,6 +102,7 @@ class KafkaSink:
     """Publishes to one topic with an idempotent producer."""
 
     type = "kafka"
+    parts_in_flight = 2  # a backlog round: one part is settled while the next is sent
 
     def __init__(self, settings: SinkSettings) -> None:
         sec = settings.section

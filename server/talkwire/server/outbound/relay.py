@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 _CHECK = 0.005  # seconds between looks at the in-process "new events" generation
 _PART = 2000  # events per sink call within a round (a large backlog is pipelined)
-_IN_SINK = 2  # parts of a round in the sink at a time
 
 
 def _parts(stored: dict[str, list[StoredEvent]], size: int) -> list[dict[str, list[StoredEvent]]]:
@@ -181,9 +180,10 @@ class Relay:
 
     async def _work(self, stored: dict[str, list[StoredEvent]]) -> int:
         """Hand the round to the sink in parts of about ``_PART`` events (whole sessions,
-        so each session's order is one part's), two parts in the sink at a time: a part is
-        settled while the next one is delivered. A part with a failed session ends the
-        round once the parts in the sink are settled (the rest waits for the next round)."""
+        so each session's order is one part's), ``sink.parts_in_flight`` parts at a time
+        (Kafka: two, a part is settled while the next one is delivered). A part with a
+        failed session ends the round once the parts handed over are settled (the rest
+        waits for the next round)."""
         stored = {sid: evs for sid, evs in stored.items() if evs}
         worked = 0
         sending: deque[tuple[dict[str, list[StoredEvent]], asyncio.Task[dict[str, Outcome]]]]
@@ -195,7 +195,7 @@ class Relay:
                     break
                 sending.append((part, asyncio.ensure_future(self._deliver(part))))
                 worked += len(part)
-                if len(sending) >= _IN_SINK:
+                if len(sending) >= max(1, self.sink.parts_in_flight):
                     failed = await self._settle_first(sending)
             while sending:
                 await self._settle_first(sending)

@@ -52,6 +52,8 @@ class Sink(Protocol):
     name: str
     type: str
     breaker: CircuitBreaker | None
+    parts_in_flight: int
+    """How many parts of a large round the relay hands over at a time (disjoint sessions)."""
 
     async def start(self) -> None: ...
 

@@ -69,6 +69,7 @@ class WebhookSink:
     """POSTs each session's events in order, sessions in parallel (``concurrency``)."""
 
     type = "webhook"
+    parts_in_flight = 1  # its `concurrency` bounds the requests to the endpoint
 
     def __init__(self, settings: SinkSettings) -> None:
         sec = settings.section
