@@ -6,11 +6,23 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 
+from talkwire.connectors.registry import ConnectorRegistry
+from talkwire.server.identity import Identity
+from talkwire.server.outbound.service import OutboundService, recorder_for
+from talkwire.server.outbound.settings import OutboundSettings
+from talkwire.server.store import SessionStore
 from talkwire.v1 import conversation_pb2
 from tests.events.conftest import create_topics
-from tests.outbound.helpers import converse, expected_history, outbound_store
+from tests.outbound.helpers import (
+    converse,
+    expected_history,
+    outbound_store,
+    reply,
+    user_message,
+)
 from tests.support.broker import TansuBroker
 from tests.support.history import OutboundHistory
 from tests.support.waiting import eventually
@@ -113,3 +125,52 @@ def _json(rec: object) -> dict[str, object]:
 
 async def _failed(service: object) -> bool:
     return bool((await service.status())[0].failed)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("sessions", "turns", "text"),
+    [
+        (3, 20, "x" * 2000),  # a session's events fill several record batches
+        (130, 8, "x"),  # the round is cut into parts, two in the producer at a time
+    ],
+    ids=["record-batches", "parts"],
+)
+async def test_a_large_backlog_arrives_in_order(
+    tansu: TansuBroker, tmp_path: Path, sessions: int, turns: int, text: str
+) -> None:
+    """A backlog committed before the relay starts (so one round takes it all) arrives
+    complete and in order: sessions whose events fill several record batches of their
+    partition, and more events than one sink call takes (the round goes out in parts)."""
+    topic = f"conv-{uuid.uuid4().hex[:8]}"
+    await create_topics(tansu.bootstrap, topic, partitions=2)
+    section = kafka(tansu.bootstrap, topic)
+    section["relay"] = {"poll_interval": 0.05, "sessions": 500, "batch": 200}
+    settings = OutboundSettings.from_config(section)
+    url = f"sqlite+aiosqlite:///{tmp_path}/b.db"
+    async with SessionStore(url, events=recorder_for(settings)) as store:
+        ids = []
+        for i in range(sessions):
+            record, _ = await store.create_session(Identity(f"u{i}"), channel="web")
+            ids.append(record.id)
+        for t in range(turns):
+            fid = f"f{t}"
+            await asyncio.gather(
+                *(
+                    store.append(sid, [reply(f"{t} {text}", fid)], turn=user_message(text, fid))
+                    for sid in ids
+                )
+            )
+        async with OutboundService(settings, store, ConnectorRegistry({})) as service:
+            history = await expected_history(service, ids)
+            records = await consume(tansu.bootstrap, topic, history.check().events)
+            await eventually(lambda: _drained(service), message="the relay settled every delivery")
+    for rec in records:
+        history.record_event(conversation_pb2.ConversationEvent.FromString(rec.value))  # type: ignore[attr-defined]
+    report = history.check()
+    print(report.summary(f"outbound kafka backlog {sessions}x{turns}"))
+    report.assert_clean()
+    assert report.events == sessions * (2 * turns + 1)
+
+
+async def _drained(service: OutboundService) -> bool:
+    return (await service.status())[0].pending == 0

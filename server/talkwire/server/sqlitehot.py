@@ -10,6 +10,7 @@ for row; SQLAlchemy keeps the schema, the migrations and the cold paths.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -120,12 +121,36 @@ def insert_events(
         else:
             conn.executemany(_INSERT_EVENT, rows)
         return
-    pending: list[tuple[str, int, str, float]] = []
-    for row, targets in zip(rows, sinks, strict=True):
-        event_id = conn.execute(_INSERT_EVENT, row).lastrowid
-        assert event_id is not None  # noqa: S101 - an INSERT into a rowid table
-        pending.extend((sink, event_id, row[0], row[3]) for sink in targets)
-    conn.executemany(_INSERT_PENDING, pending)
+    # Multi-row INSERTs (one each for a turn's few rows): the events' rowids are
+    # consecutive (a rowid table gives each new row max(rowid) + 1, and the writer's
+    # transaction is the only writer), so the last one's id numbers its statement's rows.
+    pending: list[Any] = []
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        values = [v for r in chunk for v in r]
+        last = conn.execute(_multi_row(_INSERT_EVENTS, len(chunk), 5), values).lastrowid
+        assert last is not None  # noqa: S101 - an INSERT into a rowid table
+        first = last - len(chunk) + 1
+        for i, (row, targets) in enumerate(zip(chunk, sinks[start:], strict=False)):
+            for sink in targets:
+                pending.append((sink, first + i, row[0], row[3]))
+    for start in range(0, len(pending), _ROWS_PER_INSERT):
+        chunk_p = pending[start : start + _ROWS_PER_INSERT]
+        values = [v for r in chunk_p for v in r]
+        conn.execute(_multi_row(_INSERT_PENDINGS, len(chunk_p), 4), values)
+
+
+_INSERT_EVENTS = f"INSERT INTO {_E} (session_id, kind, seq, created_at, body) VALUES "  # noqa: S608
+_INSERT_PENDINGS = f"INSERT INTO {_P} (sink, event_id, session_id, created_at) VALUES "  # noqa: S608
+_ROWS_PER_INSERT = 100  # well under SQLite's bound parameter limit
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row(head: str, rows: int, columns: int) -> str:
+    """``head`` with ``rows`` groups of ``columns`` placeholders (one constant string per
+    row count: sqlite3's statement cache keeps it prepared)."""
+    group = "(" + ", ".join("?" * columns) + ")"
+    return head + ", ".join([group] * rows)
 
 
 def ack(conn: sqlite3.Connection, session_id: str, seq: int, now: float) -> None:

@@ -27,7 +27,7 @@ from talkwire.connectors.templates import Template, TemplateError
 from talkwire.server.errors import ConfigError
 from talkwire.server.outbound.events import to_json, transcript_text
 from talkwire.server.outbound.settings import SinkSettings
-from talkwire.server.outbound.sink import DeliveryError, Outcome, SessionBatch
+from talkwire.server.outbound.sink import DeliveryError, Outcome, StoredBatch, messages
 from talkwire.server.store import SessionRecord
 from talkwire.v1 import conversation_pb2
 
@@ -62,6 +62,7 @@ class ConnectorSink:
     """One operation call per event, a session's events one after the other."""
 
     type = "connector"
+    parts_in_flight = 1  # one call at a time, session after session
 
     def __init__(self, settings: SinkSettings, invoker: Invoker, context: SessionContext) -> None:
         sec = settings.section
@@ -98,7 +99,8 @@ class ConnectorSink:
     async def start(self) -> None:
         """The connectors are opened by the application."""
 
-    async def deliver(self, batch: SessionBatch) -> dict[str, Outcome]:
+    async def deliver(self, stored: StoredBatch) -> dict[str, Outcome]:
+        batch = messages(stored, redact=self.redact)
         out: dict[str, Outcome] = {}
         for session_id, events in batch.items():
             out[session_id] = await self._session(session_id, events)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format
 
@@ -17,6 +16,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "StoredEvent",
     "event_id",
+    "to_bytes",
     "to_json",
     "to_message",
     "transcript_text",
@@ -26,9 +26,9 @@ SCHEMA_VERSION = 1
 REDACTED = "[redacted]"
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One row of ``talkwire_conversation_events``."""
+class StoredEvent(NamedTuple):
+    """One row of ``talkwire_conversation_events`` (a named tuple: the relay builds one
+    per row straight from the driver's row, a frozen dataclass costs three times that)."""
 
     id: int
     session_id: str
@@ -43,8 +43,7 @@ def event_id(session_id: str, position: int) -> str:
     return f"{session_id}:{position}"
 
 
-def to_message(row: StoredEvent, *, redact: bool = False) -> conversation_pb2.ConversationEvent:
-    """The event as a message; ``redact`` replaces user and bot text (PII) by ``[redacted]``."""
+def _head(row: StoredEvent) -> conversation_pb2.ConversationEvent:
     msg = conversation_pb2.ConversationEvent(
         id=event_id(row.session_id, row.id),
         session_id=row.session_id,
@@ -54,6 +53,40 @@ def to_message(row: StoredEvent, *, redact: bool = False) -> conversation_pb2.Co
         seq=row.seq,
     )
     msg.occurred_at.FromNanoseconds(int(row.created_at * 1e9))
+    return msg
+
+
+# The field tags (number << 3 | length-delimited) of ConversationEvent.turn and .frame.
+_BODY_TAGS = {
+    TURN_RECEIVED: bytes([conversation_pb2.ConversationEvent.TURN_FIELD_NUMBER << 3 | 2]),
+    FRAME_APPENDED: bytes([conversation_pb2.ConversationEvent.FRAME_FIELD_NUMBER << 3 | 2]),
+}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def to_bytes(row: StoredEvent, *, redact: bool = False) -> bytes:
+    """``to_message(row, redact=redact).SerializeToString()``, built without parsing the
+    stored turn or frame: its bytes are appended to the event's own fields as the
+    ``turn`` / ``frame`` field (the last ones of an unredacted event, so the result is
+    the canonical encoding whenever the stored body is, as the store writes it)."""
+    tag = None if redact else _BODY_TAGS.get(row.kind)
+    if tag is None:
+        return to_message(row, redact=redact).SerializeToString()
+    body = row.body
+    return _head(row).SerializeToString() + tag + _varint(len(body)) + body
+
+
+def to_message(row: StoredEvent, *, redact: bool = False) -> conversation_pb2.ConversationEvent:
+    """The event as a message; ``redact`` replaces user and bot text (PII) by ``[redacted]``."""
+    msg = _head(row)
     if row.kind == TURN_RECEIVED:
         msg.turn.ParseFromString(row.body)
         if redact:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import time
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -25,12 +26,14 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from talkwire.connectors.breaker import CircuitBreaker
 from talkwire.server.events.settings import SecuritySettings
-from talkwire.server.outbound.events import to_json
+from talkwire.server.outbound.events import StoredEvent, to_bytes, to_json, to_message
 from talkwire.server.outbound.settings import SinkSettings
-from talkwire.server.outbound.sink import DeliveryError, Outcome, SessionBatch
+from talkwire.server.outbound.sink import DeliveryError, Outcome, StoredBatch
 from talkwire.v1 import conversation_pb2
 
-__all__ = ["KAFKA_KEYS", "KafkaSink", "cloudevent_headers"]
+__all__ = ["KAFKA_KEYS", "KafkaSink", "RowHeaders", "cloudevent_headers"]
+
+_PARTITION_CACHE = 100_000  # sessions whose partition is remembered
 
 KAFKA_KEYS = frozenset(
     {"bootstrap", "topic", "format", "source", "client_id", "security", "timeout", "idempotence"}
@@ -58,10 +61,48 @@ def _rfc3339(seconds: int, nanos: int) -> bytes:
     ).encode()
 
 
+class RowHeaders:
+    """:func:`cloudevent_headers` of a stored row, without building its message: the
+    constant headers are encoded once, ``ce_type`` once per kind, the seconds of
+    ``ce_time`` once per second."""
+
+    def __init__(self, source: str, content_type: str) -> None:
+        self._spec = ("ce_specversion", b"1.0")
+        self._source = ("ce_source", source.encode())
+        self._content_type = ("content-type", content_type.encode())
+        self._types: dict[str, tuple[str, bytes]] = {}
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, row: StoredEvent, subject: bytes | None = None) -> list[tuple[str, bytes]]:
+        """The headers of ``row``; ``subject`` is its session id encoded, if at hand."""
+        ce_type = self._types.get(row.kind)
+        if ce_type is None:
+            ce_type = ("ce_type", f"io.talkwire.conversation.{row.kind}".encode())
+            self._types[row.kind] = ce_type
+        # As Timestamp.FromNanoseconds(int(created_at * 1e9)) splits it (to_message).
+        seconds, nanos = divmod(int(row.created_at * 1e9), 1_000_000_000)
+        if seconds != self._second:
+            self._second = seconds
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        if subject is None:
+            subject = row.session_id.encode()
+        return [
+            self._spec,
+            ("ce_id", b"%s:%d" % (subject, row.id)),
+            self._source,
+            ce_type,
+            ("ce_subject", subject),
+            ("ce_time", f"{self._stamp}.{nanos // 1000:06d}Z".encode()),
+            self._content_type,
+        ]
+
+
 class KafkaSink:
     """Publishes to one topic with an idempotent producer."""
 
     type = "kafka"
+    parts_in_flight = 2  # a backlog round: one part is settled while the next is sent
 
     def __init__(self, settings: SinkSettings) -> None:
         sec = settings.section
@@ -83,9 +124,13 @@ class KafkaSink:
         self.breaker = CircuitBreaker.from_config(
             settings.breaker, sec.child_key("breaker"), name=self.name
         )
+        self.redact = settings.redact
         self._content_type = "application/json" if self.json else "application/protobuf"
+        self._headers = RowHeaders(self.source, self._content_type)
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
+        self._partition_of: dict[str, int] = {}
+        self._partitions_seen: list[int] = []
         self._closed = False
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -117,10 +162,11 @@ class KafkaSink:
             self._producer = producer
         return self._producer
 
-    def _value(self, event: conversation_pb2.ConversationEvent) -> bytes:
+    def _value(self, row: StoredEvent) -> bytes:
         if self.json:
-            return json.dumps(to_json(event), separators=(",", ":")).encode()
-        return event.SerializeToString()
+            message = to_message(row, redact=self.redact)
+            return json.dumps(to_json(message), separators=(",", ":")).encode()
+        return to_bytes(row, redact=self.redact)
 
     async def _partitions(self, producer: AIOKafkaProducer) -> list[int]:
         try:
@@ -129,55 +175,95 @@ class KafkaSink:
         except (KafkaError, TimeoutError) as exc:
             raise DeliveryError(f"topic metadata unavailable: {exc!r}", retriable=True) from None
 
-    async def deliver(self, batch: SessionBatch) -> dict[str, Outcome]:
+    def _partition(self, session_id: str, partitions: list[int]) -> int:
+        """The key's partition (the default murmur2 partitioner, as ``send`` picks it),
+        remembered per session while the topic's partitions stay the same."""
+        if partitions != self._partitions_seen or len(self._partition_of) >= _PARTITION_CACHE:
+            self._partition_of.clear()
+            self._partitions_seen = partitions
+        partition = self._partition_of.get(session_id)
+        if partition is None:
+            key = session_id.encode()
+            partition = self._partitioner(key, partitions, partitions)
+            self._partition_of[session_id] = partition
+        return partition
+
+    async def deliver(self, batch: StoredBatch) -> dict[str, Outcome]:
+        """Every session's records go into record batches of its key's partition (built
+        here, one ``send_batch`` each, as ``send`` would fill them), partitions in parallel;
+        a session's acknowledged prefix is what its batches' acknowledgements cover."""
         producer = await self._ready()
         partitions = await self._partitions(producer)
-        sent: dict[str, list[asyncio.Future[Any]]] = {}
-        failed: dict[str, DeliveryError] = {}
-        for session_id, events in batch.items():
-            futures = sent.setdefault(session_id, [])
-            key = session_id.encode()
-            # The key's partition once per session (the default murmur2 partitioner).
-            partition = self._partitioner(key, partitions, partitions)
-            for event in events:
-                headers = cloudevent_headers(
-                    event, source=self.source, content_type=self._content_type
-                )
-                try:
-                    futures.append(
-                        await producer.send(
-                            self.topic,
-                            self._value(event),
-                            key=key,
-                            partition=partition,
-                            headers=headers,
-                        )
-                    )
-                except KafkaError as exc:
-                    failed[session_id] = DeliveryError(f"send failed: {exc!r}", retriable=True)
-                    break
-        everything = [f for futures in sent.values() for f in futures]
-        if everything:
-            await asyncio.wait(everything, timeout=self.timeout)
-        out = {sid: self._settled(futures, failed.get(sid)) for sid, futures in sent.items()}
+        by_partition: dict[int, list[str]] = {}
+        for session_id in batch:
+            by_partition.setdefault(self._partition(session_id, partitions), []).append(session_id)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        results = await asyncio.gather(
+            *(
+                self._send_partition(producer, partition, sids, batch, deadline)
+                for partition, sids in by_partition.items()
+            )
+        )
+        out = {sid: outcome for result in results for sid, outcome in result.items()}
         if any(o.error for o in out.values()):
             await self._reset()
         return out
 
-    @staticmethod
-    def _settled(futures: list[asyncio.Future[Any]], error: DeliveryError | None) -> Outcome:
-        """The acknowledged prefix of one session's records."""
-        done = 0
-        for fut in futures:
-            if not fut.done():
-                for rest in futures[done:]:
-                    rest.cancel()
-                return Outcome(done, DeliveryError("not acknowledged in time", retriable=True))
-            if fut.cancelled() or fut.exception() is not None:
-                exc = None if fut.cancelled() else fut.exception()
-                return Outcome(done, DeliveryError(f"not acknowledged: {exc!r}", retriable=True))
-            done += 1
-        return Outcome(done, error)
+    async def _send_partition(
+        self,
+        producer: AIOKafkaProducer,
+        partition: int,
+        session_ids: list[str],
+        batch: StoredBatch,
+        deadline: float,
+    ) -> dict[str, Outcome]:
+        """One partition's sessions, in order, as full record batches; then their outcomes."""
+        futures: list[asyncio.Future[Any]] = []
+        # Per session: (index of a record batch, how many of its records are in it).
+        spans: dict[str, list[tuple[int, int]]] = {sid: [] for sid in session_ids}
+        error: DeliveryError | None = None
+        builder = producer.create_batch()
+        headers = self._headers
+        value_of = self._value if self.json else partial(to_bytes, redact=self.redact)
+        try:
+            for session_id in session_ids:
+                key = session_id.encode()
+                span = spans[session_id]
+                n = 0
+                for row in batch[session_id]:
+                    value = value_of(row)
+                    head = headers(row, key)
+                    if builder.append(timestamp=None, key=key, value=value, headers=head) is None:
+                        if n:
+                            span.append((len(futures), n))
+                            n = 0
+                        futures.append(await self._submit(producer, builder, partition))
+                        builder = producer.create_batch()
+                        # An empty batch takes any first record, however large.
+                        builder.append(timestamp=None, key=key, value=value, headers=head)
+                    n += 1
+                if n:
+                    span.append((len(futures), n))
+            if builder.record_count():
+                futures.append(await self._submit(producer, builder, partition))
+        except DeliveryError as exc:
+            error = exc
+        if futures:
+            remaining = deadline - asyncio.get_running_loop().time()
+            await asyncio.wait(futures, timeout=max(remaining, 0.001))
+        return {sid: _settled(futures, spans[sid], len(batch[sid]), error) for sid in session_ids}
+
+    async def _submit(
+        self, producer: AIOKafkaProducer, builder: Any, partition: int
+    ) -> asyncio.Future[Any]:
+        builder.close()  # full or the last one: no lingering in the accumulator
+        try:
+            fut: asyncio.Future[Any] = await producer.send_batch(
+                builder, self.topic, partition=partition
+            )
+        except KafkaError as exc:
+            raise DeliveryError(f"send failed: {exc!r}", retriable=True) from None
+        return fut
 
     async def _reset(self) -> None:
         """After a failure start over with a fresh producer (a new idempotent sequence)."""
@@ -191,3 +277,27 @@ class KafkaSink:
             return
         self._closed = True
         await self._reset()
+
+
+def _settled(
+    futures: list[asyncio.Future[Any]],
+    span: list[tuple[int, int]],
+    total: int,
+    error: DeliveryError | None,
+) -> Outcome:
+    """The acknowledged prefix of one session's ``total`` records: ``span`` says how many
+    of them each record batch holds, in order; ``error`` stopped the sending."""
+    done = 0
+    for index, n in span:
+        if index >= len(futures):  # the batch was never sent: the error stopped it
+            break
+        fut = futures[index]
+        if not fut.done():
+            return Outcome(done, DeliveryError("not acknowledged in time", retriable=True))
+        if fut.cancelled() or fut.exception() is not None:
+            exc = None if fut.cancelled() else fut.exception()
+            return Outcome(done, DeliveryError(f"not acknowledged: {exc!r}", retriable=True))
+        done += n
+    if done == total:
+        return Outcome(done)
+    return Outcome(done, error or DeliveryError("not sent", retriable=True))

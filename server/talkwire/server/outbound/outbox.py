@@ -7,6 +7,7 @@ a transaction open while a sink is called (the claim is an advisory lock, see
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection
 from talkwire.server import schema
 from talkwire.server.outbound.events import StoredEvent
 from talkwire.server.outbound.record import FRAME_APPENDED, TURN_RECEIVED
-from talkwire.server.sqlexec import SqlExecutor
+from talkwire.server.sqlexec import SqlExecutor, SqliteExecutor
 
 __all__ = ["OutboundOutbox", "SinkBacklog"]
 
@@ -27,6 +28,26 @@ _P = schema.outbound_pending
 _D = schema.outbound_dead
 _CHUNK = 500
 _TRANSCRIPT_KINDS = (TURN_RECEIVED, FRAME_APPENDED)
+
+# SQLite's raw statements (the relay's per-round reads and its settle skip SQLAlchemy).
+_RAW_SESSIONS = (
+    f"SELECT session_id FROM {_P.name} WHERE sink = ?{{skip}} "  # noqa: S608
+    "GROUP BY session_id ORDER BY MIN(event_id) LIMIT ?"
+)
+_RAW_EVENTS = (
+    f"SELECT e.id, e.session_id, e.kind, e.seq, e.created_at, e.body FROM {_P.name} AS p "  # noqa: S608
+    f"JOIN {_E.name} AS e ON e.id = p.event_id "
+    "WHERE p.sink = ? AND p.session_id IN ({marks}) ORDER BY p.session_id, p.event_id"
+)
+_RAW_SETTLE = f"DELETE FROM {_P.name} WHERE sink = ? AND event_id IN ({{marks}})"  # noqa: S608
+_RAW_DEAD = (
+    f"INSERT INTO {_D.name} (sink, event_id, session_id, created_at, attempts, reason, dead_at) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +70,42 @@ class OutboundOutbox:
 
     def __init__(self, db: SqlExecutor, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
+        self._raw = db if isinstance(db, SqliteExecutor) else None
         self._clock = clock
+
+    @property
+    def single_process(self) -> bool:
+        """SQLite: one process works the store, so the relay may read before it claims
+        (its claims are in-process) and :meth:`next_events` reads a round in one go."""
+        return self._raw is not None
+
+    async def next_events(
+        self, sink: str, sessions: int, per_session: int, *, skip: Collection[str] = ()
+    ) -> dict[str, list[StoredEvent]]:
+        """:meth:`pending_sessions` then :meth:`pending_events` of those, in one reader
+        hop on SQLite (two statements; the second reads only rows still pending)."""
+        if self._raw is None:
+            ids = await self.pending_sessions(sink, sessions, skip=skip)
+            return await self.pending_events(sink, ids, per_session) if ids else {}
+        skipped = list(skip)[:_CHUNK]
+
+        def tx(conn: sqlite3.Connection) -> dict[str, list[StoredEvent]]:
+            where = f" AND session_id NOT IN ({_marks(len(skipped))})" if skipped else ""
+            query = _RAW_SESSIONS.format(skip=where)
+            ids = [r[0] for r in conn.execute(query, (sink, *skipped, sessions))]
+            out: dict[str, list[StoredEvent]] = {}
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                rows = conn.execute(_RAW_EVENTS.format(marks=_marks(len(chunk))), (sink, *chunk))
+                for row in rows:
+                    events = out.get(row[1])
+                    if events is None:
+                        events = out[row[1]] = []
+                    if len(events) < per_session:
+                        events.append(StoredEvent(*row))
+            return out
+
+        return await self._raw.read_raw(tx)
 
     async def pending_sessions(
         self, sink: str, limit: int, *, skip: Collection[str] = ()
@@ -93,6 +149,11 @@ class OutboundOutbox:
         """Drop delivered events' rows; move ``dead`` (event, attempts, reason) to dead letters."""
         ids = list(delivered)
         now = self._clock()
+        if not ids and not dead:
+            return
+        if self._raw is not None:
+            await self._raw.write_raw(lambda conn: _settle_raw(conn, sink, ids, dead, now))
+            return
 
         def tx(conn: Connection) -> None:
             gone = ids + [e.id for e, _, _ in dead]
@@ -117,8 +178,7 @@ class OutboundOutbox:
                     ],
                 )
 
-        if ids or dead:
-            await self._db.write(tx)
+        await self._db.write(tx)
 
     async def redrive(self, sink: str | None = None) -> int:
         """Queue dead-lettered deliveries again (each in its session's order); return how many."""
@@ -198,3 +258,24 @@ class OutboundOutbox:
         """Every event of a session (the history checker and the connector sink read it)."""
         query = sa.select(_E).where(_E.c.session_id == session_id).order_by(_E.c.id)
         return await self._db.read(lambda conn: [_event(r) for r in conn.execute(query)])
+
+
+def _settle_raw(
+    conn: sqlite3.Connection,
+    sink: str,
+    ids: list[int],
+    dead: Sequence[tuple[StoredEvent, int, str]],
+    now: float,
+) -> None:
+    gone = ids + [e.id for e, _, _ in dead]
+    for i in range(0, len(gone), _CHUNK):
+        chunk = gone[i : i + _CHUNK]
+        conn.execute(_RAW_SETTLE.format(marks=_marks(len(chunk))), (sink, *chunk))
+    if dead:
+        conn.executemany(
+            _RAW_DEAD,
+            [
+                (sink, e.id, e.session_id, e.created_at, attempts, reason[:2000], now)
+                for e, attempts, reason in dead
+            ],
+        )

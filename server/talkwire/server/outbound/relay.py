@@ -4,7 +4,8 @@ One relay per sink per replica. A tick takes up to ``relay.sessions`` sessions w
 events waiting for the sink (skipping those in backoff), claims them (advisory locks:
 a session another replica works is skipped), reads up to ``relay.batch`` events of
 each, hands them to the sink in one call, then deletes what was delivered and
-dead-letters what was given up on, and releases the claims.
+dead-letters what was given up on, and releases the claims. On SQLite (one process,
+in-process claims) the sessions and their events are read in one go before the claim.
 
 At least once: a crash between the sink's acknowledgement and the delete sends the
 same events (same ids) again. Per-session order: a session's events are handed over
@@ -24,13 +25,14 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from talkwire.connectors.errors import CircuitOpenError
 from talkwire.server.errors import TalkwireError
 from talkwire.server.outbound.claims import SessionLocks
-from talkwire.server.outbound.events import StoredEvent, to_message
+from talkwire.server.outbound.events import StoredEvent
 from talkwire.server.outbound.outbox import OutboundOutbox
 from talkwire.server.outbound.record import EventRecorder
 from talkwire.server.outbound.settings import RelaySettings, SinkSettings
@@ -41,6 +43,23 @@ __all__ = ["Relay", "RelayCounters"]
 log = logging.getLogger(__name__)
 
 _CHECK = 0.005  # seconds between looks at the in-process "new events" generation
+_PART = 2000  # events per sink call within a round (a large backlog is pipelined)
+
+
+def _parts(stored: dict[str, list[StoredEvent]], size: int) -> list[dict[str, list[StoredEvent]]]:
+    """``stored`` cut into parts of whole sessions, about ``size`` events each."""
+    parts: list[dict[str, list[StoredEvent]]] = []
+    part: dict[str, list[StoredEvent]] = {}
+    n = 0
+    for sid, events in stored.items():
+        if n and n + len(events) > size:
+            parts.append(part)
+            part, n = {}, 0
+        part[sid] = events
+        n += len(events)
+    if part:
+        parts.append(part)
+    return parts
 
 
 @dataclass(slots=True)
@@ -129,6 +148,20 @@ class Relay:
         """One round; returns how many sessions were handed to the sink."""
         if self.breaker_state == "open":
             return 0
+        if self._outbox.single_process:
+            # SQLite: the claims are this process's own, so read the round first (one
+            # reader hop for its sessions and their events) and claim what it found.
+            stored = await self._outbox.next_events(
+                self.name, self.relay.sessions, self.relay.batch, skip=self._skipped()
+            )
+            if not stored:
+                return 0
+            names = {f"{self.name}/{sid}": sid for sid in stored}
+            got = await self._locks.acquire(list(names))
+            try:
+                return await self._work({names[n]: stored[names[n]] for n in got})
+            finally:
+                await self._locks.release(got)
         ids = await self._outbox.pending_sessions(
             self.name, self.relay.sessions, skip=self._skipped()
         )
@@ -140,33 +173,68 @@ class Relay:
             claimed = [names[n] for n in got]
             if not claimed:
                 return 0
-            return await self._work(claimed)
+            stored = await self._outbox.pending_events(self.name, claimed, self.relay.batch)
+            return await self._work(stored)
         finally:
             await self._locks.release(got)
 
-    async def _work(self, claimed: list[str]) -> int:
-        stored = await self._outbox.pending_events(self.name, claimed, self.relay.batch)
+    async def _work(self, stored: dict[str, list[StoredEvent]]) -> int:
+        """Hand the round to the sink in parts of about ``_PART`` events (whole sessions,
+        so each session's order is one part's), ``sink.parts_in_flight`` parts at a time
+        (Kafka: two, a part is settled while the next one is delivered). A part with a
+        failed session ends the round once the parts handed over are settled (the rest
+        waits for the next round)."""
         stored = {sid: evs for sid, evs in stored.items() if evs}
-        if not stored:
-            return 0
-        redact = self.settings.redact
-        batch = {sid: [to_message(e, redact=redact) for e in evs] for sid, evs in stored.items()}
+        worked = 0
+        sending: deque[tuple[dict[str, list[StoredEvent]], asyncio.Task[dict[str, Outcome]]]]
+        sending = deque()
+        failed = False
+        try:
+            for part in _parts(stored, _PART):
+                if failed or not self._may_call():
+                    break
+                sending.append((part, asyncio.ensure_future(self._deliver(part))))
+                worked += len(part)
+                if len(sending) >= max(1, self.sink.parts_in_flight):
+                    failed = await self._settle_first(sending)
+            while sending:
+                await self._settle_first(sending)
+        finally:
+            for _, task in sending:  # cancelled: the sink calls end with the relay
+                task.cancel()
+            if sending:
+                await asyncio.gather(*(task for _, task in sending), return_exceptions=True)
+        return worked
+
+    async def _settle_first(
+        self,
+        sending: deque[tuple[dict[str, list[StoredEvent]], asyncio.Task[dict[str, Outcome]]]],
+    ) -> bool:
+        """Wait for the oldest part in the sink and settle it; True when a session failed."""
+        part, task = sending[0]
+        outcomes = await task
+        sending.popleft()
+        await self._settle(part, outcomes)
+        return any(o.error is not None for o in outcomes.values())
+
+    def _may_call(self) -> bool:
         breaker = self.sink.breaker
         try:
             if breaker is not None:
                 breaker.before_call()
         except CircuitOpenError:
-            return 0
+            return False
+        return True
+
+    async def _deliver(self, part: dict[str, list[StoredEvent]]) -> dict[str, Outcome]:
         try:
-            outcomes = await self.sink.deliver(batch)
+            return await self.sink.deliver(part)
         except DeliveryError as exc:
-            outcomes = {sid: Outcome(0, exc) for sid in batch}
+            return {sid: Outcome(0, exc) for sid in part}
         except Exception as exc:  # a sink bug must not stop the relay
             log.exception("outbound %s: delivery failed", self.name)
             err = DeliveryError(f"sink failed: {type(exc).__name__}", retriable=True)
-            outcomes = {sid: Outcome(0, err) for sid in batch}
-        await self._settle(stored, outcomes)
-        return len(batch)
+            return {sid: Outcome(0, err) for sid in part}
 
     async def _settle(
         self, stored: dict[str, list[StoredEvent]], outcomes: dict[str, Outcome]

@@ -7,12 +7,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from talkwire.connectors.breaker import CircuitBreaker
+from talkwire.server.outbound.events import StoredEvent, to_message
 from talkwire.v1 import conversation_pb2
 
-__all__ = ["DeliveryError", "Outcome", "SessionBatch", "Sink"]
+__all__ = ["DeliveryError", "Outcome", "SessionBatch", "Sink", "StoredBatch", "messages"]
+
+StoredBatch = Mapping[str, Sequence[StoredEvent]]
+"""Per session id, its next events in order, as stored: what the relay hands a sink."""
 
 SessionBatch = Mapping[str, Sequence[conversation_pb2.ConversationEvent]]
-"""Per session id, its next events in order."""
+"""Per session id, its next events in order, as messages."""
+
+
+def messages(batch: StoredBatch, *, redact: bool) -> SessionBatch:
+    """``batch`` as ``ConversationEvent`` messages (for sinks that work on messages)."""
+    return {sid: [to_message(e, redact=redact) for e in events] for sid, events in batch.items()}
 
 
 class DeliveryError(Exception):
@@ -35,16 +44,19 @@ class Outcome:
 class Sink(Protocol):
     """One ``outbound:`` destination. An async context manager with an idempotent ``aclose``.
 
-    ``deliver`` gets several sessions' next events and must keep each session's order:
-    it reports, per session, how many of its events (a prefix) were delivered.
+    ``deliver`` gets several sessions' next events (stored rows: the sink builds its own
+    wire form, redacted as its ``text:`` says) and must keep each session's order: it
+    reports, per session, how many of its events (a prefix) were delivered.
     """
 
     name: str
     type: str
     breaker: CircuitBreaker | None
+    parts_in_flight: int
+    """How many parts of a large round the relay hands over at a time (disjoint sessions)."""
 
     async def start(self) -> None: ...
 
-    async def deliver(self, batch: SessionBatch) -> dict[str, Outcome]: ...
+    async def deliver(self, batch: StoredBatch) -> dict[str, Outcome]: ...
 
     async def aclose(self) -> None: ...

@@ -31,7 +31,7 @@ from talkwire.server.events.webhooks import (
 )
 from talkwire.server.outbound.events import to_json
 from talkwire.server.outbound.settings import SinkSettings
-from talkwire.server.outbound.sink import DeliveryError, Outcome, SessionBatch
+from talkwire.server.outbound.sink import DeliveryError, Outcome, StoredBatch, messages
 from talkwire.v1 import conversation_pb2
 
 __all__ = ["WEBHOOK_KEYS", "WebhookSink", "retry_after"]
@@ -69,10 +69,12 @@ class WebhookSink:
     """POSTs each session's events in order, sessions in parallel (``concurrency``)."""
 
     type = "webhook"
+    parts_in_flight = 1  # its `concurrency` bounds the requests to the endpoint
 
     def __init__(self, settings: SinkSettings) -> None:
         sec = settings.section
         self.name = settings.name
+        self.redact = settings.redact
         self.url = sec.text("url")
         if not self.url.startswith(("https://", "http://")):
             raise sec.error("url", "required http(s) URL")
@@ -105,7 +107,8 @@ class WebhookSink:
     async def start(self) -> None:
         """Nothing to connect ahead of the first delivery."""
 
-    async def deliver(self, batch: SessionBatch) -> dict[str, Outcome]:
+    async def deliver(self, stored: StoredBatch) -> dict[str, Outcome]:
+        batch = messages(stored, redact=self.redact)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(session_id: str) -> tuple[str, Outcome]:
