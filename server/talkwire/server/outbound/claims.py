@@ -5,7 +5,9 @@ session's pending events and releases it after it settled them:
 
 - PostgreSQL: ``pg_try_advisory_lock`` (session-level, on one dedicated connection of
   the relay): a relay that dies drops its connection and so its locks at once;
-- MySQL / MariaDB: ``GET_LOCK(name, 0)`` / ``RELEASE_LOCK``, the same way;
+- MySQL / MariaDB: ``GET_LOCK(name, 0)`` / ``RELEASE_LOCK``, the same way (named
+  locks are server-wide there, so the name carries the database's: deployments
+  sharing a server never claim each other's sessions);
 - SQLite (one process): an in-process set.
 
 The locks never touch the rows the hot path writes, so a claim never delays a turn.
@@ -63,8 +65,8 @@ def _pg_key(name: str) -> int:
     )
 
 
-def _mysql_name(name: str) -> str:
-    return "tw:" + hashlib.blake2b(name.encode(), digest_size=20).hexdigest()
+def _mysql_name(database: str, name: str) -> str:
+    return "tw:" + hashlib.blake2b(f"{database}/{name}".encode(), digest_size=20).hexdigest()
 
 
 class SqlLocks:
@@ -73,6 +75,7 @@ class SqlLocks:
     def __init__(self, url: str) -> None:
         self._engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0)
         self._pg = self._engine.dialect.name == "postgresql"
+        self._database = sa.make_url(url).database or ""
         self._conn: AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -117,7 +120,7 @@ class SqlLocks:
                 out = []
                 for n in names:
                     res = await conn.execute(
-                        sa.text("SELECT GET_LOCK(:n, 0)"), {"n": _mysql_name(n)}
+                        sa.text("SELECT GET_LOCK(:n, 0)"), {"n": _mysql_name(self._database, n)}
                     )
                     if res.scalar() == 1:
                         out.append(n)
@@ -144,7 +147,8 @@ class SqlLocks:
                 else:
                     for n in names:
                         await conn.execute(
-                            sa.text("SELECT RELEASE_LOCK(:n)"), {"n": _mysql_name(n)}
+                            sa.text("SELECT RELEASE_LOCK(:n)"),
+                            {"n": _mysql_name(self._database, n)},
                         )
             except Exception:  # noqa: BLE001 - drop the connection: that releases every lock
                 await self._drop()
