@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import sqlite3
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,3 +249,17 @@ def test_bad_durability_is_one_line_exit_2(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("talkwire: store.durability")
+
+
+async def test_the_dialogue_state_reads_back_as_json_would_write_it(store: SessionStore) -> None:
+    """The fast encoder of the dialogue state: what it cannot encode as the stdlib does
+    (big ints, non-str keys, odd strings) still reads back as ``json.dumps`` wrote it;
+    what the stdlib refuses is still refused."""
+    session, _ = await store.create_session(ALICE)
+    state: dict[Any, Any] = {"big": 2**70, 7: "seven", "text": "ünï \ud800", "at": 1.5, "l": [1]}
+    await store.append(session.id, [], dialogue=state)
+    record = await store.get_session(session.id)
+    assert record is not None
+    assert record.dialogue == json.loads(json.dumps(state))
+    with pytest.raises(TypeError):
+        await store.append(session.id, [], dialogue={"when": datetime.datetime.now(datetime.UTC)})

@@ -336,22 +336,14 @@ class ChatService:
         """Return once no turn is in progress on this process."""
         await self._idle.wait()
 
-    @contextlib.asynccontextmanager
-    async def _turn_lock(self, session_id: str) -> AsyncIterator[None]:
-        """Hold the session's turn lock (one turn at a time per session on this process)."""
+    def _session_lock(self, session_id: str) -> asyncio.Lock:
+        """The session's turn lock (one turn at a time per session on this process);
+        the same lock for every stream of the session while one holds it."""
         lock = self._turn_locks.get(session_id)
         if lock is None:
             lock = asyncio.Lock()
             self._turn_locks[session_id] = lock
-        async with lock:
-            self._busy += 1
-            self._idle.clear()
-            try:
-                yield
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
+        return lock
 
     async def _watch_writes(self) -> None:
         """End streams whose client stopped reading (``server.write_timeout``); write acks."""
@@ -528,13 +520,21 @@ class ChatService:
         state: dict[str, Any],
         turns: asyncio.Queue[_Work | None],
     ) -> None:
+        lock = self._session_lock(att.session_id)  # held for the stream's life
         while True:
             work = await turns.get()
             if work is None:
                 att.close()
                 return
-            async with self._turn_lock(att.session_id):
-                await self._turn(att, record, state, work.request)
+            async with lock:
+                self._busy += 1
+                self._idle.clear()
+                try:
+                    await self._turn(att, record, state, work.request)
+                finally:
+                    self._busy -= 1
+                    if not self._busy:
+                        self._idle.set()
 
     async def _turn(
         self,

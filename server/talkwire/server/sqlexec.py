@@ -352,15 +352,16 @@ class SqliteExecutor:
         if loop is not self._loop:
             if self._pending or self._offloop:  # another loop's batch is in flight
                 self._jobs.put([job])
-                result: T = await asyncio.shield(job.future)
+                result: T = await job.future
                 return result
             self._loop = loop
         self._pending.append(job)
         if not self._flush_scheduled and not self._offloop:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        # The job runs to its end even if we are cancelled: shield the future.
-        result = await asyncio.shield(job.future)
+        # The job runs to its end even if we are cancelled (a cancelled wait cancels
+        # only the future: the batch runs every job it took, settling what is not done).
+        result = await job.future
         return result
 
     def _flush(self) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -168,6 +169,23 @@ def _per_session(
         for session_id in sessions:
             per_session[session_id].append(ev)
     return per_session
+
+
+# The dialogue state is saved on (nearly) every turn: orjson encodes it about 20x
+# faster than the stdlib. What orjson would encode differently from ``json.dumps``
+# (datetimes and dataclasses, which json refuses, big ints, ...) falls back to
+# ``json.dumps``, so a state that json refuses is still refused.
+_ORJSON_OPTS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _dialogue_json(dialogue: Mapping[str, Any]) -> str:
+    """The dialogue state as JSON text (what ``json.loads`` reads back as ``dialogue``)."""
+    try:
+        return orjson.dumps(dialogue, option=_ORJSON_OPTS).decode()
+    except TypeError:  # orjson.JSONEncodeError: the stdlib decides (and raises as before)
+        return json.dumps(dialogue)
 
 
 def _json(data: Mapping[str, Any]) -> bytes:
@@ -494,7 +512,7 @@ class SessionStore:
         """
         now = self._clock()
         if self._raw is not None:
-            saved = None if dialogue is None else json.dumps(dialogue)
+            saved = None if dialogue is None else _dialogue_json(dialogue)
             return await self._raw.write_raw(
                 lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn)
             )
