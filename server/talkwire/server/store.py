@@ -180,6 +180,10 @@ _ORJSON_OPTS = (
 )
 
 
+# A resume missing at most this many frames replays them on the event loop (SQLite).
+_POINT_REPLAY = 32
+
+
 def _dialogue_json(dialogue: Mapping[str, Any]) -> str:
     """The dialogue state as JSON text (what ``json.loads`` reads back as ``dialogue``)."""
     try:
@@ -446,7 +450,17 @@ class SessionStore:
 
     async def touch(self, session_id: str, *, replica: str | object | None = ...) -> None:
         """Mark the session active now (and set or clear its attachment replica)."""
-        values: dict[str, Any] = {"last_active_at": self._clock()}
+        now = self._clock()
+        if self._raw is not None:  # every detach: the raw SQLite write
+            if replica is ...:
+                await self._raw.write_raw(lambda conn: sqlitehot.touch(conn, session_id, now))
+            else:
+                name = replica if isinstance(replica, str) else None
+                await self._raw.write_raw(
+                    lambda conn: sqlitehot.touch_replica(conn, session_id, now, name)
+                )
+            return
+        values: dict[str, Any] = {"last_active_at": now}
         if replica is not ...:
             values["replica"] = replica
         stmt = _S.update().where(_S.c.id == session_id).values(**values)
@@ -647,7 +661,14 @@ class SessionStore:
     async def replay(self, session: SessionRecord, last_seq: int) -> list[StoredFrame]:
         """Frames a client that has ``last_seq`` is missing; fail loudly if some are gone."""
         self.check_resume(session, last_seq)
-        frames = await self.frames_after(session.id, last_seq)
+        if self._raw is not None and session.head_seq - last_seq <= _POINT_REPLAY:
+            # A few frames (a resume storm: mostly none): read on the loop, no thread hop.
+            rows = await self._raw.read_point(
+                lambda conn: sqlitehot.frames_after(conn, session.id, last_seq, None)
+            )
+            frames = [StoredFrame(seq, payload) for seq, payload in rows]
+        else:
+            frames = await self.frames_after(session.id, last_seq)
         expected = last_seq + 1
         for f in frames:
             if f.seq != expected:
