@@ -86,7 +86,10 @@ async def test_a_failing_write_in_a_batch_leaves_nothing_and_undoes_no_other(
         finally:
             other.close()
 
-    jobs = [  # submitted in one go: one batch
+    # Submitted in one loop tick: the first commits at once (on the loop), the others
+    # share the next batch.
+    first = asyncio.ensure_future(writer.write_raw(lambda conn: None))
+    jobs = [
         asyncio.ensure_future(store.append(a.id, [_reply("one")])),
         asyncio.ensure_future(writer.write_raw(probe)),
         asyncio.ensure_future(writer.write_raw(_half_then_fail(b.id))),
@@ -94,6 +97,7 @@ async def test_a_failing_write_in_a_batch_leaves_nothing_and_undoes_no_other(
         asyncio.ensure_future(store.append(b.id, [_reply("two")])),
     ]
     results = await asyncio.gather(*jobs, return_exceptions=True)
+    await first
 
     assert [f.seq for f in results[0]] == [1]  # type: ignore[union-attr]
     assert seen[1] == 0  # not visible outside the batch before its commit

@@ -235,8 +235,10 @@ def _raw_batch(raw: sqlite3.Connection, batch: list[_Job]) -> list[Outcome] | No
     try:
         results: list[Outcome] = [(job, job.fn(raw), None) for job in batch]
         raw.execute("COMMIT")
-    except Exception:  # noqa: BLE001 - retried per job
+    except Exception as exc:  # noqa: BLE001 - retried per job
         _rollback(raw)
+        if len(batch) == 1:  # nothing to retry: that is the job's outcome
+            return [(batch[0], None, exc)]
         return None
     except BaseException:
         _rollback(raw)
@@ -325,6 +327,8 @@ class SqliteExecutor:
         self._pending: list[_Job] = []
         self._flush_scheduled = False
         self._offloop = False
+        self._eager = True  # the last tick had one write at most: commit the next at once
+        self._tick_jobs = 0
         self._drained: asyncio.Future[None] | None = None
         self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="talkwire-sqlite-read")
@@ -355,6 +359,22 @@ class SqliteExecutor:
                 result: T = await job.future
                 return result
             self._loop = loop
+        self._tick_jobs += 1
+        if (
+            self._eager
+            and raw
+            and self.on_loop
+            and not (self._flush_scheduled or self._offloop or self._pending)
+        ):
+            # Writes come one per tick (a quiet server): the first write of this tick
+            # commits at once, which costs no loop iteration. The flush scheduled here
+            # ends the tick: writes that follow in the same tick share its commit, and
+            # while ticks carry several writes, each tick's writes share one commit.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+            if self._commit_on_loop([job]):
+                result = job.future.result()
+                return result
         self._pending.append(job)
         if not self._flush_scheduled and not self._offloop:
             self._flush_scheduled = True
@@ -367,6 +387,8 @@ class SqliteExecutor:
     def _flush(self) -> None:
         """One batch: the jobs submitted since the last flush (at most _MAX_BATCH)."""
         self._flush_scheduled = False
+        self._eager = self._tick_jobs <= 1
+        self._tick_jobs = 0
         if self._offloop or not self._pending:
             return
         batch = self._pending[:_MAX_BATCH]
