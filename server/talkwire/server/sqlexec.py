@@ -410,11 +410,15 @@ class SqliteExecutor:
     def _commit_on_loop(self, batch: list[_Job]) -> bool:
         """Commit ``batch`` on the loop's connection and settle its jobs; False (nothing
         done) when another connection holds the write lock."""
-        raw = self._point_conn()
         try:
+            raw = self._point_conn()
             raw.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
-            return False  # locked by another process: the writer thread waits for it
+            return False  # e.g. locked by another process: the writer thread waits for it
+        except (sqlite3.Error, OSError) as exc:  # the database is unusable: every job fails
+            for job in batch:
+                _settle(job.future, None, _unavailable(exc))
+            return True
         try:
             outcomes = _raw_batch(raw, batch)
             if outcomes is None:
