@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -429,9 +429,15 @@ class ChatService:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._write_loop(att, replay, stream))
-                tg.create_task(self._read_loop(att, requests, turns))
-                tg.create_task(self._turn_loop(att, record, state, turns))
                 tg.create_task(_until_ended(att))
+                # The reading runs in this task, the turns in their own once the first
+                # turn comes (a stream that only resumes costs two tasks, not four).
+                await self._read_loop(
+                    att,
+                    requests,
+                    turns,
+                    lambda: tg.create_task(self._turn_loop(att, record, state, turns)),
+                )
         except* _Ended:
             pass
 
@@ -459,15 +465,23 @@ class ChatService:
         att: Attachment,
         requests: AsyncIterator[chat_pb2.ConverseRequest],
         turns: asyncio.Queue[_Work | None],
+        start_turns: Callable[[], object],
     ) -> None:
         limiter = _RateLimiter(self._config.frames_per_second, self._config.frame_burst)
+        started = False
         try:
             async for request in requests:
                 await self._on_frame(att, request, turns, limiter)
+                if not started and not turns.empty():
+                    start_turns()
+                    started = True
         except TalkwireError as exc:
             att.terminate(status_for(exc))
             return
-        await turns.put(None)
+        if started:
+            await turns.put(None)  # the turn loop closes the attachment after the last turn
+        else:
+            att.close()
 
     async def _on_frame(
         self,
