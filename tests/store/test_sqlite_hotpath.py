@@ -86,9 +86,20 @@ async def test_a_failing_write_in_a_batch_leaves_nothing_and_undoes_no_other(
         finally:
             other.close()
 
-    # Submitted in one loop tick: the first commits at once (on the loop), the others
-    # share the next batch.
-    first = asyncio.ensure_future(writer.write_raw(lambda conn: None))
+    if writer.on_loop:
+        # Submitted in one loop tick: the first commits at once (on the loop), the
+        # others share the next batch.
+        first = asyncio.ensure_future(writer.write_raw(lambda conn: None))
+    else:
+        # The writer thread is busy with a first write: what follows forms one batch.
+        gate, entered = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            entered.set()
+            gate.wait()
+
+        first = asyncio.ensure_future(writer.write_raw(hold))
+        await asyncio.to_thread(entered.wait)
     jobs = [
         asyncio.ensure_future(store.append(a.id, [_reply("one")])),
         asyncio.ensure_future(writer.write_raw(probe)),
@@ -96,6 +107,9 @@ async def test_a_failing_write_in_a_batch_leaves_nothing_and_undoes_no_other(
         asyncio.ensure_future(store.append("no-such-session", [_reply("x")])),
         asyncio.ensure_future(store.append(b.id, [_reply("two")])),
     ]
+    if not writer.on_loop:
+        await asyncio.sleep(0)  # every job is queued behind the held one
+        gate.set()
     results = await asyncio.gather(*jobs, return_exceptions=True)
     await first
 
@@ -111,8 +125,9 @@ async def test_a_failing_write_in_a_batch_leaves_nothing_and_undoes_no_other(
 async def test_a_batch_mixing_raw_and_sqlalchemy_writes_keeps_their_order(
     any_store: SessionStore,
 ) -> None:
-    """A cold-path (SQLAlchemy) write in a batch of hot-path writes: all share one
-    transaction on the writer thread, in submission order; a failing one is undone alone."""
+    """Cold-path (SQLAlchemy) writes among hot-path writes submitted together: they run
+    in submission order (a batch holding a SQLAlchemy write runs on the writer thread);
+    a failing one is undone alone."""
     store = any_store
     a, _ = await store.create_session(ALICE)
     b, _ = await store.create_session(ALICE)

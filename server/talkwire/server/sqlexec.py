@@ -330,7 +330,9 @@ class SqliteExecutor:
         self._eager = True  # the last tick had one write at most: commit the next at once
         self._tick_jobs = 0
         self._drained: asyncio.Future[None] | None = None
-        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        # The writer thread's work: (jobs, handed) -- handed: a batch the loop's flush
+        # handed over (the loop waits for it); else jobs queued directly (``power``).
+        self._jobs: queue.SimpleQueue[tuple[list[_Job], bool] | None] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="talkwire-sqlite-read")
         self._thread = threading.Thread(target=self._run, name="talkwire-sqlite-write", daemon=True)
         self._thread.start()
@@ -353,10 +355,16 @@ class SqliteExecutor:
             raise UnavailableError("session store is closed")
         loop = asyncio.get_running_loop()
         job = _Job(fn, loop, raw=raw)
+        if not self.on_loop:
+            # Every commit on the writer thread (an fsync each under ``power``): the
+            # thread takes whatever is queued when it comes round as one batch.
+            self._jobs.put(([job], False))
+            result: T = await job.future
+            return result
         if loop is not self._loop:
             if self._pending or self._offloop:  # another loop's batch is in flight
-                self._jobs.put([job])
-                result: T = await job.future
+                self._jobs.put(([job], False))
+                result = await job.future
                 return result
             self._loop = loop
         self._tick_jobs += 1
@@ -400,7 +408,7 @@ class SqliteExecutor:
                 self._wake_drained()
             return
         self._offloop = True
-        self._jobs.put(batch)
+        self._jobs.put((batch, True))
 
     def _schedule(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
@@ -544,18 +552,35 @@ class SqliteExecutor:
         with self._writer_engine.connect() as conn:
             raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
             while True:
-                batch = self._jobs.get()
-                if batch is None:
+                first = self._jobs.get()
+                if first is None:
                     return
+                items = [first]
+                size = len(first[0])
+                stop = False
+                while size < _MAX_BATCH:
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    items.append(item)
+                    size += len(item[0])
+                batch = [job for jobs, _ in items for job in jobs]
                 outcomes = self._commit_batch(conn, raw, batch)
                 if outcomes is None:  # a write failed: run each in its own SAVEPOINT
                     outcomes = self._commit_each(conn, raw, batch)
-                loop = batch[0].loop
-                with contextlib.suppress(RuntimeError):  # the loop is already closed
-                    if loop is self._loop:
-                        loop.call_soon_threadsafe(self._offloop_done, outcomes)
-                    else:  # a job of another loop, sent here directly
-                        loop.call_soon_threadsafe(self._offloop_settle, outcomes)
+                start = 0
+                for jobs, handed in items:  # outcomes are in batch order
+                    part = outcomes[start : start + len(jobs)]
+                    start += len(jobs)
+                    done = self._offloop_done if handed else self._offloop_settle
+                    with contextlib.suppress(RuntimeError):  # the loop is already closed
+                        jobs[0].loop.call_soon_threadsafe(done, part)
+                if stop:
+                    return
 
     @staticmethod
     def _offloop_settle(outcomes: list[Outcome]) -> None:
