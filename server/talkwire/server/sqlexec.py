@@ -284,10 +284,12 @@ class SqliteExecutor:
     A WAL commit at ``synchronous=NORMAL`` is a ``write()`` to the OS, no fsync, so it
     costs microseconds; WAL checkpoints (which do write the database file) are taken
     off the loop by a checkpointer thread (``wal_autocheckpoint`` is off on the loop's
-    connection). ``power`` (an fsync per commit), a batch holding a SQLAlchemy (cold
-    path) write, and a database locked by another process go to the writer thread
-    instead. Either way one batch is in flight at a time and batches keep their
-    order, so every write is serialised with every other.
+    connection). While ticks carry one write at most, a write commits at once (no
+    loop iteration). A batch holding a SQLAlchemy (cold path) write and a batch that
+    finds the database locked by another process go to the writer thread instead;
+    one batch is in flight at a time and batches keep their order, so every write is
+    serialised with every other. Under ``power`` (an fsync per commit) every write is
+    queued straight to the writer thread, which commits what is queued as one batch.
     """
 
     dialect = "sqlite"
