@@ -282,3 +282,36 @@ async def test_the_dialogue_state_reads_back_as_json_would_write_it(store: Sessi
     assert record.dialogue == json.loads(json.dumps(state))
     with pytest.raises(TypeError):
         await store.append(session.id, [], dialogue={"when": datetime.datetime.now(datetime.UTC)})
+
+
+async def test_touch_marks_the_session_active_and_sets_or_keeps_its_replica(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    async with SessionStore(url, clock=lambda: now[0]) as store:
+        session, _ = await store.create_session(ALICE, replica="a")
+        now[0] = 1010.0
+        await store.touch(session.id)
+        record = await store.get_session(session.id)
+        assert record is not None
+        assert (record.last_active_at, record.replica) == (1010.0, "a")
+        now[0] = 1020.0
+        await store.touch(session.id, replica=None)
+        record = await store.get_session(session.id)
+        assert record is not None
+        assert (record.last_active_at, record.replica) == (1020.0, None)
+
+
+async def test_a_resume_replays_a_few_or_many_missing_frames_in_order(
+    store: SessionStore,
+) -> None:
+    """Few missing frames are read on the loop's connection, many on a reader thread:
+    the same frames either way."""
+    session, _ = await store.create_session(ALICE)
+    for i in range(50):
+        await store.append(session.id, [_reply(f"r{i}")])
+    record = await store.get_session(session.id)
+    assert record is not None
+    assert [f.seq for f in await store.replay(record, 45)] == [46, 47, 48, 49, 50]
+    assert [f.seq for f in await store.replay(record, 2)] == list(range(3, 51))
