@@ -23,14 +23,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import (
-    AsyncIterator,
-    Callable,
-    Coroutine,
-    Mapping,
-    MutableMapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -353,22 +346,14 @@ class ChatService:
         """Return once no turn is in progress on this process."""
         await self._idle.wait()
 
-    @contextlib.asynccontextmanager
-    async def _turn_lock(self, session_id: str) -> AsyncIterator[None]:
-        """Hold the session's turn lock (one turn at a time per session on this process)."""
+    def _session_lock(self, session_id: str) -> asyncio.Lock:
+        """The session's turn lock (one turn at a time per session on this process);
+        the same lock for every stream of the session while one holds it."""
         lock = self._turn_locks.get(session_id)
         if lock is None:
             lock = asyncio.Lock()
             self._turn_locks[session_id] = lock
-        async with lock:
-            self._busy += 1
-            self._idle.clear()
-            try:
-                yield
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
+        return lock
 
     async def _watch_writes(self) -> None:
         """End streams whose client stopped reading (``server.write_timeout``); write acks."""
@@ -454,9 +439,15 @@ class ChatService:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._write_loop(att, replay, stream))
-                tg.create_task(self._read_loop(att, requests, turns))
-                tg.create_task(self._turn_loop(att, record, state, turns))
                 tg.create_task(_until_ended(att))
+                # The reading runs in this task, the turns in their own once the first
+                # turn comes (a stream that only resumes costs two tasks, not four).
+                await self._read_loop(
+                    att,
+                    requests,
+                    turns,
+                    lambda: tg.create_task(self._turn_loop(att, record, state, turns)),
+                )
         except* _Ended:
             pass
 
@@ -484,15 +475,23 @@ class ChatService:
         att: Attachment,
         requests: AsyncIterator[chat_pb2.ConverseRequest],
         turns: asyncio.Queue[_Work | None],
+        start_turns: Callable[[], object],
     ) -> None:
         limiter = _RateLimiter(self._config.frames_per_second, self._config.frame_burst)
+        started = False
         try:
             async for request in requests:
                 await self._on_frame(att, request, turns, limiter)
+                if not started and not turns.empty():
+                    start_turns()
+                    started = True
         except TalkwireError as exc:
             att.terminate(status_for(exc))
             return
-        await turns.put(None)
+        if started:
+            await turns.put(None)  # the turn loop closes the attachment after the last turn
+        else:
+            att.close()
 
     async def _on_frame(
         self,
@@ -545,13 +544,21 @@ class ChatService:
         state: dict[str, Any],
         turns: asyncio.Queue[_Work | None],
     ) -> None:
+        lock = self._session_lock(att.session_id)  # held for the stream's life
         while True:
             work = await turns.get()
             if work is None:
                 att.close()
                 return
-            async with self._turn_lock(att.session_id):
-                await self._turn(att, record, state, work.request)
+            async with lock:
+                self._busy += 1
+                self._idle.clear()
+                try:
+                    await self._turn(att, record, state, work.request)
+                finally:
+                    self._busy -= 1
+                    if not self._busy:
+                        self._idle.set()
 
     async def _turn(
         self,

@@ -6,22 +6,27 @@ Store operations are plain functions of a SQLAlchemy (sync) ``Connection``.
   async engine through ``AsyncConnection.run_sync``, one transaction each,
   shielded from the caller's cancellation so a cancelled stream never leaves a
   transaction half done.
-- :class:`SqliteExecutor` runs writes on one dedicated writer thread (SQLite
-  has one writer anyway) with **group commit**: every write waiting when the
-  thread comes round is committed in one transaction. The batch first runs
-  without SAVEPOINTs; only when one of its writes raises is the whole batch
-  rolled back and run again with one SAVEPOINT per write, so the failing write
-  does not undo the others (transaction functions must therefore be safe to run
-  twice, as they already are for the deadlock retries of the async engine).
-  A turn costs one thread hop instead of one per statement, and a burst of
-  turns, resumes or fan-outs shares one commit. Reads run on a small thread
-  pool (WAL lets them proceed beside the writer).
+- :class:`SqliteExecutor` runs writes with **group commit**: every write submitted
+  during one event-loop tick is committed in one transaction by one ``call_soon``
+  flush. With ``store.durability: process`` the hot (raw ``sqlite3``) writes are
+  committed on the event loop itself, on the loop's own connection: no thread
+  hop, and a WAL commit without fsync costs microseconds; WAL checkpoints run on
+  a checkpointer thread instead (autocheckpoint is off on the loop's
+  connection). A batch holding a SQLAlchemy (cold path) write, every batch under
+  ``power`` (an fsync per commit), and a batch that finds the database locked
+  by another process run on one dedicated writer thread instead. One batch is in
+  flight at a time and batches keep their order, so all writes are serialised.
+  The batch first runs without SAVEPOINTs; only when one of its writes raises is
+  the whole batch rolled back and run again with one SAVEPOINT per write, so the
+  failing write does not undo the others (transaction functions must therefore
+  be safe to run twice, as they already are for the deadlock retries of the
+  async engine). Reads run on a small thread pool (WAL lets them proceed beside
+  the writer); one-row point reads run on the loop's connection.
 
   The hot paths skip SQLAlchemy on SQLite: :meth:`SqliteExecutor.write_raw` and
   :meth:`SqliteExecutor.read_raw` hand the transaction function the stdlib
   ``sqlite3`` connection (its statement cache makes constant SQL strings
-  prepared statements). Raw and SQLAlchemy writes share the writer's connection
-  and its group commit.
+  prepared statements).
 
 Durability (``store.durability``): ``process`` (WAL, ``synchronous=NORMAL``: a
 committed write survives ``kill -9`` of the process; the OS may lose the last
@@ -63,6 +68,9 @@ T = TypeVar("T")
 Tx = Callable[[Connection], T]
 
 _MAX_BATCH = 512
+# The loop's connection does not autocheckpoint: the checkpointer thread runs a
+# PASSIVE checkpoint each time the loop has changed this many rows.
+_CHECKPOINT_ROWS = 2000
 
 DURABILITY = ("process", "power")
 """``store.durability`` values: survives ``kill -9`` / survives power loss."""
@@ -197,6 +205,9 @@ class _Job:
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
+Outcome = tuple[_Job, Any, BaseException | None]
+
+
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
@@ -206,18 +217,98 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    _pragmas(conn, synchronous)
+    return conn
+
+
+def _rollback(raw: sqlite3.Connection) -> None:
+    if raw.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            raw.execute("ROLLBACK")
+
+
+def _raw_batch(raw: sqlite3.Connection, batch: list[_Job]) -> list[Outcome] | None:
+    """Raw jobs in one transaction, no SAVEPOINTs (``BEGIN IMMEDIATE`` already taken);
+    None when a job raised (everything is then rolled back)."""
+    try:
+        results: list[Outcome] = [(job, job.fn(raw), None) for job in batch]
+        raw.execute("COMMIT")
+    except Exception as exc:  # noqa: BLE001 - retried per job
+        _rollback(raw)
+        if len(batch) == 1:  # nothing to retry: that is the job's outcome
+            return [(batch[0], None, exc)]
+        return None
+    except BaseException:
+        _rollback(raw)
+        raise
+    return results
+
+
+def _raw_each(raw: sqlite3.Connection, batch: list[_Job]) -> list[Outcome]:
+    """Raw jobs in one transaction, each in its own SAVEPOINT: a failing job is undone
+    alone and gets its error; the others commit."""
+    outcomes: list[Outcome] = []
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            raw.execute("SAVEPOINT talkwire_job")
+            try:
+                result = job.fn(raw)
+            except Exception as exc:  # noqa: BLE001 - reported to that job only
+                raw.execute("ROLLBACK TO talkwire_job")
+                raw.execute("RELEASE talkwire_job")
+                outcomes.append((job, None, exc))
+            else:
+                raw.execute("RELEASE talkwire_job")
+                outcomes.append((job, result, None))
+        raw.execute("COMMIT")
+    except Exception as exc:  # noqa: BLE001 - the transaction failed: every job fails
+        _rollback(raw)
+        failed = {id(job): err for job, _, err in outcomes if err is not None}
+        outcomes = [(job, None, failed.get(id(job), exc)) for job in batch]
+    except BaseException:
+        _rollback(raw)
+        raise
+    return outcomes
+
+
 class SqliteExecutor:
-    """SQLite: one writer thread with group commit, a few reader threads."""
+    """SQLite: group-committed writes on the event loop (or a writer thread), a few
+    reader threads.
+
+    ``store.durability: process`` runs the raw (hot) writes on the event loop itself,
+    on the loop's own ``sqlite3`` connection: the writes submitted during one loop
+    tick are committed together by one ``call_soon`` flush, with no thread hop.
+    A WAL commit at ``synchronous=NORMAL`` is a ``write()`` to the OS, no fsync, so it
+    costs microseconds; WAL checkpoints (which do write the database file) are taken
+    off the loop by a checkpointer thread (``wal_autocheckpoint`` is off on the loop's
+    connection). While ticks carry one write at most, a write commits at once (no
+    loop iteration). A batch holding a SQLAlchemy (cold path) write and a batch that
+    finds the database locked by another process go to the writer thread instead;
+    one batch is in flight at a time and batches keep their order, so every write is
+    serialised with every other. Under ``power`` (an fsync per commit) every write is
+    queued straight to the writer thread, which commits what is queued as one batch.
+    """
 
     dialect = "sqlite"
     update_returning = True
 
     def __init__(
-        self, url: str, *, readers: int = 2, echo: bool = False, durability: str = "process"
+        self,
+        url: str,
+        *,
+        readers: int = 2,
+        echo: bool = False,
+        durability: str = "process",
+        on_loop: bool | None = None,
     ) -> None:
         if durability not in _SYNCHRONOUS:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
         self.durability = durability
+        self.on_loop = durability == "process" if on_loop is None else on_loop
+        """Whether raw writes are committed on the event loop (else on the writer thread)."""
         synchronous = _SYNCHRONOUS[durability]
         sync_url = sa.make_url(url).set(drivername="sqlite")
         self._path = sync_url.database or ":memory:"
@@ -232,10 +323,26 @@ class SqliteExecutor:
         self._raw_readers: list[sqlite3.Connection] = []
         self._raw_lock = threading.Lock()
         self._loop_conn: sqlite3.Connection | None = None
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Batching, on the event loop: jobs wait in _pending until the next flush; at
+        # most one batch runs at a time (_offloop: one is on the writer thread).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[_Job] = []
+        self._flush_scheduled = False
+        self._offloop = False
+        self._eager = True  # the last tick had one write at most: commit the next at once
+        self._tick_jobs = 0
+        self._drained: asyncio.Future[None] | None = None
+        # The writer thread's work: (jobs, handed) -- handed: a batch the loop's flush
+        # handed over (the loop waits for it); else jobs queued directly (``power``).
+        self._jobs: queue.SimpleQueue[tuple[list[_Job], bool] | None] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="talkwire-sqlite-read")
         self._thread = threading.Thread(target=self._run, name="talkwire-sqlite-write", daemon=True)
         self._thread.start()
+        self._ckpt_wake = threading.Event()
+        self._ckpt_mark = 0
+        self._ckpt_thread: threading.Thread | None = None
+        self.checkpoints = 0
+        """WAL checkpoints the checkpointer thread has run (on-loop writes only)."""
         self._closed = False
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
@@ -248,11 +355,107 @@ class SqliteExecutor:
     async def _submit(self, fn: Callable[[Any], T], *, raw: bool) -> T:
         if self._closed:
             raise UnavailableError("session store is closed")
-        job = _Job(fn, asyncio.get_running_loop(), raw=raw)
-        self._jobs.put(job)
-        # The job runs to its end even if we are cancelled: shield the future.
-        result: T = await asyncio.shield(job.future)
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop, raw=raw)
+        if not self.on_loop:
+            # Every commit on the writer thread (an fsync each under ``power``): the
+            # thread takes whatever is queued when it comes round as one batch.
+            self._jobs.put(([job], False))
+            result: T = await job.future
+            return result
+        if loop is not self._loop:
+            if self._pending or self._offloop:  # another loop's batch is in flight
+                self._jobs.put(([job], False))
+                result = await job.future
+                return result
+            self._loop = loop
+        self._tick_jobs += 1
+        if (
+            self._eager
+            and raw
+            and self.on_loop
+            and not (self._flush_scheduled or self._offloop or self._pending)
+        ):
+            # Writes come one per tick (a quiet server): the first write of this tick
+            # commits at once, which costs no loop iteration. The flush scheduled here
+            # ends the tick: writes that follow in the same tick share its commit, and
+            # while ticks carry several writes, each tick's writes share one commit.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+            if self._commit_on_loop([job]):
+                result = job.future.result()
+                return result
+        self._pending.append(job)
+        if not self._flush_scheduled and not self._offloop:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        # The job runs to its end even if we are cancelled (a cancelled wait cancels
+        # only the future: the batch runs every job it took, settling what is not done).
+        result = await job.future
         return result
+
+    def _flush(self) -> None:
+        """One batch: the jobs submitted since the last flush (at most _MAX_BATCH)."""
+        self._flush_scheduled = False
+        self._eager = self._tick_jobs <= 1
+        self._tick_jobs = 0
+        if self._offloop or not self._pending:
+            return
+        batch = self._pending[:_MAX_BATCH]
+        del self._pending[:_MAX_BATCH]
+        if self.on_loop and all(job.raw for job in batch) and self._commit_on_loop(batch):
+            if self._pending:
+                self._schedule()
+            else:
+                self._wake_drained()
+            return
+        self._offloop = True
+        self._jobs.put((batch, True))
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _commit_on_loop(self, batch: list[_Job]) -> bool:
+        """Commit ``batch`` on the loop's connection and settle its jobs; False (nothing
+        done) when another connection holds the write lock."""
+        try:
+            raw = self._point_conn()
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False  # e.g. locked by another process: the writer thread waits for it
+        except (sqlite3.Error, OSError) as exc:  # the database is unusable: every job fails
+            for job in batch:
+                _settle(job.future, None, _unavailable(exc))
+            return True
+        try:
+            outcomes = _raw_batch(raw, batch)
+            if outcomes is None:
+                outcomes = _raw_each(raw, batch)
+        except BaseException:  # not an Exception (those are each job's outcome)
+            for job in batch:
+                _settle(job.future, None, UnavailableError("session store write interrupted"))
+            raise
+        for job, result, err in outcomes:
+            _settle(job.future, result, _unavailable(err) if err else None)
+        if raw.total_changes - self._ckpt_mark >= _CHECKPOINT_ROWS:
+            self._ckpt_mark = raw.total_changes
+            self._ckpt_wake.set()
+        return True
+
+    def _offloop_done(self, outcomes: list[Outcome]) -> None:
+        """On the loop: the writer thread finished a batch."""
+        for job, result, err in outcomes:
+            _settle(job.future, result, _unavailable(err) if err else None)
+        self._offloop = False
+        if self._pending:
+            self._schedule()
+        self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         if self._closed:
@@ -275,22 +478,54 @@ class SqliteExecutor:
     async def read_point(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a one-row indexed ``fn`` on the event loop's own connection, no thread hop.
 
-        A WAL reader never waits for the writer, so this costs microseconds; should
-        the database be busy all the same (recovery, a checkpoint restart), it does
-        not wait on the loop but moves to :meth:`read_raw`.
+        A WAL reader never waits for the writer, so this costs microseconds (and the
+        loop's connection is the on-loop writer's: its page cache is warm); should the
+        database be busy all the same (recovery, a checkpoint restart), it does not
+        wait on the loop but moves to :meth:`read_raw`.
         """
         if self._closed:
             raise UnavailableError("session store is closed")
-        conn = self._loop_conn
-        if conn is None:
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            _pragmas(conn, self._synchronous)
-            conn.execute("PRAGMA busy_timeout=0")
-            self._loop_conn = conn
+        conn = self._point_conn()
         try:
             return fn(conn)
         except sqlite3.OperationalError:
             return await self.read_raw(fn)
+
+    def _point_conn(self) -> sqlite3.Connection:
+        """The event loop's connection (never waits for a lock; no autocheckpoint)."""
+        conn = self._loop_conn
+        if conn is None:
+            conn = _connect(self._path, self._synchronous)
+            conn.execute("PRAGMA busy_timeout=0")
+            if self.on_loop:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._ckpt_thread = threading.Thread(
+                    target=self._checkpointer, name="talkwire-sqlite-checkpoint", daemon=True
+                )
+                self._ckpt_thread.start()
+            self._loop_conn = conn
+        return conn
+
+    def _checkpointer(self) -> None:
+        """Checkpoint the WAL off the loop each time the loop has written _CHECKPOINT_ROWS
+        rows (PASSIVE: never waits for, nor blocks, the writer or a reader)."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._ckpt_wake.wait()
+                self._ckpt_wake.clear()
+                if self._closed:
+                    return
+                try:
+                    if conn is None:
+                        conn = _connect(self._path, self._synchronous)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:
+                    log.debug("session store: WAL checkpoint failed: %r", exc)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _read_sync(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -308,42 +543,56 @@ class SqliteExecutor:
     def _raw_reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            _pragmas(conn, self._synchronous)
+            conn = _connect(self._path, self._synchronous)
             with self._raw_lock:
                 self._raw_readers.append(conn)
             self._local.conn = conn
         return conn
 
     def _run(self) -> None:
+        """The writer thread: one batch at a time, as the loop hands them over."""
         with self._writer_engine.connect() as conn:
             raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
             while True:
                 first = self._jobs.get()
                 if first is None:
                     return
-                batch = [first]
+                items = [first]
+                size = len(first[0])
                 stop = False
-                while len(batch) < _MAX_BATCH:
+                while size < _MAX_BATCH:
                     try:
-                        job = self._jobs.get_nowait()
+                        item = self._jobs.get_nowait()
                     except queue.Empty:
                         break
-                    if job is None:
+                    if item is None:
                         stop = True
                         break
-                    batch.append(job)
+                    items.append(item)
+                    size += len(item[0])
+                batch = [job for jobs, _ in items for job in jobs]
                 outcomes = self._commit_batch(conn, raw, batch)
                 if outcomes is None:  # a write failed: run each in its own SAVEPOINT
                     outcomes = self._commit_each(conn, raw, batch)
-                self._settle_all(outcomes)
+                start = 0
+                for jobs, handed in items:  # outcomes are in batch order
+                    part = outcomes[start : start + len(jobs)]
+                    start += len(jobs)
+                    done = self._offloop_done if handed else self._offloop_settle
+                    with contextlib.suppress(RuntimeError):  # the loop is already closed
+                        jobs[0].loop.call_soon_threadsafe(done, part)
                 if stop:
                     return
 
     @staticmethod
+    def _offloop_settle(outcomes: list[Outcome]) -> None:
+        for job, result, err in outcomes:
+            _settle(job.future, result, _unavailable(err) if err else None)
+
+    @staticmethod
     def _commit_batch(
         conn: Connection, raw: sqlite3.Connection, batch: list[_Job]
-    ) -> list[tuple[_Job, Any, BaseException | None]] | None:
+    ) -> list[Outcome] | None:
         """The whole batch in one transaction, no SAVEPOINTs; None when a write raised
         (the transaction is then rolled back, nothing of it stays)."""
         if all(job.raw for job in batch):
@@ -351,27 +600,19 @@ class SqliteExecutor:
                 raw.execute("BEGIN IMMEDIATE")
             except Exception as exc:  # noqa: BLE001 - the database is unusable: every job fails
                 return [(job, None, exc) for job in batch]
-            results: list[tuple[_Job, Any, BaseException | None]]
-            try:
-                results = [(job, job.fn(raw), None) for job in batch]
-                raw.execute("COMMIT")
-            except Exception:  # noqa: BLE001 - retried per job
-                with contextlib.suppress(sqlite3.Error):
-                    raw.execute("ROLLBACK")
-                return None
-            return results
+            return _raw_batch(raw, batch)
         try:
             with conn.begin():
-                results = [(job, job.fn(raw if job.raw else conn), None) for job in batch]
+                results: list[Outcome] = [
+                    (job, job.fn(raw if job.raw else conn), None) for job in batch
+                ]
             return results
         except Exception:  # noqa: BLE001 - retried per job
             return None
 
     @staticmethod
-    def _commit_each(
-        conn: Connection, raw: sqlite3.Connection, batch: list[_Job]
-    ) -> list[tuple[_Job, Any, BaseException | None]]:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+    def _commit_each(conn: Connection, raw: sqlite3.Connection, batch: list[_Job]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         try:
             with conn.begin():
                 if len(batch) == 1:
@@ -393,20 +634,22 @@ class SqliteExecutor:
             outcomes = [(job, None, failed.get(id(job), exc)) for job in batch]
         return outcomes
 
-    @staticmethod
-    def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
-        for job, result, err in outcomes:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                job.loop.call_soon_threadsafe(
-                    _settle, job.future, result, _unavailable(err) if err else None
-                )
-
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        # Writes already submitted still run.
+        while self._pending or self._offloop:
+            if self._offloop:
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
+            else:
+                self._flush()
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
+        if self._ckpt_thread is not None:
+            self._ckpt_wake.set()
+            await asyncio.to_thread(self._ckpt_thread.join)
         self._readers.shutdown(wait=True)
         with self._raw_lock:
             for reader in self._raw_readers:

@@ -34,6 +34,7 @@ __all__ = [
     "session_row",
     "set_heads",
     "subscribers",
+    "touch",
     "touch_replica",
 ]
 
@@ -73,6 +74,7 @@ _FRAMES_AFTER = f"SELECT seq, payload FROM {_O} WHERE session_id = ? AND seq > ?
 _FRAMES_AFTER_LIMIT = _FRAMES_AFTER + " LIMIT ?"
 _SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM {_S} WHERE id = ?"  # noqa: S608
 _TOUCH_REPLICA = f"UPDATE {_S} SET last_active_at = ?, replica = ? WHERE id = ?"  # noqa: S608
+_TOUCH = f"UPDATE {_S} SET last_active_at = ? WHERE id = ?"  # noqa: S608
 _HANDOFF = f"SELECT {', '.join(_HANDOFF_COLUMNS)} FROM {_H} WHERE session_id = ?"  # noqa: S608
 
 
@@ -180,6 +182,10 @@ def touch_replica(
     conn: sqlite3.Connection, session_id: str, now: float, replica: str | None
 ) -> None:
     conn.execute(_TOUCH_REPLICA, (now, replica, session_id))
+
+
+def touch(conn: sqlite3.Connection, session_id: str, now: float) -> None:
+    conn.execute(_TOUCH, (now, session_id))
 
 
 def handoff_row(conn: sqlite3.Connection, session_id: str) -> dict[str, Any] | None:
