@@ -59,6 +59,11 @@ CASES: list[Any] = [
     {"id": "e21", "op": True},
     {"id": "e22", "attributes": "x"},
     {"id": "e23", "occurred_at": "2024-05-01T12:00:00.1234567890Z"},
+    {"id": "e24", "occurred_at": "2024-05-01T24:00:00Z"},
+    {"id": "e25", "occurred_at": "2024-05-01T12:60:00Z"},
+    {"id": "e26", "occurred_at": "2024-05-01T12:00:60Z"},
+    {"id": "e27", "occurred_at": "0000-01-01T00:00:00Z"},
+    {"id": "e28", "occurred_at": "2024-13-01T00:00:00Z"},
 ]
 
 

@@ -39,6 +39,7 @@ Anything that cannot be decoded raises :class:`DecodeError` with a reason.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -310,12 +311,21 @@ _PLAIN_FIELDS: Final = frozenset(
 )
 _PLAIN_TEXT: Final = frozenset({"id", "source", "type", "text"})
 _RFC3339: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
 )
-_EPOCH: Final = datetime.datetime(1970, 1, 1)
+_EPOCH: Final = datetime.date(1970, 1, 1)
 _SECONDS_MIN: Final = -62135596800  # 0001-01-01T00:00:00Z, as Timestamp.FromJsonString checks
 _SECONDS_MAX: Final = 253402300799  # 9999-12-31T23:59:59Z
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_days(date: str) -> int | None:
+    """Days from 1970-01-01 to ``YYYY-MM-DD`` (the events of a batch share a few dates)."""
+    try:
+        return (datetime.date.fromisoformat(date) - _EPOCH).days
+    except ValueError:
+        return None
 
 
 def _plain_time(target: Timestamp, value: str) -> bool:
@@ -327,15 +337,12 @@ def _plain_time(target: Timestamp, value: str) -> bool:
     m = _RFC3339.fullmatch(value)
     if m is None:
         return False
-    year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
-    try:
-        delta = (
-            datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
-            - _EPOCH
-        )
-    except ValueError:
+    date, hour, minute, second, frac, sign, off_h, off_m = m.groups()
+    days = _epoch_days(date)
+    h, mi, sec = int(hour), int(minute), int(second)
+    if days is None or h > 23 or mi > 59 or sec > 59:
         return False
-    seconds = delta.days * 86400 + delta.seconds
+    seconds = days * 86400 + h * 3600 + mi * 60 + sec
     if sign is not None:
         offset = (int(off_h) * 60 + int(off_m)) * 60
         seconds += -offset if sign == "+" else offset
