@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from talkwire.server.errors import UnavailableError
 from talkwire.server.events.commits import OffsetCommitter
 from talkwire.server.events.kafka import KafkaIngress
 from talkwire.server.events.router import EventRouter
@@ -41,8 +42,10 @@ class ScriptedConsumer:
     def __init__(self) -> None:
         self.polls: asyncio.Queue[dict[TopicPartition, list[Any]]] = asyncio.Queue()
         self.commits: list[dict[TopicPartition, int]] = []
+        self.calls = 0
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> Any:
+        self.calls += 1
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(self.polls.get(), timeout_ms / 1000)
         return {}
@@ -158,3 +161,58 @@ async def test_a_revoked_partition_is_dropped_from_what_waits_for_the_store(
     consumer.polls.put_nowait({P0: [_record(0, 1, "a"), _record(1, 1, "b")]})
     await eventually(lambda: consumer.committed().get(P0) == 2, message="P0 committed")
     assert _updates(sink, sessions[1]) == [(1, "e-1-a"), (2, "e-1-b")]  # e-1-a deduplicated
+
+
+class DownStore:
+    """The real store with ``fanout`` failing as if the database were down."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def fanout(self, events: Any, **kwargs: Any) -> Any:
+        self.failures += 1
+        raise UnavailableError("session store unavailable: simulated outage")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_empty_polls_behind_a_failing_store_are_no_progress(
+    store: SessionStore, sink: RecordingSink
+) -> None:
+    """The stall watchdog still fires while a batch retries: the fetcher keeps
+    polling, but an empty poll counts as progress only when nothing waits."""
+    down, clock = DownStore(store), Clock()
+    cfg = {
+        "bootstrap": "127.0.0.1:1",
+        "group_id": "g",
+        "poll_timeout": 0.01,
+        "retry_initial": 0.01,
+        "retry_max": 0.02,
+        "stall_after": 10,
+        "topics": {TOPIC: {"format": "json", "keys": ["order:{after.id}"]}},
+    }
+    ingress = KafkaIngress(cfg, EventRouter(down, sink), store, clock=clock)  # type: ignore[arg-type]
+    consumer = ScriptedConsumer()
+    consumer.polls.put_nowait({P0: [_record(0, 1, "a")]})
+    task = asyncio.create_task(ingress._consume(consumer))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: down.failures >= 1, message="the batch is retrying")
+        clock.now = 100.0
+        polled = consumer.calls
+        await eventually(lambda: consumer.calls >= polled + 3, message="more empty polls")
+        assert down.failures >= 2
+        assert not ingress._health.fresh
+        assert ingress.batches == 0
+    finally:
+        await ingress.aclose()
+        await asyncio.wait_for(task, 10)
