@@ -290,12 +290,16 @@ def _run(quick: bool, res: Result, replicas: int) -> Result:
                     prod.gather("produced", 60)
                     time.sleep(1.0)
                     produced: dict[int, int] = {}
+                    cpu: dict[int, float] = {}
                     for rate in rates:
                         progress(f"events/{kind}: {rate} events/s for {duration}s")
+                        cpu0 = sum(s.cpu() for s in servers)
                         prod.send("rate", rate, duration)
                         (p,) = prod.gather("produced", duration + 60)
                         produced[rate] = p["sent"]
                         time.sleep(1.0 if quick else 2.0)
+                        # server CPU while this rate was offered and the pause after it
+                        cpu[rate] = sum(s.cpu() for s in servers) - cpu0
                     prod.send("stop")
                     w.send("stop")
                     outs = w.gather("result", 60)
@@ -313,6 +317,9 @@ def _run(quick: bool, res: Result, replicas: int) -> Result:
                 s["produced"] = produced[rate]
                 s["delivered"] = len(by_rate[rate])
                 s["delivered_per_s"] = len(by_rate[rate]) / duration
+                s["cpu_us_per_delivery"] = (
+                    cpu[rate] / len(by_rate[rate]) * 1e6 if by_rate[rate] else float("nan")
+                )
                 stats[kind][rate] = s
                 res.cdfs.setdefault(f"{rate} events/s, produce -> receipt", {})[kind] = by_rate[
                     rate
@@ -331,6 +338,14 @@ def _run(quick: bool, res: Result, replicas: int) -> Result:
         )
         res.rows.append(Row(f"{rate}/s p50{tag}", o.get("p50"), b.get("p50"), "ms"))
         res.rows.append(Row(f"{rate}/s p99{tag}", o.get("p99"), b.get("p99"), "ms", "", note))
+        res.rows.append(
+            Row(
+                f"{rate}/s server CPU per delivery{tag}",
+                o["cpu_us_per_delivery"],
+                b["cpu_us_per_delivery"],
+                "us",
+            )
+        )
         share = o.get("p99", float("nan")) - b.get("p99", float("nan"))
         res.rows.append(
             Row(

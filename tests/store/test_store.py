@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from talkwire.server import schema
 from talkwire.server.errors import AlreadyExistsError, NotFoundError, OutOfRangeError
 from talkwire.server.frames import encode_template
 from talkwire.server.identity import Identity
@@ -124,6 +126,41 @@ async def test_fanout_reaches_subscribers_once_and_dedups(store: SessionStore) -
     assert sorted(again.duplicates) == ["e1", "e4"]
     assert _texts(again.frames[a.id]) == [(2, "x")]
     assert _texts(await store.frames_after(a.id, 0)) == [(1, "shipped"), (2, "x")]
+
+
+async def test_fanout_records_each_frame_of_a_batch_in_its_sessions_transcript(
+    store: SessionStore,
+) -> None:
+    a, _ = await store.create_session(ALICE)
+    b, _ = await store.create_session(ALICE)
+    await store.subscribe(a.id, "order:1")
+    await store.subscribe(b.id, "order:2")
+    await store.fanout(
+        [
+            FanoutEvent("e1", _update("a1"), keys=("order:1",)),
+            FanoutEvent("e2", _update("b1"), keys=("order:2",)),
+            FanoutEvent("e3", _update("a2"), keys=("order:1",)),
+            FanoutEvent("e4", _update("both"), keys=("order:1", "order:2")),
+        ]
+    )
+    events = schema.conversation_events
+    query = (
+        sa.select(events.c.session_id, events.c.seq, events.c.body)
+        .where(events.c.kind == "frame.appended")
+        .order_by(events.c.id)
+    )
+    rows = await store.executor.read(lambda conn: list(conn.execute(query)))
+    transcript: dict[str, list[tuple[int, str]]] = {}
+    for session_id, seq, body in rows:
+        frame = chat_pb2.ConverseResponse.FromString(body)
+        assert frame.seq == seq
+        transcript.setdefault(session_id, []).append((seq, frame.update.text))
+    assert transcript == {
+        a.id: [(1, "a1"), (2, "a2"), (3, "both")],
+        b.id: [(1, "b1"), (2, "both")],
+    }
+    assert transcript[a.id] == _texts(await store.frames_after(a.id, 0))
+    assert transcript[b.id] == _texts(await store.frames_after(b.id, 0))
 
 
 async def test_fanout_skips_closed_sessions(store: SessionStore) -> None:

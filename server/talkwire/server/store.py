@@ -1072,6 +1072,7 @@ class SessionStore:
             return result
         sqlitehot.set_heads(conn, [(v, k) for k, v in new_heads.items()])
         rows: list[tuple[str, int, float, bytes]] = []
+        appended: list[tuple[str, str, int, float, bytes]] = []
         for session_id, evs in per_session.items():
             if session_id not in new_heads:
                 continue  # closed between lookup and lock
@@ -1080,10 +1081,11 @@ class SessionStore:
                 StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
             ]
             result.frames[session_id] = frames
-            self.events.record_raw(
-                conn, [(session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames]
-            )
-            rows.extend((session_id, f.seq, now, f.payload) for f in frames)
+            for f in frames:
+                appended.append((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload))
+                rows.append((session_id, f.seq, now, f.payload))
+        # One statement for the whole batch (not one per session), rows in the same order.
+        self.events.record_raw(conn, appended)
         sqlitehot.insert_outbox(conn, rows)
         return result
 

@@ -38,15 +38,18 @@ Anything that cannot be decoded raises :class:`DecodeError` with a reason.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from talkwire.server.events import mongo
@@ -154,8 +157,30 @@ def _plain(value: Any) -> Any:
 
 
 def struct_to_dict(struct: Struct) -> dict[str, Any]:
-    """A Struct as plain Python values; integral numbers become ``int`` (1001, not 1001.0)."""
-    return {k: _plain(v) for k, v in json_format.MessageToDict(struct).items()}
+    """A Struct as plain Python values; integral numbers become ``int`` (1001, not 1001.0).
+
+    What ``json_format.MessageToDict`` gives, walked directly (it is on every
+    routed event's path); a non-finite number raises ``ValueError`` as it does.
+    """
+    return {k: _value(v) for k, v in struct.fields.items()}
+
+
+def _value(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise ValueError(f"Fail to serialize {number} for Value.number_value")
+        return _plain(number)
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    return None
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -171,10 +196,21 @@ def header(headers: Headers, name: str) -> str | None:
     return "" if found is None else found.decode("utf-8", errors="replace")
 
 
+def _no_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON; a Struct holding one cannot be routed (its
+    # templates' context cannot be built), so the record would be retried forever.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# json.loads(value, parse_constant=...) would build a decoder per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _json(value: bytes, what: str) -> Any:
     try:
-        return json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # what json.loads does with bytes: detect UTF-8/16/32, then decode the text
+        return _DECODER.decode(value.decode(json.detect_encoding(value), "surrogatepass"))
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise DecodeError(f"{what} is not valid JSON: {exc}") from None
 
 
@@ -236,6 +272,9 @@ def event_from_json(data: Any) -> events_pb2.ChangeEvent:
     """A ChangeEvent from its JSON shape (a parsed object); ``op`` may be ``"update"``."""
     if not isinstance(data, Mapping):
         raise DecodeError(f"a change event must be a JSON object, got {type(data).__name__}")
+    event = _plain_event(data)
+    if event is not None:
+        return event
     body = dict(data)
     if "op" in body and body["op"] is not None:
         body["op"] = events_pb2.ChangeOp.Name(op_from_name(body["op"]))
@@ -262,6 +301,99 @@ def event_from_json(data: Any) -> events_pb2.ChangeEvent:
             getattr(event, name).update(row)
     except (json_format.ParseError, ValueError, TypeError) as exc:
         raise DecodeError(f"not a talkwire.v1.ChangeEvent: {exc}") from None
+    return event
+
+
+# The fields the plain shape may carry (snake_case names only; ``occurredAt`` and
+# the other protobuf JSON spellings take the general path).
+_PLAIN_FIELDS: Final = frozenset(
+    {"id", "source", "type", "text", "keys", "op", "occurred_at", "attributes", "before", "after"}
+)
+_PLAIN_TEXT: Final = frozenset({"id", "source", "type", "text"})
+_RFC3339: Final = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_EPOCH: Final = datetime.date(1970, 1, 1)
+_SECONDS_MIN: Final = -62135596800  # 0001-01-01T00:00:00Z, as Timestamp.FromJsonString checks
+_SECONDS_MAX: Final = 253402300799  # 9999-12-31T23:59:59Z
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_days(date: str) -> int | None:
+    """Days from 1970-01-01 to ``YYYY-MM-DD`` (the events of a batch share a few dates)."""
+    try:
+        return (datetime.date.fromisoformat(date) - _EPOCH).days
+    except ValueError:
+        return None
+
+
+def _plain_time(target: Timestamp, value: str) -> bool:
+    """``Timestamp.FromJsonString`` for the usual RFC 3339 spelling, without ``strptime``.
+
+    False (nothing set) for anything else; the general path then parses it, or
+    reports the error, exactly as before.
+    """
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        return False
+    date, hour, minute, second, frac, sign, off_h, off_m = m.groups()
+    days = _epoch_days(date)
+    h, mi, sec = int(hour), int(minute), int(second)
+    if days is None or h > 23 or mi > 59 or sec > 59:
+        return False
+    seconds = days * 86400 + h * 3600 + mi * 60 + sec
+    if sign is not None:
+        offset = (int(off_h) * 60 + int(off_m)) * 60
+        seconds += -offset if sign == "+" else offset
+    nanos = round(float("0." + frac) * 1e9) if frac else 0
+    if not _SECONDS_MIN <= seconds <= _SECONDS_MAX or nanos >= 1_000_000_000:
+        return False
+    target.seconds = seconds
+    target.nanos = nanos
+    return True
+
+
+def _plain_event(data: Mapping[str, Any]) -> events_pb2.ChangeEvent | None:
+    """The usual JSON shape (``str`` fields, a ``keys`` list of strings, an RFC 3339
+    ``occurred_at``, object rows) set field by field, without ``json_format``.
+
+    None: some field is spelled or typed otherwise (camelCase, ``null``, a number
+    for a time, keys as one string, an unknown field); the general path, which
+    this matches field for field, then decodes the record or reports why not.
+    """
+    if not _PLAIN_FIELDS.issuperset(data):
+        return None
+    event = events_pb2.ChangeEvent()
+    for name, value in data.items():
+        kind = type(value)
+        if name in _PLAIN_TEXT:
+            if kind is not str:
+                return None
+            setattr(event, name, value)
+        elif name == "op":
+            if kind is not str and kind is not int:
+                return None
+            event.op = op_from_name(value)
+        elif name == "keys":
+            if kind is not list or not all(type(k) is str for k in value):
+                return None
+            event.keys.extend(value)
+        elif name == "occurred_at":
+            if kind is not str or not _plain_time(event.occurred_at, value):
+                return None
+        elif name == "attributes":
+            if kind is not dict:
+                return None
+            for k, v in value.items():
+                event.attributes[str(k)] = str(v)
+        elif value is not None:  # before / after
+            if kind is not dict:
+                return None
+            try:
+                getattr(event, name).update(value)
+            except (ValueError, TypeError):
+                return None
     return event
 
 

@@ -7,19 +7,24 @@ group and consumes. Health is reported through ``on_health`` (``False`` until
 the consumer has joined and while it stalls) and the consumer lag and stall
 gauges through ``metrics``.
 
-Per ``getmany`` batch:
+Two tasks share the work. The fetcher polls (``getmany``) and decodes every
+record with its topic's format (a record that cannot be decoded is set aside
+for the dead-letter path; a Debezium tombstone is skipped). The storer takes
+every poll decoded so far, in fetch order, and
 
-1. decode every record with its topic's format (a record that cannot be
-   decoded is set aside for the dead-letter path; a Debezium tombstone is
-   skipped);
-2. route the decoded events with ONE ``store.fanout`` (one transaction,
+1. routes their events with ONE ``store.fanout`` (one transaction,
    deduplicated by event id);
-3. dead-letter the undecodable records (to ``dead_letter_topic`` with the
+2. dead-letters the undecodable records (to ``dead_letter_topic`` with the
    reason in the ``talkwire-dead-letter-reason`` header, else into the store's
    ``dead_letters`` table);
-4. THEN hand the offsets of exactly those records to the
+3. THEN hands the offsets of exactly those records to the
    :class:`~talkwire.server.events.commits.OffsetCommitter` (next offset per
    partition), which commits them in the background, in order.
+
+So while one transaction is being written the next polls are fetched and
+decoded (at most ``_MAX_AHEAD`` of them; then the fetcher waits), and under load
+they go into the store together: fewer, larger transactions. One store call
+at a time, in fetch order: a partition's records are stored in offset order.
 
 When the store is unavailable (or anything else fails in 2-3) the same batch
 is retried with exponential backoff; the consumer never commits past it and
@@ -28,16 +33,20 @@ after a crash or a rebalance makes no second frame (records without an id get
 ``kafka:<topic>:<partition>:<offset>``).
 
 Rebalances: on revoke, offsets already stored but not yet committed are
-committed, and the in-flight batch drops the revoked partitions (it will not
-commit them; the new owner re-reads and the event-id dedup absorbs the
-overlap). On stop the consumer commits what is stored and leaves the group
+committed, and the batches fetched before the revoke (decoded, or in the store)
+drop the revoked partitions (they will not commit them; the new owner re-reads
+and the event-id dedup absorbs the overlap). A partition assigned again is
+re-read from its committed offset, so a poll fetched after that keeps it.
+On stop the consumer finishes the batch in the store (decoded polls not yet
+stored are dropped, uncommitted), commits what is stored and leaves the group
 (a LeaveGroup request), so the others take its partitions at once instead of
 after ``session_timeout``. Membership is dynamic on purpose: aiokafka sends no
 LeaveGroup for a static member (``group_instance_id``), so static membership
 would turn every SIGTERM into a ``session_timeout`` stall, and aiokafka has no
 cooperative (incremental) rebalancing.
 
-A watchdog tracks the last progress (a committed batch, or an empty poll);
+A watchdog tracks the last progress (a stored batch, or an empty poll with
+nothing waiting for the store);
 ``healthy`` turns false and a warning is logged when there has been none for
 ``stall_after`` seconds (e.g. the store is down and the batch keeps retrying).
 """
@@ -49,6 +58,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -79,6 +89,42 @@ _Dead = tuple[TopicPartition, Any, str]
 
 # How long an abandoned start (stopping while the join is in flight) may take to stop.
 _ABANDON_TIMEOUT = 1.0
+
+# Decoded polls waiting for the store (while one transaction is being written).
+_MAX_AHEAD = 4
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Decoded records of one poll (or of several, merged for one store call)."""
+
+    items: list[_Item]
+    dead: list[_Dead]
+    offsets: dict[TopicPartition, int]  # next offset per partition
+    size: int  # records fetched
+    # partitions revoked since this was fetched: their records are not stored or committed
+    revoked: set[TopicPartition] = field(default_factory=set)
+
+    def drop(self, gone: set[TopicPartition]) -> None:
+        """Forget the records and offsets of ``gone``."""
+        if not gone:
+            return
+        self.items = [i for i in self.items if i[0] not in gone]
+        self.dead = [d for d in self.dead if d[0] not in gone]
+        for tp in gone:
+            self.offsets.pop(tp, None)
+
+
+def _merge(batches: list[_Batch]) -> _Batch:
+    """One batch of ``batches`` (fetch order), each without its own revoked partitions."""
+    merged = _Batch([], [], {}, 0)
+    for b in batches:
+        b.drop(b.revoked)
+        merged.items.extend(b.items)
+        merged.dead.extend(b.dead)
+        merged.offsets.update(b.offsets)  # a later poll's offset of a partition is higher
+        merged.size += b.size
+    return merged
 
 
 async def _abandon(consumer: AIOKafkaConsumer) -> None:
@@ -174,7 +220,10 @@ class KafkaIngress:
         self._joined = False
         self._failed: BaseException | None = None
         self._assigned: set[TopicPartition] = set()
-        self._batch_revoked: set[TopicPartition] = set()
+        self._queued: list[_Batch] = []  # decoded, waiting for the store, fetch order
+        self._storing: _Batch | None = None  # in the store now
+        self._ready = asyncio.Event()  # something queued (or stopping): wakes the storer
+        self._room = asyncio.Event()  # room in the queue (or stopping): wakes the fetcher
         self._lag: dict[TopicPartition, int] = {}
         self.connect_attempts = 0
         self.batches = 0
@@ -213,6 +262,8 @@ class KafkaIngress:
             return
         self._closed = True
         self._stopping.set()
+        self._ready.set()
+        self._room.set()
         task = self._task
         if task is not None and not task.done():
             if not self._joined:
@@ -262,7 +313,10 @@ class KafkaIngress:
     # -- rebalance --------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._batch_revoked |= revoked
+        for batch in self._queued:
+            batch.revoked |= revoked
+        if self._storing is not None:
+            self._storing.revoked |= revoked
         if self._commits is not None:
             await self._commits.revoke(revoked)
         self._assigned -= revoked
@@ -397,9 +451,19 @@ class KafkaIngress:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._fetch(consumer), name="talkwire-kafka-fetch")
+            tg.create_task(self._store_loop(consumer), name="talkwire-kafka-store")
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
+        """Poll and decode, staying at most ``_MAX_AHEAD`` polls ahead of the store."""
         s = self.settings
         backoff = Backoff(s.retry_initial, s.retry_max)
         while not self._stopping.is_set():
+            if len(self._queued) >= _MAX_AHEAD:
+                self._room.clear()
+                await self._room.wait()
+                continue
             try:
                 batch = await consumer.getmany(
                     timeout_ms=int(s.poll_timeout * 1000), max_records=s.max_records
@@ -411,33 +475,45 @@ class KafkaIngress:
                 continue
             backoff.reset()
             if not batch:
-                self._health.progress()
+                if not self._queued and self._storing is None:
+                    self._health.progress()  # idle, not stuck behind a failing store
                 continue
-            await self._process(consumer, batch)
+            self._queued.append(self._decode(batch))
+            self._ready.set()
 
-    async def _process(
-        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
-    ) -> None:
-        """Decode, store (retried until it succeeds or we stop), then hand over the offsets."""
-        self._batch_revoked = set()
-        items, dead, offsets = self._decode(batch)
-        if not await self._store(items, dead, offsets, size=sum(map(len, batch.values()))):
+    async def _store_loop(self, consumer: AIOKafkaConsumer) -> None:
+        """Store everything decoded so far in one call, one call at a time, until stopping."""
+        while not self._stopping.is_set():
+            if not self._queued:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            batches, self._queued = self._queued, []
+            self._room.set()
+            batch = _merge(batches)
+            self._storing = batch
+            try:
+                await self._process(consumer, batch)
+            finally:
+                self._storing = None
+
+    async def _process(self, consumer: AIOKafkaConsumer, batch: _Batch) -> None:
+        """Store (retried until it succeeds or we stop), then hand over the offsets."""
+        if not await self._store(batch):
             return
-        offsets = {tp: o for tp, o in offsets.items() if tp not in self._batch_revoked}
+        offsets = {tp: o for tp, o in batch.offsets.items() if tp not in batch.revoked}
         if self._commits is not None:
             self._commits.stored(offsets)
         self.batches += 1
-        self.records += sum(len(r) for r in batch.values())
-        self.dead_lettered += len(dead)
+        self.records += batch.size
+        self.dead_lettered += len(batch.dead)
         for tp, next_offset in offsets.items():
             high = consumer.highwater(tp)
             if high is not None:
                 self._lag[tp] = max(0, int(high) - next_offset)
         self._health.progress()
 
-    def _decode(
-        self, batch: Mapping[TopicPartition, list[Any]]
-    ) -> tuple[list[_Item], list[_Dead], dict[TopicPartition, int]]:
+    def _decode(self, batch: Mapping[TopicPartition, list[Any]]) -> _Batch:
         items: list[_Item] = []
         dead: list[_Dead] = []
         offsets: dict[TopicPartition, int] = {}
@@ -462,37 +538,25 @@ class KafkaIngress:
                     continue
                 if event is not None:
                     items.append((tp, event, route))
-        return items, dead, offsets
+        return _Batch(items, dead, offsets, sum(map(len, batch.values())))
 
-    async def _store(
-        self,
-        items: list[_Item],
-        dead: list[_Dead],
-        offsets: dict[TopicPartition, int],
-        *,
-        size: int,
-    ) -> bool:
+    async def _store(self, batch: _Batch) -> bool:
         """Route + dead-letter in a retry loop; False: nothing left to commit, or stopping."""
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         while True:
-            gone = self._batch_revoked
-            if gone:
-                items = [i for i in items if i[0] not in gone]
-                dead = [d for d in dead if d[0] not in gone]
-                for tp in gone:
-                    offsets.pop(tp, None)
-            if not offsets:
+            batch.drop(batch.revoked)
+            if not batch.offsets:
                 return False
             try:
-                await self.router.route([(ev, route) for _, ev, route in items])
-                await self._dead_letter(dead)
+                await self.router.route([(ev, route) for _, ev, route in batch.items])
+                await self._dead_letter(batch.dead)
                 return True
             except Exception as exc:  # noqa: BLE001 - retry the same batch; never skip it
                 self.retries += 1
                 delay = backoff.next()
                 log.warning(
                     "kafka batch of %d record(s) not stored, retrying in %.1fs: %s",
-                    size,
+                    batch.size,
                     delay,
                     exc,
                 )

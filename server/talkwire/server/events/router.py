@@ -28,11 +28,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import Tracer
 
 from talkwire.server.events.decode import struct_to_dict
 from talkwire.server.events.routing import TopicRoute, event_context
-from talkwire.server.frames import StoredFrame, encode_template
+from talkwire.server.frames import StoredFrame, encode_template, now_timestamp
 from talkwire.server.store import FanoutEvent, FanoutResult, SessionStore
 from talkwire.server.tracing import RouteSpans, default_tracer
 from talkwire.v1 import chat_pb2, events_pb2
@@ -68,9 +69,15 @@ def update_frame(
     text: str,
     now: float | None = None,
     traceparent: str = "",
+    sent_at: Timestamp | None = None,
 ) -> bytes:
-    """The serialised ``ConverseResponse{update}`` template (no seq) for ``event``."""
+    """The serialised ``ConverseResponse{update}`` template (no seq) for ``event``.
+
+    ``sent_at`` (one per routed batch) is copied as it is; else it is ``now``.
+    """
     frame = chat_pb2.ConverseResponse()
+    if sent_at is not None:
+        frame.sent_at.CopyFrom(sent_at)
     update = frame.update
     update.event_id = event.id
     update.traceparent = traceparent
@@ -108,7 +115,12 @@ class EventRouter:
         self._clock = clock
 
     def prepare(
-        self, event: events_pb2.ChangeEvent, route: TopicRoute | None, *, traceparent: str = ""
+        self,
+        event: events_pb2.ChangeEvent,
+        route: TopicRoute | None,
+        *,
+        traceparent: str = "",
+        sent_at: Timestamp | None = None,
     ) -> FanoutEvent | None:
         """Filter and key one event; ``None`` when the filters drop it or it has no keys."""
         if route is None:
@@ -129,7 +141,9 @@ class EventRouter:
             return None
         return FanoutEvent(
             event_id=event.id,
-            template=update_frame(event, key=keys[0], text=text, traceparent=traceparent),
+            template=update_frame(
+                event, key=keys[0], text=text, traceparent=traceparent, sent_at=sent_at
+            ),
             keys=tuple(keys),
         )
 
@@ -149,8 +163,14 @@ class EventRouter:
         with RouteSpans(self._tracer) as spans:
             prepared: list[FanoutEvent] = []
             occurred: dict[str, float] = {}
+            sent_at = now_timestamp()  # one stamp for the batch
             for event, route in items:
-                fan = self.prepare(event, route, traceparent=spans.start(event, ingress=ingress))
+                fan = self.prepare(
+                    event,
+                    route,
+                    traceparent=spans.start(event, ingress=ingress),
+                    sent_at=sent_at,
+                )
                 if fan is None:
                     continue
                 spans.keys(fan.keys)
