@@ -177,6 +177,30 @@ def _per_session(
     return per_session
 
 
+def _fanout_frames(
+    per_session: Mapping[str, list[FanoutEvent]],
+    new_heads: Mapping[str, int],
+    now: float,
+    result: FanoutResult,
+) -> tuple[list[tuple[str, int, float, bytes]], list[tuple[str, str, int, float, bytes]]]:
+    """The frames of a fan-out, numbered up to each session's new head, into ``result``;
+    returns the outbox rows and the ``frame.appended`` event rows, in the same order."""
+    outbox: list[tuple[str, int, float, bytes]] = []
+    appended: list[tuple[str, str, int, float, bytes]] = []
+    for session_id, evs in per_session.items():
+        if session_id not in new_heads:
+            continue  # closed between lookup and lock
+        first = new_heads[session_id] - len(evs) + 1
+        frames = [
+            StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
+        ]
+        result.frames[session_id] = frames
+        for f in frames:
+            appended.append((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload))
+            outbox.append((session_id, f.seq, now, f.payload))
+    return outbox, appended
+
+
 # The dialogue state is saved on (nearly) every turn: orjson encodes it about 20x
 # faster than the stdlib. What orjson would encode differently from ``json.dumps``
 # (datetimes and dataclasses, which json refuses, big ints, ...) falls back to
@@ -1071,19 +1095,7 @@ class SessionStore:
         if not new_heads:
             return result
         sqlitehot.set_heads(conn, [(v, k) for k, v in new_heads.items()])
-        rows: list[tuple[str, int, float, bytes]] = []
-        appended: list[tuple[str, str, int, float, bytes]] = []
-        for session_id, evs in per_session.items():
-            if session_id not in new_heads:
-                continue  # closed between lookup and lock
-            first = new_heads[session_id] - len(evs) + 1
-            frames = [
-                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
-            ]
-            result.frames[session_id] = frames
-            for f in frames:
-                appended.append((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload))
-                rows.append((session_id, f.seq, now, f.payload))
+        rows, appended = _fanout_frames(per_session, new_heads, now, result)
         # One statement for the whole batch (not one per session), rows in the same order.
         self.events.record_raw(conn, appended)
         sqlitehot.insert_outbox(conn, rows)
@@ -1119,18 +1131,7 @@ class SessionStore:
         )
         if not new_heads:
             return result
-        rows: list[tuple[str, str, int, float, bytes]] = []
-        outbox: list[tuple[str, int, float, bytes]] = []
-        for session_id, evs in per_session.items():
-            if session_id not in new_heads:
-                continue  # closed between lookup and lock
-            first = new_heads[session_id] - len(evs) + 1
-            frames = [
-                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
-            ]
-            result.frames[session_id] = frames
-            rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
-            outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
+        outbox, rows = _fanout_frames(per_session, new_heads, now, result)
         await self.events.record_pg(conn, rows, outbox)
         return result
 
@@ -1166,18 +1167,7 @@ class SessionStore:
         if not new_heads:
             return result
         await myhot.set_heads(cur, list(new_heads.items()))
-        rows: list[tuple[str, str, int, float, bytes]] = []
-        outbox: list[tuple[str, int, float, bytes]] = []
-        for session_id, evs in per_session.items():
-            if session_id not in new_heads:
-                continue  # closed between lookup and lock
-            first = new_heads[session_id] - len(evs) + 1
-            frames = [
-                StoredFrame(first + i, with_seq(first + i, ev.template)) for i, ev in enumerate(evs)
-            ]
-            result.frames[session_id] = frames
-            rows.extend((session_id, kinds.FRAME_APPENDED, f.seq, now, f.payload) for f in frames)
-            outbox.extend((session_id, f.seq, now, f.payload) for f in frames)
+        outbox, rows = _fanout_frames(per_session, new_heads, now, result)
         await myhot.insert_frames(cur, outbox)
         await self.events.record_my(cur, rows)
         return result
