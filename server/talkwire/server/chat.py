@@ -45,7 +45,7 @@ from talkwire.server.errors import (
     UnavailableError,
     status_for,
 )
-from talkwire.server.frames import StoredFrame, encode_template, jsonable
+from talkwire.server.frames import StoredFrame, encode_template, error_template, jsonable
 from talkwire.server.hub import Attachment, SessionHub
 from talkwire.server.identity import Identity
 from talkwire.server.metrics import Metrics
@@ -531,11 +531,7 @@ class ChatService:
             )
 
     def _transient_error(self, att: Attachment, frame_id: str, exc: TalkwireError) -> None:
-        frame = chat_pb2.ConverseResponse(in_reply_to=frame_id)
-        frame.error.code = exc.code.name
-        frame.error.message = exc.message
-        frame.error.retriable = exc.retriable
-        att.send_transient(encode_template(frame))
+        att.send_transient(error_template(exc, frame_id))
 
     async def _turn_loop(
         self,

@@ -14,9 +14,17 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from talkwire.server.errors import TalkwireError
 from talkwire.v1 import chat_pb2
 
-__all__ = ["StoredFrame", "encode_template", "jsonable", "now_timestamp", "with_seq"]
+__all__ = [
+    "StoredFrame",
+    "encode_template",
+    "error_template",
+    "jsonable",
+    "now_timestamp",
+    "with_seq",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,15 @@ def encode_template(frame: chat_pb2.ConverseResponse, now: float | None = None) 
         frame.sent_at.CopyFrom(now_timestamp(now))
     frame.seq = 0
     return frame.SerializeToString()
+
+
+def error_template(exc: TalkwireError, in_reply_to: str = "") -> bytes:
+    """An ``error`` frame template for ``exc`` (code, message, retriable)."""
+    frame = chat_pb2.ConverseResponse(in_reply_to=in_reply_to)
+    frame.error.code = exc.code.name
+    frame.error.message = exc.message
+    frame.error.retriable = exc.retriable
+    return encode_template(frame)
 
 
 def jsonable(value: Any) -> Any:

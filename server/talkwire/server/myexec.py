@@ -23,7 +23,7 @@ import asyncmy
 from asyncmy import errors as myerrors
 
 from talkwire.server.errors import UnavailableError
-from talkwire.server.sqlexec import AsyncEngineExecutor
+from talkwire.server.sqlexec import AsyncEngineExecutor, store_unavailable
 
 __all__ = ["AsyncmyExecutor", "MyTx"]
 
@@ -41,11 +41,6 @@ _DOWN = (OSError, myerrors.OperationalError, myerrors.InterfaceError, myerrors.I
 def _code(exc: BaseException) -> int | None:
     args = getattr(exc, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
-
-
-def _unavailable(exc: BaseException) -> UnavailableError:
-    log.debug("session store unavailable: %r", exc)
-    return UnavailableError("session store unavailable")
 
 
 class AsyncmyExecutor(AsyncEngineExecutor):
@@ -112,7 +107,7 @@ class AsyncmyExecutor(AsyncEngineExecutor):
                 elif conn is not None and not begun and stale > 0:
                     stale -= 1
                     continue  # a dead pooled connection: nothing was sent
-                raise _unavailable(exc) from exc
+                raise store_unavailable(exc) from exc
             except BaseException:
                 if conn is not None and not done:
                     try:
@@ -139,7 +134,7 @@ class AsyncmyExecutor(AsyncEngineExecutor):
                     if stale > 0:
                         stale -= 1
                         continue  # a read runs again safely, on another connection
-                raise _unavailable(exc) from exc
+                raise store_unavailable(exc) from exc
             finally:
                 if conn is not None:
                     pool.release(conn)

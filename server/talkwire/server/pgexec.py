@@ -33,7 +33,7 @@ import asyncpg
 import sqlalchemy as sa
 
 from talkwire.server.errors import UnavailableError
-from talkwire.server.sqlexec import AsyncEngineExecutor
+from talkwire.server.sqlexec import AsyncEngineExecutor, store_unavailable
 
 __all__ = ["AsyncpgExecutor", "PgTx"]
 
@@ -66,11 +66,6 @@ def _dsn(url: str) -> str:
 async def _keep(conn: asyncpg.Connection) -> None:
     """The pool's reset on release: nothing to undo (the hot paths set no session state,
     and asyncpg rolls back an open transaction itself), so no reset query round trip."""
-
-
-def _unavailable(exc: BaseException) -> UnavailableError:
-    log.debug("session store unavailable: %r", exc)
-    return UnavailableError("session store unavailable")
 
 
 class AsyncpgExecutor(AsyncEngineExecutor):
@@ -144,7 +139,7 @@ class AsyncpgExecutor(AsyncEngineExecutor):
                 conflicts += 1
                 if conflicts < _RETRIES:
                     continue  # the database chose us as a deadlock victim: run it again
-                raise _unavailable(exc) from exc
+                raise store_unavailable(exc) from exc
             except _DOWN as exc:
                 if done:  # committed; only handing the connection back failed
                     log.debug("releasing an asyncpg connection: %r", exc)
@@ -155,7 +150,7 @@ class AsyncpgExecutor(AsyncEngineExecutor):
                 if acquired and unsent and stale > 0:
                     stale -= 1
                     continue  # a dead pooled connection: again on another one
-                raise _unavailable(exc) from exc
+                raise store_unavailable(exc) from exc
 
     async def _read_pg(self, fn: PgTx[T]) -> T:
         pool = await self._acquire_pool()
@@ -175,7 +170,7 @@ class AsyncpgExecutor(AsyncEngineExecutor):
                 if acquired and stale > 0:
                     stale -= 1
                     continue  # a read runs again safely, on another connection
-                raise _unavailable(exc) from exc
+                raise store_unavailable(exc) from exc
 
     async def aclose(self) -> None:
         self._closed = True

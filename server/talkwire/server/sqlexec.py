@@ -60,6 +60,7 @@ __all__ = [
     "SqlExecutor",
     "SqliteExecutor",
     "open_executor",
+    "store_unavailable",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,16 +105,19 @@ def _is_conflict(exc: DBAPIError) -> bool:
     return str(code) in _CONFLICTS
 
 
+def store_unavailable(exc: BaseException | None) -> UnavailableError:
+    """The driver's failure as ``UNAVAILABLE``; its text (hosts, ports) goes to the log only."""
+    log.debug("session store unavailable: %r", exc)
+    return UnavailableError("session store unavailable")
+
+
 def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and (
         isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
     ):
-        log.debug("session store unavailable: %r", exc.orig)
-        return UnavailableError("session store unavailable")
+        return store_unavailable(exc.orig)
     if isinstance(exc, OSError | sqlite3.OperationalError | sqlite3.InterfaceError):
-        # The driver's text names hosts and ports: it goes to the log, not to clients.
-        log.debug("session store unavailable: %r", exc)
-        return UnavailableError("session store unavailable")
+        return store_unavailable(exc)
     return exc
 
 
@@ -370,12 +374,7 @@ class SqliteExecutor:
                 return result
             self._loop = loop
         self._tick_jobs += 1
-        if (
-            self._eager
-            and raw
-            and self.on_loop
-            and not (self._flush_scheduled or self._offloop or self._pending)
-        ):
+        if self._eager and raw and not (self._flush_scheduled or self._offloop or self._pending):
             # Writes come one per tick (a quiet server): the first write of this tick
             # commits at once, which costs no loop iteration. The flush scheduled here
             # ends the tick: writes that follow in the same tick share its commit, and
@@ -403,7 +402,7 @@ class SqliteExecutor:
             return
         batch = self._pending[:_MAX_BATCH]
         del self._pending[:_MAX_BATCH]
-        if self.on_loop and all(job.raw for job in batch) and self._commit_on_loop(batch):
+        if all(job.raw for job in batch) and self._commit_on_loop(batch):
             if self._pending:
                 self._schedule()
             else:

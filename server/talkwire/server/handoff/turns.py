@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from talkwire.server.errors import FailedPreconditionError, TalkwireError
-from talkwire.server.frames import StoredFrame, encode_template
+from talkwire.server.frames import StoredFrame, error_template
 from talkwire.server.handoff.context import remember_user_turn
 from talkwire.server.handoff.desk import HandoffDesk
 from talkwire.server.handoff.frames import authored_reply
@@ -29,7 +29,6 @@ from talkwire.server.handoff.signal import HANDOFF_ACTION, HandoffRequest, take_
 from talkwire.server.handoff.store import HandoffStep
 from talkwire.server.hub import SessionHub
 from talkwire.server.turns import Turn, TurnContext, TurnHandler
-from talkwire.v1 import chat_pb2
 
 __all__ = ["CommitsWith", "HandoffTurns"]
 
@@ -110,7 +109,7 @@ class HandoffTurns:
             with conn.begin_nested():
                 return list(step(conn).frames.get(session_id, ()))
         except (FailedPreconditionError, IntegrityError):
-            error = _error_frame(
+            error = error_template(
                 FailedPreconditionError("the session is already queued or with an agent"),
                 frame_id,
             )
@@ -122,11 +121,3 @@ class CommitsWith(Protocol):
     """A turn context that can run a step inside the turn's own commit."""
 
     def commit_with(self, step: Callable[[Connection], list[StoredFrame]]) -> None: ...
-
-
-def _error_frame(exc: TalkwireError, frame_id: str) -> bytes:
-    frame = chat_pb2.ConverseResponse(in_reply_to=frame_id)
-    frame.error.code = exc.code.name
-    frame.error.message = exc.message
-    frame.error.retriable = exc.retriable
-    return encode_template(frame)
