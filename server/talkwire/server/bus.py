@@ -171,7 +171,7 @@ class RedisBus:
                 log.debug("bus: connection lost: %r", exc)
             finally:
                 with contextlib.suppress(RedisError, OSError, RuntimeError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # redis < 8.2
             self._subscribed.set()
             await self._set_state(False)
             await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation

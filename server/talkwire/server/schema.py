@@ -27,7 +27,8 @@ __all__ = [
 # 1: sessions, frames, subscriptions, dedup, dead letters.
 # 2: conversation events and the outbound outbox (new tables only: create_all adds them).
 # 3: timestamps as DOUBLE on MySQL/MariaDB (were single-precision FLOAT).
-SCHEMA_VERSION = 3
+# 4: SQLite's outbound pending table WITHOUT ROWID and without its session index.
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -146,8 +147,31 @@ outbound_pending = sa.Table(
     sa.Column("event_id", _EventId, primary_key=True, autoincrement=False),
     sa.Column("session_id", sa.String(64), nullable=False),
     sa.Column("created_at", _Time, nullable=False),
-    sa.Index("ix_talkwire_outbound_pending_session", "sink", "session_id", "event_id"),
+    # SQLite: the primary key is the table (no rowid b-tree beside it), and no session
+    # index: its relay reads in key order (one process, in-process claims).
+    sqlite_with_rowid=False,
 )
+
+
+def _not_sqlite(
+    ddl: Any,
+    target: Any,
+    bind: Any,
+    tables: Any = None,
+    state: Any = None,
+    *,
+    dialect: sa.Dialect,
+    **kw: Any,
+) -> bool:
+    return dialect.name != "sqlite"
+
+
+sa.Index(
+    "ix_talkwire_outbound_pending_session",
+    outbound_pending.c.sink,
+    outbound_pending.c.session_id,
+    outbound_pending.c.event_id,
+).ddl_if(callable_=_not_sqlite)
 
 # Deliveries given up on (attempts or age exhausted, or refused by the receiver).
 outbound_dead = sa.Table(

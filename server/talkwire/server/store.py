@@ -275,6 +275,20 @@ def _widen_time_columns(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {column.table.name} MODIFY {column.name} DOUBLE {null}")
 
 
+def _cluster_sqlite_pending(conn: Connection) -> None:
+    """Schema 4 on SQLite: the outbound pending table rebuilt WITHOUT ROWID, its session
+    index dropped (the rows are copied; SQLite's DDL is transactional)."""
+    table = schema.outbound_pending
+    cols = ", ".join(c.name for c in table.columns)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_talkwire_outbound_pending_session")
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {table.name}_v3")
+    table.create(conn)
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {table.name}_v3"  # noqa: S608
+    )
+    conn.exec_driver_sql(f"DROP TABLE {table.name}_v3")
+
+
 class SessionStore:
     """Async access to the session tables. Use as an async context manager."""
 
@@ -380,6 +394,8 @@ class SessionStore:
             if version < schema.SCHEMA_VERSION:  # 2 only added tables (create_all did)
                 if version < 3 and conn.dialect.name in ("mysql", "mariadb"):
                     _widen_time_columns(conn)
+                if version < 4 and conn.dialect.name == "sqlite":
+                    _cluster_sqlite_pending(conn)
                 conn.execute(
                     info.update().where(info.c.id == 1).values(version=schema.SCHEMA_VERSION)
                 )

@@ -30,15 +30,15 @@ _CHUNK = 500
 _TRANSCRIPT_KINDS = (TURN_RECEIVED, FRAME_APPENDED)
 
 # SQLite's raw statements (the relay's per-round reads and its settle skip SQLAlchemy).
-_RAW_SESSIONS = (
-    f"SELECT session_id FROM {_P.name} WHERE sink = ?{{skip}} "  # noqa: S608
-    "GROUP BY session_id ORDER BY MIN(event_id) LIMIT ?"
-)
-_RAW_EVENTS = (
+# A round is read in the order of the pending table's primary key (sink, event_id): each
+# session's rows come as a prefix of its pending events, the longest-waiting session first.
+_RAW_SCAN = (
     f"SELECT e.id, e.session_id, e.kind, e.seq, e.created_at, e.body FROM {_P.name} AS p "  # noqa: S608
     f"JOIN {_E.name} AS e ON e.id = p.event_id "
-    "WHERE p.sink = ? AND p.session_id IN ({marks}) ORDER BY p.session_id, p.event_id"
+    "WHERE p.sink = ? AND p.event_id > ?{skip} ORDER BY p.event_id LIMIT ?"
 )
+_SCAN_ROWS = 2000
+_MAX_PARAMS = 30_000  # SQLite binds at most 32,766 parameters per statement
 _RAW_SETTLE = f"DELETE FROM {_P.name} WHERE sink = ? AND event_id IN ({{marks}})"  # noqa: S608
 _RAW_DEAD = (
     f"INSERT INTO {_D.name} (sink, event_id, session_id, created_at, attempts, reason, dead_at) "  # noqa: S608
@@ -88,24 +88,9 @@ class OutboundOutbox:
             ids = await self.pending_sessions(sink, sessions, skip=skip)
             return await self.pending_events(sink, ids, per_session) if ids else {}
         skipped = list(skip)[:_CHUNK]
-
-        def tx(conn: sqlite3.Connection) -> dict[str, list[StoredEvent]]:
-            where = f" AND session_id NOT IN ({_marks(len(skipped))})" if skipped else ""
-            query = _RAW_SESSIONS.format(skip=where)
-            ids = [r[0] for r in conn.execute(query, (sink, *skipped, sessions))]
-            out: dict[str, list[StoredEvent]] = {}
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i : i + _CHUNK]
-                rows = conn.execute(_RAW_EVENTS.format(marks=_marks(len(chunk))), (sink, *chunk))
-                for row in rows:
-                    events = out.get(row[1])
-                    if events is None:
-                        events = out[row[1]] = []
-                    if len(events) < per_session:
-                        events.append(StoredEvent(*row))
-            return out
-
-        return await self._raw.read_raw(tx)
+        return await self._raw.read_raw(
+            lambda conn: _scan_raw(conn, sink, sessions, per_session, skipped)
+        )
 
     async def pending_sessions(
         self, sink: str, limit: int, *, skip: Collection[str] = ()
@@ -258,6 +243,39 @@ class OutboundOutbox:
         """Every event of a session (the history checker and the connector sink read it)."""
         query = sa.select(_E).where(_E.c.session_id == session_id).order_by(_E.c.id)
         return await self._db.read(lambda conn: [_event(r) for r in conn.execute(query)])
+
+
+def _scan_raw(
+    conn: sqlite3.Connection, sink: str, sessions: int, per_session: int, skipped: list[str]
+) -> dict[str, list[StoredEvent]]:
+    """One round read in event order, in chunks of ``_SCAN_ROWS``: a chunk after the first
+    leaves out the skipped sessions and those already full, so a large backlog of one
+    session (or of one in backoff) costs a scan in SQLite, not rows in Python. Ends when
+    ``sessions`` sessions are in the round or no pending row is left."""
+    out: dict[str, list[StoredEvent]] = {}
+    full: list[str] = []
+    after = 0
+    while len(out) < sessions:
+        leave_out = skipped + full
+        if len(leave_out) > _MAX_PARAMS:
+            break
+        where = f" AND p.session_id NOT IN ({_marks(len(leave_out))})" if leave_out else ""
+        query = _RAW_SCAN.format(skip=where)
+        rows = conn.execute(query, (sink, after, *leave_out, _SCAN_ROWS)).fetchall()
+        for row in rows:
+            events = out.get(row[1])
+            if events is None:
+                if len(out) >= sessions:
+                    continue
+                events = out[row[1]] = []
+            if len(events) < per_session:
+                events.append(StoredEvent(*row))
+                if len(events) == per_session:
+                    full.append(row[1])
+        if len(rows) < _SCAN_ROWS:
+            break
+        after = rows[-1][0]
+    return out
 
 
 def _settle_raw(
