@@ -55,6 +55,15 @@ _ADVANCE_DIALOGUE = (
     f"UPDATE {_S} SET head_seq = head_seq + ?, last_active_at = ?, dialogue = ? "  # noqa: S608
     f"WHERE id = ? AND state = {schema.ACTIVE} RETURNING head_seq"
 )
+# The same without last_active_at: its index entry is not moved (see SessionStore.append).
+_ADVANCE_ONLY = (
+    f"UPDATE {_S} SET head_seq = head_seq + ? "  # noqa: S608
+    f"WHERE id = ? AND state = {schema.ACTIVE} RETURNING head_seq"
+)
+_ADVANCE_ONLY_DIALOGUE = (
+    f"UPDATE {_S} SET head_seq = head_seq + ?, dialogue = ? "  # noqa: S608
+    f"WHERE id = ? AND state = {schema.ACTIVE} RETURNING head_seq"
+)
 _INSERT_FRAME = f"INSERT INTO {_O} (session_id, seq, created_at, payload) VALUES (?, ?, ?, ?)"  # noqa: S608
 _INSERT_EVENT = f"INSERT INTO {_E} (session_id, kind, seq, created_at, body) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
 _INSERT_PENDING = f"INSERT INTO {_P} (sink, event_id, session_id, created_at) VALUES (?, ?, ?, ?)"  # noqa: S608
@@ -84,12 +93,20 @@ def append(
     payloads: Sequence[bytes],
     now: float,
     dialogue: str | None,
+    *,
+    touch: bool = True,
 ) -> int | None:
-    """Advance the session's head by ``len(payloads)`` and store the frames (their seqs
-    already in ``payloads``, numbered from the returned first seq); None: no such active
-    session, nothing written. ``payloads`` may be empty (a dialogue-only save)."""
+    """Advance the session's head by ``len(payloads)`` (and its ``last_active_at`` to
+    ``now`` unless ``touch`` is False); return the first seq of the frames (their seqs
+    already in ``payloads``); None: no such active session, nothing written.
+    ``payloads`` may be empty (a dialogue-only save)."""
     n = len(payloads)
-    if dialogue is None:
+    if touch is False:
+        if dialogue is None:
+            row = conn.execute(_ADVANCE_ONLY, (n, session_id)).fetchone()
+        else:
+            row = conn.execute(_ADVANCE_ONLY_DIALOGUE, (n, dialogue, session_id)).fetchone()
+    elif dialogue is None:
         row = conn.execute(_ADVANCE, (n, now, session_id)).fetchone()
     else:
         row = conn.execute(_ADVANCE_DIALOGUE, (n, now, dialogue, session_id)).fetchone()

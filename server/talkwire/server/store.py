@@ -61,6 +61,7 @@ from talkwire.server.outbound.record import EventRecorder, EventRow
 from talkwire.server.pgexec import AsyncpgExecutor
 from talkwire.server.sqlexec import SqlExecutor, SqliteExecutor, open_executor
 from talkwire.server.storeurl import missing_database
+from talkwire.server.touches import TouchThrottle
 
 __all__ = [
     "FanoutEvent",
@@ -314,6 +315,7 @@ class SessionStore:
         )
         self._sqlite = self._db.dialect == "sqlite"
         self._raw = self._db if isinstance(self._db, SqliteExecutor) else None
+        self._touches = TouchThrottle()
         self._pg = self._db if isinstance(self._db, AsyncpgExecutor) else None
         self._my = self._db if isinstance(self._db, AsyncmyExecutor) else None
         self._closed = False
@@ -622,8 +624,9 @@ class SessionStore:
         now = self._clock()
         if self._raw is not None:
             saved = None if dialogue is None else _dialogue_json(dialogue)
+            touch = self._touches.due(session_id, now)
             return await self._raw.write_raw(
-                lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn)
+                lambda conn: self._append_raw(conn, session_id, templates, now, saved, turn, touch)
             )
         if self._pg is not None:
             saved = None if dialogue is None else json.dumps(dialogue)
@@ -721,8 +724,9 @@ class SessionStore:
         now: float,
         dialogue: str | None,
         turn: bytes | None,
+        touch: bool = True,
     ) -> list[StoredFrame]:
-        first = sqlitehot.append(conn, session_id, templates, now, dialogue)
+        first = sqlitehot.append(conn, session_id, templates, now, dialogue, touch=touch)
         if first is None:
             raise NotFoundError(f"session {session_id} not found or closed")
         payloads = [with_seq(first + i, t) for i, t in enumerate(templates)]
