@@ -315,31 +315,3 @@ async def test_a_resume_replays_a_few_or_many_missing_frames_in_order(
     assert record is not None
     assert [f.seq for f in await store.replay(record, 45)] == [46, 47, 48, 49, 50]
     assert [f.seq for f in await store.replay(record, 2)] == list(range(3, 51))
-
-
-async def test_turns_move_last_active_at_at_most_once_a_second(tmp_path: Path) -> None:
-    now = [1000.0]
-    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
-    async with SessionStore(url, clock=lambda: now[0]) as store:
-        session, _ = await store.create_session(ALICE)
-
-        async def turn_at(t: float) -> float:
-            now[0] = t
-            await store.append(session.id, [_reply(f"at {t}")])
-            record = await store.get_session(session.id)
-            assert record is not None
-            return record.last_active_at
-
-        assert await turn_at(1000.5) == 1000.5
-        assert await turn_at(1001.2) == 1000.5  # written 0.7 s ago: left as it is
-        assert await turn_at(1001.6) == 1001.6
-        assert await turn_at(1001.7) == 1001.6
-        frames = await store.frames_after(session.id, 0)
-        assert [f.seq for f in frames] == [1, 2, 3, 4]  # every turn's frame is stored
-        # Idle expiry sees a session that stopped after its last turn as idle from then on
-        # (to within the second), and a detach writes the exact time.
-        now[0] = 1100.0
-        await store.touch(session.id, replica=None)
-        assert await store.expire_idle(99.0) == []
-        now[0] = 1200.0
-        assert await store.expire_idle(99.0) == [session.id]

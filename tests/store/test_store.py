@@ -269,3 +269,30 @@ async def test_fanout_claims_its_delivery_id_in_the_same_transaction(store: Sess
             [FanoutEvent("e-x", _update("x"), keys=("order:1",))], delivery_id="d-10"
         )
     assert len(await store.frames_after(a.id, 0)) == 1
+
+
+async def test_turns_move_last_active_at_at_most_once_a_second(store: SessionStore) -> None:
+    clock = store.test_clock  # type: ignore[attr-defined]
+    session, _ = await store.create_session(ALICE)
+
+    async def turn_at(t: float, dialogue: dict[str, str] | None = None) -> float:
+        clock.now = t
+        await store.append(session.id, [_update(f"at {t}")], dialogue=dialogue)
+        record = await store.get_session(session.id)
+        assert record is not None
+        return record.last_active_at
+
+    start = clock.now
+    assert await turn_at(start + 0.5) == start + 0.5
+    assert await turn_at(start + 1.2, {"step": "b"}) == start + 0.5  # 0.7 s after: kept
+    assert await turn_at(start + 1.6, {"step": "c"}) == start + 1.6
+    assert await turn_at(start + 1.7) == start + 1.6
+    record = await store.get_session(session.id)
+    assert record is not None and record.dialogue == {"step": "c"} and record.head_seq == 4
+    # A session that stopped after its last turn is idle from then on (to the second),
+    # and a detach writes the exact time.
+    clock.now = start + 50
+    await store.touch(session.id, replica=None)
+    assert await store.expire_idle(49.0) == []
+    clock.now = start + 100
+    assert await store.expire_idle(49.0) == [session.id]

@@ -63,6 +63,9 @@ _ADVANCE_DIALOGUE = (
     f"UPDATE {_S} SET head_seq = head_seq + %s, last_active_at = %s, dialogue = %s "  # noqa: S608
     "WHERE id = %s"
 )
+# The same leaving last_active_at (and its index entry) as it is.
+_ADVANCE_ONLY = f"UPDATE {_S} SET head_seq = head_seq + %s WHERE id = %s"  # noqa: S608
+_ADVANCE_ONLY_DIALOGUE = f"UPDATE {_S} SET head_seq = head_seq + %s, dialogue = %s WHERE id = %s"  # noqa: S608
 _INSERT_FRAME = f"INSERT INTO {_O} (session_id, seq, created_at, payload) VALUES (%s, %s, %s, %s)"  # noqa: S608
 _EVENT_INTO = f"INSERT INTO {_E} (session_id, kind, seq, created_at, body) VALUES "  # noqa: S608
 _EVENT_ROW = "(%s, %s, %s, %s, %s)"
@@ -86,15 +89,21 @@ _HANDOFF = f"SELECT {', '.join(_HANDOFF_COLUMNS)} FROM {_H} WHERE session_id = %
 
 
 async def advance(
-    cur: Any, session_id: str, n: int, now: float, dialogue: str | None
+    cur: Any, session_id: str, n: int, now: float, dialogue: str | None, *, touch: bool = True
 ) -> int | None:
-    """Lock the active session's row, advance its head by ``n``; return the first new seq
-    (None: no such active session, nothing written)."""
+    """Lock the active session's row, advance its head by ``n`` (and ``last_active_at``
+    to ``now`` unless ``touch`` is False); return the first new seq (None: no such
+    active session, nothing written)."""
     await cur.execute(_LOCK_HEAD, (session_id,))
     row = await cur.fetchone()
     if row is None:
         return None
-    if dialogue is None:
+    if not touch:
+        if dialogue is None:
+            await cur.execute(_ADVANCE_ONLY, (n, session_id))
+        else:
+            await cur.execute(_ADVANCE_ONLY_DIALOGUE, (n, dialogue, session_id))
+    elif dialogue is None:
         await cur.execute(_ADVANCE, (n, now, session_id))
     else:
         await cur.execute(_ADVANCE_DIALOGUE, (n, now, dialogue, session_id))

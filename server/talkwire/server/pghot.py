@@ -146,7 +146,7 @@ def _varint(v: str) -> str:
 # gets one pending row per sink of its kind. No row back: no such active session, nothing
 # written. One statement is one transaction: no BEGIN / COMMIT round trips.
 _APPEND_HEAD = (
-    f"WITH h AS (UPDATE {_S} SET head_seq = head_seq + $2, last_active_at = $3, "  # noqa: S608
+    f"WITH h AS (UPDATE {_S} SET head_seq = head_seq + $2{{touch}}, "  # noqa: S608
     f"dialogue = COALESCE($5::text, dialogue) WHERE id = $1 AND state = {schema.ACTIVE} "
     "RETURNING head_seq - $2 AS base), "
     f"f AS (INSERT INTO {_O} (session_id, seq, created_at, payload) "
@@ -165,9 +165,14 @@ _APPEND_EVENTS = (
     "JOIN unnest($7::text[], $8::text[]) AS r(kind, sink) ON r.kind = e.kind)"
 )
 _APPEND_RESULT = " SELECT h.base, f.seq, f.payload FROM h LEFT JOIN f ON true ORDER BY f.seq"
+# Keyed by (events, touch): without touch, last_active_at is left as it is, so the row's
+# indexed columns do not change and PostgreSQL can update it in place (HOT).
 _APPEND = {
-    False: _APPEND_HEAD + _APPEND_RESULT,
-    True: _APPEND_HEAD + _APPEND_EVENTS + _APPEND_RESULT,
+    (events, touch): _APPEND_HEAD.format(touch=", last_active_at = $3" if touch else "")
+    + (_APPEND_EVENTS if events else "")
+    + _APPEND_RESULT
+    for events in (False, True)
+    for touch in (False, True)
 }
 
 
@@ -180,18 +185,20 @@ async def append(
     turn: bytes | None,
     events: tuple[str, str] | None,
     routes: Sequence[tuple[str, str]] = (),
+    *,
+    touch: bool = True,
 ) -> list[tuple[int, bytes]] | None:
     """Advance the active session's head by ``len(templates)``, store the frames (seq
     prepended), their ``frame.appended`` events after the ``turn.received`` one of
     ``turn`` and those events' pending rows, in one statement; ``events`` names the two
-    kinds (None: write no events). Return the frames ``(seq, payload)``; None: no such
-    active session, nothing written."""
+    kinds (None: write no events); ``touch`` False leaves ``last_active_at`` as it is.
+    Return the frames ``(seq, payload)``; None: no such active session, nothing written."""
     args: list[Any] = [session_id, len(templates), now, list(templates), dialogue]
     if events is None:
-        rows = await conn.fetch(_APPEND[False], *args)
+        rows = await conn.fetch(_APPEND[False, touch], *args)
     else:
         kinds, sinks = _columns(routes, 2)
-        rows = await conn.fetch(_APPEND[True], *args, turn, kinds, sinks, *events)
+        rows = await conn.fetch(_APPEND[True, touch], *args, turn, kinds, sinks, *events)
     if not rows:
         return None
     return [(int(r[1]), bytes(r[2])) for r in rows if r[1] is not None]

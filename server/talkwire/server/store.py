@@ -630,14 +630,16 @@ class SessionStore:
             )
         if self._pg is not None:
             saved = None if dialogue is None else json.dumps(dialogue)
+            touch = self._touches.due(session_id, now)
             return await self._pg.write_pg(
-                lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn),
+                lambda conn: self._append_pg(conn, session_id, templates, now, saved, turn, touch),
                 transaction=False,  # one statement
             )
         if self._my is not None:
             saved = None if dialogue is None else json.dumps(dialogue)
+            touch = self._touches.due(session_id, now)
             return await self._my.write_my(
-                lambda cur: self._append_my(cur, session_id, templates, now, saved, turn)
+                lambda cur: self._append_my(cur, session_id, templates, now, saved, turn, touch)
             )
         n = len(templates)
         params: dict[str, Any] = {"sid": session_id, "n": n, "now": now}
@@ -746,11 +748,14 @@ class SessionStore:
         now: float,
         dialogue: str | None,
         turn: bytes | None,
+        touch: bool = True,
     ) -> list[StoredFrame]:
         recorder = self.events
         events = (kinds.TURN_RECEIVED, kinds.FRAME_APPENDED) if recorder.enabled else None
         routes = recorder.routes_for_kinds(events) if events is not None else []
-        rows = await pghot.append(conn, session_id, templates, now, dialogue, turn, events, routes)
+        rows = await pghot.append(
+            conn, session_id, templates, now, dialogue, turn, events, routes, touch=touch
+        )
         if rows is None:
             raise NotFoundError(f"session {session_id} not found or closed")
         if routes:
@@ -765,8 +770,9 @@ class SessionStore:
         now: float,
         dialogue: str | None,
         turn: bytes | None,
+        touch: bool = True,
     ) -> list[StoredFrame]:
-        first = await myhot.advance(cur, session_id, len(templates), now, dialogue)
+        first = await myhot.advance(cur, session_id, len(templates), now, dialogue, touch=touch)
         if first is None:
             raise NotFoundError(f"session {session_id} not found or closed")
         frames = [StoredFrame(first + i, with_seq(first + i, t)) for i, t in enumerate(templates)]
